@@ -1,0 +1,127 @@
+"""Inventory agents: ``inventory-changes`` → repartition by SKU/location → inventory table.
+
+Two steps, both at-least-once and idempotent:
+
+* ``ingest`` reads raw messages in groups (``take_events``), parses them (batch envelopes
+  are split), sends bad parts to ``inventory-changes-dlq`` and forwards the good records,
+  grouped per target partition, as ONE message per partition to the internal
+  ``<app>-inventory-apply`` topic. The group's offsets are acknowledged only after
+  every forward and dead letter was delivered.
+* ``apply`` owns partition *p* of the table: it applies a group of records with last
+  writer wins and writes each touched bucket once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import faust
+import orjson
+
+from stream_app.domain.inventory import apply_change, empty_state
+from stream_app.partitioning import partition_for
+from stream_app.records import InventoryRecord, Rejected, from_wire, parse_message, to_wire
+
+if TYPE_CHECKING:
+    from stream_app.app import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def dead_letter_headers(event: faust.EventT, reason: str) -> dict[str, bytes]:
+    message = event.message
+    return {
+        "dlq-reason": reason.encode()[:1000],
+        "dlq-source-topic": str(message.topic).encode(),
+        "dlq-source-partition": str(message.partition).encode(),
+        "dlq-source-offset": str(message.offset).encode(),
+    }
+
+
+def group_by_partition(
+    records: list[InventoryRecord], partitions: int
+) -> dict[int, list[list[Any]]]:
+    grouped: dict[int, list[list[Any]]] = defaultdict(list)
+    for record in records:
+        grouped[partition_for(record.key, partitions)].append(to_wire(record))
+    return grouped
+
+
+def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]:
+    """Apply records of one partition to the inventory table; returns changed keys."""
+    by_key: dict[str, list[InventoryRecord]] = defaultdict(list)
+    for record in records:
+        by_key[record.key].append(record)
+
+    def change(key: str, old: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+        state = old if old is not None else empty_state()
+        changed = False
+        for record in by_key[key]:
+            changed = apply_change(state, record) or changed
+        return state, changed
+
+    return runtime.inventory.update(by_key.keys(), change)
+
+
+def register(runtime: Runtime) -> None:
+    app, settings, names = runtime.app, runtime.settings, runtime.names
+    source = runtime.topic(names.inventory_changes)
+    apply_topic = runtime.topic(names.inventory_apply)
+    dlq = runtime.topic(names.inventory_changes_dlq)
+    after_apply = runtime.extras.setdefault("after_inventory_apply", [])
+
+    @app.agent(source, name="inventory-ingest")
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(
+            settings.ingest_batch_max, settings.ingest_batch_within
+        ):
+            records: list[InventoryRecord] = []
+            dead: list[tuple[faust.EventT, Rejected]] = []
+            for event in events:
+                try:
+                    good, bad = parse_message(event.value, settings.max_event_bytes)
+                except Exception as exc:  # never let one message stop the stream
+                    log.exception("unexpected error parsing a message")
+                    good, bad = [], [Rejected(event.value or b"", f"internal error: {exc!r}")]
+                records.extend(good)
+                dead.extend((event, rejected) for rejected in bad)
+            pending = []
+            for partition, items in group_by_partition(records, settings.partitions).items():
+                pending.append(
+                    await apply_topic.send(
+                        value=orjson.dumps(items), partition=partition, force=True
+                    )
+                )
+            for event, rejected in dead:
+                log.warning("dead letter from %s: %s", names.inventory_changes, rejected.reason)
+                pending.append(
+                    await dlq.send(
+                        key=event.key,
+                        value=rejected.original,
+                        headers=dead_letter_headers(event, rejected.reason),
+                        force=True,
+                    )
+                )
+            # Offsets of this group are acknowledged when the loop moves on: only after
+            # every forward and dead letter is on the broker.
+            await asyncio.gather(*pending)
+
+    @app.agent(apply_topic, name="inventory-apply")
+    async def apply(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                records = [from_wire(item) for item in orjson.loads(event.value)]
+            except Exception as exc:
+                log.exception("bad message on %s", names.inventory_apply)
+                await dlq.send(
+                    value=event.value,
+                    headers=dead_letter_headers(event, f"internal record: {exc!r}"),
+                    force=True,
+                )
+                continue
+            changed = apply_records(runtime, records)
+            for hook in after_apply:
+                await hook(event.message.partition, changed)

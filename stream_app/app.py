@@ -1,0 +1,98 @@
+"""Builds the Faust app from a :class:`Settings` object and nothing else.
+
+``create_runtime(settings)`` makes the ``faust.App``, its topics and tables, then
+registers agents, timers and web views from an explicit list of modules (no
+autodiscovery, no side effects at import).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from stream_app.domain.inventory import BufferPolicy
+from stream_app.settings import Settings
+from stream_app.topics import TopicNames
+from tables.bucketed import BucketedTable, define_bucketed_table
+
+
+@dataclass
+class Runtime:
+    """What agents, timers and views share: settings, topics and tables of one app."""
+
+    settings: Settings
+    app: faust.App
+    names: TopicNames
+    topics: dict[str, faust.TopicT]
+    inventory: BucketedTable
+    buffers: BufferPolicy
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def topic(self, name: str) -> faust.TopicT:
+        return self.topics[name]
+
+
+def _canonical_host(settings: Settings) -> str:
+    return "127.0.0.1" if settings.web_host in ("0.0.0.0", "", "::") else settings.web_host
+
+
+def create_faust_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        web_host=_canonical_host(settings),
+        canonical_url=f"http://{_canonical_host(settings)}:{settings.web_port}",
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        table_standby_replicas=0,
+        producer_linger=0.005,
+        producer_max_batch_size=262144,
+        stream_wait_empty=False,
+    )
+
+
+def create_runtime(settings: Settings) -> Runtime:
+    app = create_faust_app(settings)
+    names = TopicNames.from_settings(settings)
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "partitions": settings.partitions,
+    }
+    topics = {name: app.topic(name, **raw) for name in names.all()}
+    inventory = define_bucketed_table(
+        app,
+        "inventory",
+        settings.partitions,
+        settings.buckets_per_partition,
+        "Latest record per channel and expected arrivals per SKU/location",
+    )
+    runtime = Runtime(
+        settings=settings,
+        app=app,
+        names=names,
+        topics=topics,
+        inventory=inventory,
+        buffers=BufferPolicy(settings.default_buffer, dict(settings.channel_buffers)),
+    )
+    from agents import inventory as inventory_agents
+    from stream_app.web import views
+
+    for module in (inventory_agents, views):
+        module.register(runtime)
+    return runtime

@@ -1,0 +1,202 @@
+"""The ``stream-app`` console script.
+
+``run``        embedded broker (if no broker is configured) + Fluent simulator (if no Fluent
+               URL is configured) + one worker with its web view, all stopped on Ctrl-C/SIGTERM.
+``worker``     one worker against the configured cluster (same app id = same group).
+``fluent-sim`` the Fluent simulator alone.
+``topics``     create every topic the app uses (idempotent) and exit.
+``settings``   print the effective settings, secrets masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import NoReturn
+
+from stream_app.embedded import EmbeddedBroker, EmbeddedBrokerError, port_open
+from stream_app.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("stream_app")
+
+
+def _say(message: str) -> None:
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    sys.stderr.write(f"stream-app: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def all_topic_names(settings: Settings) -> list[str]:
+    from stream_app.topics import TopicNames
+
+    return TopicNames.from_settings(settings).all()
+
+
+def bootstrap_topics(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    from stream_app.bootstrap import TopicMismatchError, ensure_topics
+
+    try:
+        created = loop.run_until_complete(
+            ensure_topics(
+                settings.bootstrap_servers,
+                all_topic_names(settings),
+                settings.partitions,
+                settings.replication_factor,
+            )
+        )
+    except TopicMismatchError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # broker unreachable and friends
+        _fail(f"cannot reach the Kafka broker at {settings.bootstrap_servers}: {exc}")
+    if created:
+        log.info("created %d topics", len(created))
+
+
+def run_worker(settings: Settings) -> int:
+    """Run one Faust worker until SIGTERM/SIGINT; returns its exit code."""
+    import faust
+
+    from stream_app.app import create_runtime
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    bootstrap_topics(settings, loop)
+    runtime = create_runtime(settings)
+    if settings.embedded:
+        from stream_app.tansu_offsets import install_end_offset_correction
+
+        install_end_offset_correction(runtime.app, settings.bootstrap_servers)
+    _say(f"web view:  http://{runtime.app.conf.web_host}:{settings.web_port}/")
+    worker = faust.Worker(
+        runtime.app, loop=loop, loglevel=settings.log_level.lower(), quiet=True
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@contextlib.contextmanager
+def fluent_simulator_process(settings: Settings) -> Iterator[None]:
+    host, port = settings.fluent_sim_host, settings.fluent_sim_port
+    if port_open(host, port):
+        _fail(f"port {host}:{port} is in use; set STREAM_APP_FLUENT_SIM_PORT to a free port")
+    proc = subprocess.Popen(  # noqa: S603 - our own module, no shell
+        [sys.executable, "-m", "stream_app.cli", "fluent-sim"], stdin=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not port_open(host, port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _fail("the Fluent simulator did not start")
+            time.sleep(0.05)
+        _say(f"fluent simulator: http://{host}:{port}/  (inspect: /_sim/inventory)")
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def cmd_run(settings: Settings) -> int:
+    with contextlib.ExitStack() as stack:
+        if settings.embedded:
+            broker = EmbeddedBroker(settings.embedded_kafka_host, settings.embedded_kafka_port)
+            try:
+                broker.start()
+            except EmbeddedBrokerError as exc:
+                _fail(str(exc))
+            stack.callback(broker.stop)
+            _say(f"embedded broker: {broker.bootstrap}")
+        else:
+            _say(f"kafka broker: {settings.bootstrap_servers}")
+        if not settings.fluent_base_url:
+            stack.enter_context(fluent_simulator_process(settings))
+        else:
+            _say(f"fluent: {settings.fluent_base_url}")
+        return run_worker(settings)
+    return 0  # pragma: no cover
+
+
+def cmd_fluent_sim(settings: Settings) -> int:
+    from stream_app.fluent.simulator import serve_simulator
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_simulator(
+            settings.fluent_sim_host,
+            settings.fluent_sim_port,
+            stop,
+            username=settings.fluent_username,
+            password=settings.fluent_password.get_secret_value(),
+            client_id=settings.fluent_client_id,
+            client_secret=settings.fluent_client_secret.get_secret_value(),
+        )
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_topics(settings: Settings) -> int:
+    loop = asyncio.new_event_loop()
+    try:
+        bootstrap_topics(settings, loop)
+    finally:
+        loop.close()
+    _say("topics ready: " + ", ".join(all_topic_names(settings)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stream-app", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "broker + Fluent simulator + one worker, on one machine"),
+        ("worker", "one worker against the configured cluster"),
+        ("fluent-sim", "the Fluent simulator alone"),
+        ("topics", "create every topic the app uses and exit"),
+        ("settings", "print the effective settings with secrets masked"),
+    ):
+        sub.add_parser(name, help=text)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "run":
+        return cmd_run(settings)
+    if args.command == "worker":
+        return run_worker(settings)
+    if args.command == "fluent-sim":
+        return cmd_fluent_sim(settings)
+    if args.command == "topics":
+        return cmd_topics(settings)
+    _say(json.dumps(settings.masked(), indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

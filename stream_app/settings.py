@@ -1,0 +1,185 @@
+"""All configuration: the only module that reads the environment.
+
+Every field maps to an environment variable ``STREAM_APP_<FIELD>`` (a ``.env`` file in the
+working directory is read too). Secrets are ``SecretStr`` and never printed: use
+:meth:`Settings.masked` for anything that is shown to people.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAM_APP_"
+
+
+class SettingsError(Exception):
+    """Invalid configuration: one message naming the offending variable(s)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- broker and worker -------------------------------------------------------------
+    kafka_broker: str = Field("", description="Kafka bootstrap URL; empty starts the embedded broker")
+    app_id: str = Field("stream-app", min_length=1, description="Faust app id = consumer group")
+    embedded_kafka_port: int = Field(9092, ge=1, le=65535)
+    embedded_kafka_host: str = "127.0.0.1"
+    web_host: str = Field("127.0.0.1", description="address the web view binds to")
+    web_port: int = Field(6066, ge=1, le=65535)
+    data_dir: Path = Path("./data")
+    partitions: int = Field(8, ge=1, le=1024, description="partition count of every topic")
+    replication_factor: int = Field(1, ge=1)
+    broker_session_timeout: float = Field(10.0, gt=0)
+    broker_heartbeat_interval: float = Field(1.0, gt=0)
+    broker_rebalance_timeout: float = Field(3.0, gt=0)
+    log_level: str = "INFO"
+
+    # --- inventory ---------------------------------------------------------------------
+    default_buffer: int = Field(0, ge=0, description="buffer for channels without one")
+    channel_buffers: dict[str, int] = Field(
+        default_factory=dict, description='per-channel default buffers, JSON: {"WMS": 5}'
+    )
+    oversell_protection: bool = True
+    max_event_bytes: int = Field(1_000_000, ge=1024)
+    ingest_batch_max: int = Field(2000, ge=1, description="events grouped per repartition step")
+    ingest_batch_within: float = Field(0.05, gt=0, description="seconds to wait filling a group")
+    buckets_per_partition: int = Field(16, ge=1, le=4096)
+
+    # --- topics (names are a contract; override only to namespace them) -----------------
+    topic_inventory_changes: str = "inventory-changes"
+    topic_pre_orders: str = "pre-orders"
+    topic_reservation_commands: str = "reservation-commands"
+    topic_reservation_events: str = "reservation-events"
+    topic_pre_order_results: str = "pre-order-results"
+
+    # --- Fluent ------------------------------------------------------------------------
+    fluent_base_url: str = Field("", description="Fluent root URL; empty starts the simulator")
+    fluent_sim_port: int = Field(8787, ge=1, le=65535)
+    fluent_sim_host: str = "127.0.0.1"
+    fluent_username: str = "sim-user"
+    fluent_password: SecretStr = SecretStr("sim-password")
+    fluent_client_id: str = "sim-client"
+    fluent_client_secret: SecretStr = SecretStr("sim-secret")
+    retailer_id: str = "1"
+    flush_interval_seconds: float = Field(30.0, gt=0)
+    batch_size: int = Field(500, ge=1, le=5000)
+    resync_cron: str = "0 1 * * *"
+    fluent_max_attempts: int = Field(5, ge=1)
+    fluent_backoff_base: float = Field(0.5, gt=0)
+    fluent_backoff_max: float = Field(30.0, gt=0)
+    fluent_timeout_seconds: float = Field(10.0, gt=0)
+    fluent_poll_interval: float = Field(0.2, gt=0)
+    fluent_poll_timeout: float = Field(120.0, gt=0)
+    sellable_policy: str = Field("atp_minus_reservations", pattern="^(atp_minus_reservations|atp)$")
+
+    # --- pre-orders --------------------------------------------------------------------
+    overbooking_rate: float = Field(1.05, ge=1.0, le=10.0)
+    overbooking_rates: dict[str, float] = Field(
+        default_factory=dict,
+        description='per category or SKU glob pattern, JSON: {"CONSOLE-*": 1.0}',
+    )
+    min_days_ahead: int = Field(7, ge=0)
+    max_days_ahead: int = Field(180, ge=1)
+    expiry_days: int = Field(7, ge=0)
+    waitlist_enabled: bool = True
+    max_queue_depth: int = Field(10000, ge=1)
+    priority_preemption: bool = True
+    commit_required: bool = True
+    expected_supply_factor: float = Field(1.0, ge=0.0, le=1.0)
+    tier_scores: dict[str, int] = Field(
+        default_factory=lambda: {"PLATINUM": 150, "VIP": 100, "STANDARD": 50}
+    )
+    unknown_tier_policy: str = Field("reject", pattern="^(reject|standard)$")
+    max_per_customer: int | None = Field(None, ge=1)
+    pre_order_wait_seconds: float = Field(2.0, ge=0)
+    max_request_bytes: int = Field(256_000, ge=1024)
+
+    # --- release and export ------------------------------------------------------------
+    release_cron: str = "0 2 * * *"
+    release_timezone: str = "UTC"
+    release_committed_first: bool = False
+    expiry_check_cron: str = "0 * * * *"
+    admin_api_key: SecretStr = SecretStr("")
+    export_cron: str = "0 3 * * *"
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_bucket: str = ""
+    s3_prefix: str = "stream-app/"
+    aws_access_key_id: SecretStr = SecretStr("")
+    aws_secret_access_key: SecretStr = SecretStr("")
+
+    @field_validator("kafka_broker", "fluent_base_url")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Settings:
+        if self.min_days_ahead >= self.max_days_ahead:
+            raise ValueError("min_days_ahead must be below max_days_ahead")
+        for tier, score in self.tier_scores.items():
+            if not tier or score < 0:
+                raise ValueError("tier_scores: every tier needs a name and a score >= 0")
+        return self
+
+    # --- derived -------------------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        return not self.kafka_broker
+
+    @property
+    def broker_url(self) -> str:
+        """The bootstrap URL workers connect to (``kafka://host:port``)."""
+        if self.kafka_broker:
+            url = self.kafka_broker
+            return url if "://" in url else f"kafka://{url}"
+        return f"kafka://{self.embedded_kafka_host}:{self.embedded_kafka_port}"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``host:port[,host:port]`` for plain aiokafka clients."""
+        url = self.broker_url
+        return ",".join(part.split("://", 1)[-1] for part in url.split(","))
+
+    @property
+    def fluent_url(self) -> str:
+        return self.fluent_base_url or f"http://{self.fluent_sim_host}:{self.fluent_sim_port}"
+
+    def dlq(self, topic: str) -> str:
+        return f"{topic}-dlq"
+
+    def masked(self) -> dict[str, Any]:
+        """A settings dump for people: every secret masked."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build :class:`Settings`; an invalid value raises :class:`SettingsError` naming it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = err.get("loc") or ()
+            name = str(loc[0]) if loc else ""
+            var = f"{ENV_PREFIX}{name.upper()}" if name else "configuration"
+            problems.append(f"{var}: {err.get('msg', 'invalid value')}")
+        raise SettingsError("invalid setting " + "; ".join(problems)) from None

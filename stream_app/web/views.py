@@ -1,0 +1,114 @@
+"""Web view: health and per SKU/location state, answered on any worker.
+
+A request for a key is forwarded to the worker that owns the key's partition (Faust's
+router, driven by the partition of our own partitioner rather than by the table key).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.types import TP
+from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
+from yarl import URL
+
+from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
+from stream_app.records import inventory_key
+
+if TYPE_CHECKING:
+    from stream_app.app import Runtime
+
+FORWARDED_HEADER = "X-Stream-App-Forwarded"
+
+
+def is_ready(app: faust.App) -> bool:
+    """Ready: the worker has an assignment and its tables finished recovery."""
+    recovery = app.tables.recovery
+    return bool(
+        app.consumer is not None
+        and recovery.completed.is_set()
+        and not recovery.in_recovery
+        and not app.rebalancing
+    )
+
+
+async def forward_to_owner(
+    runtime: Runtime, changelog_topic: str, partition: int, web: faust.web.Web, request: Request
+) -> Response | None:
+    """Forward to the owner of ``partition``; None when this worker owns it."""
+    app = runtime.app
+    url = app.assignor._tps_url.get(TP(changelog_topic, partition))  # type: ignore[attr-defined]
+    if url is None:
+        raise ServiceUnavailable(f"no worker owns partition {partition} yet (rebalancing)")
+    if request.headers.get(FORWARDED_HEADER):
+        # Already forwarded once: answer from local state rather than bounce around
+        # while the two workers disagree about the assignment.
+        return None
+    dest = URL(url)
+    own = URL(str(app.conf.canonical_url))
+    if (dest.host, dest.port) == (own.host, own.port):
+        return None
+    routed = request.url.with_host(dest.host or "127.0.0.1").with_port(dest.port)
+    headers = {**request.headers, FORWARDED_HEADER: "1"}
+    async with app.http_client.request(
+        method=request.method, url=routed, headers=headers, data=await request.read()
+    ) as response:
+        return web.text(
+            await response.text(), content_type=response.content_type, status=response.status
+        )
+
+
+def inventory_view(runtime: Runtime, sku: str, location: str, state: dict[str, Any]) -> dict[str, Any]:
+    agg = aggregate(state, runtime.buffers, runtime.settings.oversell_protection)
+    body: dict[str, Any] = {
+        "sku": sku,
+        "location": location,
+        "channels": channels_view(state, runtime.buffers),
+        "totalOnHand": agg.total_on_hand,
+        "totalReserved": agg.total_reserved,
+        "buffer": agg.buffer,
+        "atp": agg.atp,
+        "expectedArrivals": expected_arrivals(state),
+    }
+    for enrich in runtime.extras.get("inventory_view_enrichers", []):
+        body.update(enrich(sku, location, agg.atp))
+    return body
+
+
+def register(runtime: Runtime) -> None:
+    app = runtime.app
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            ready = is_ready(app)
+            assigned = sorted(
+                tp.partition
+                for tp in (app.assignor.assigned_actives() if app.consumer else set())
+                if tp.topic == runtime.inventory.changelog_topic
+            )
+            return self.json(
+                {"live": True, "ready": ready, "appId": runtime.settings.app_id,
+                 "partitions": assigned},
+                status=200 if ready else 503,
+            )
+
+    @app.page("/inventory/{sku}/{location}")
+    class Inventory(View):
+        async def get(self, request: Request, sku: str, location: str) -> Response:
+            key = inventory_key(sku, location)
+            table = runtime.inventory
+            forwarded = await forward_to_owner(
+                runtime, table.changelog_topic, table.partition_of(key), self.web, request
+            )
+            if forwarded is not None:
+                return forwarded
+            state = table.get(key)
+            if state is None:
+                return self.json(
+                    {"error": "not_found", "message": f"no inventory for {sku} at {location}"},
+                    status=404,
+                )
+            return self.json(inventory_view(runtime, sku, location, state))
