@@ -57,7 +57,7 @@ def create_faust_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.broker_session_timeout,
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.table_standby_replicas,
         producer_linger=0.005,
         producer_max_batch_size=262144,
         stream_wait_empty=False,

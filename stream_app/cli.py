@@ -75,7 +75,7 @@ def run_worker(settings: Settings) -> int:
     asyncio.set_event_loop(loop)
     bootstrap_topics(settings, loop)
     runtime = create_runtime(settings)
-    if settings.embedded:
+    if settings.embedded or settings.correct_end_offsets:
         from stream_app.tansu_offsets import install_end_offset_correction
 
         install_end_offset_correction(runtime.app, settings.bootstrap_servers)

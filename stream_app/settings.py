@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     broker_heartbeat_interval: float = Field(1.0, gt=0)
     broker_rebalance_timeout: float = Field(3.0, gt=0)
     log_level: str = "INFO"
+    correct_end_offsets: bool = Field(
+        False, description="probe true end offsets (Tansu bug); always on for the embedded broker"
+    )
+    table_standby_replicas: int = Field(0, ge=0)
 
     # --- inventory ---------------------------------------------------------------------
     default_buffer: int = Field(0, ge=0, description="buffer for channels without one")

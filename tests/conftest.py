@@ -1,0 +1,3 @@
+"""Shared fixtures: a real broker, per-test names, real stream-app processes."""
+
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.procs"]

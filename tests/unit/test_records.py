@@ -1,0 +1,84 @@
+"""Parsing raw inventory messages: good records, and every bad one with its reason."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_app.partitioning import bucket_for, partition_for
+from stream_app.records import (
+    ExpectedArrival,
+    StockChange,
+    from_wire,
+    parse_message,
+    to_wire,
+)
+
+GOOD = {"eventId": "e1", "channel": "WMS", "sku": "S1", "location": "L1", "onHand": "12",
+        "reserved": 2.0, "updatedAt": "2026-11-20T10:00:00Z"}
+
+
+def test_single_record_with_numeric_strings() -> None:
+    good, bad = parse_message(orjson.dumps(GOOD), 10_000)
+    assert bad == [] and len(good) == 1
+    rec = good[0]
+    assert isinstance(rec, StockChange) and rec.on_hand == 12 and rec.reserved == 2 and rec.buffer is None
+    assert rec.key == "S1|L1"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"nope", "not JSON"),
+        (b"42", "not a JSON object"),
+        (orjson.dumps({**GOOD, "onHand": None}), "missing field 'onHand'"),
+        (orjson.dumps({**GOOD, "onHand": "x"}), "not a number"),
+        (orjson.dumps({**GOOD, "onHand": -1}), "negative"),
+        (orjson.dumps({**GOOD, "onHand": 1.5}), "whole number"),
+        (orjson.dumps({**GOOD, "onHand": True}), "not a number"),
+        (orjson.dumps({**GOOD, "updatedAt": "tomorrow"}), "timestamp"),
+        (orjson.dumps({**GOOD, "type": "WAT"}), "unknown type"),
+        (orjson.dumps({**GOOD, "sku": ""}), "'sku'"),
+        (orjson.dumps({**GOOD, "sku": "A|B"}), "'|'"),
+        (orjson.dumps({"records": "x"}), "must be a list"),
+    ],
+)
+def test_bad_messages_are_rejected_with_reason(raw: bytes, reason: str) -> None:
+    good, bad = parse_message(raw, 10_000)
+    assert good == [] and len(bad) == 1
+    assert reason in bad[0].reason
+    assert bad[0].original == raw
+
+
+def test_oversized_message() -> None:
+    raw = orjson.dumps({**GOOD, "pad": "x" * 2000})
+    good, bad = parse_message(raw, 1024)
+    assert good == [] and "exceeds 1024" in bad[0].reason
+
+
+def test_envelope_splits_and_keeps_good_neighbours() -> None:
+    expected = {"eventId": "p", "type": "EXPECTED", "ref": "PO", "sku": "S1", "location": "L1",
+                "quantity": 5, "expectedOn": "2026-12-01T00:00:00Z", "updatedAt": 1}
+    raw = orjson.dumps({"records": [GOOD, {"bad": True}, expected]})
+    good, bad = parse_message(raw, 10_000)
+    assert [type(r) for r in good] == [StockChange, ExpectedArrival]
+    assert good[1].expected_on == "2026-12-01"  # type: ignore[union-attr]
+    assert len(bad) == 1 and bad[0].reason.startswith("records[1]:")
+    assert orjson.loads(bad[0].original) == {"bad": True}
+
+
+def test_wire_round_trip() -> None:
+    good, _ = parse_message(orjson.dumps({"records": [GOOD, {**GOOD, "type": "DELETE"}]}), 10_000)
+    for record in good:
+        assert from_wire(orjson.loads(orjson.dumps(to_wire(record)))) == record
+
+
+@given(st.text(min_size=1, max_size=30), st.integers(1, 64))
+def test_partition_matches_kafka_default_partitioner(key: str, partitions: int) -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    expected = DefaultPartitioner()(key.encode(), list(range(partitions)), list(range(partitions)))
+    assert partition_for(key, partitions) == expected
+    assert bucket_for(key, expected, 16).startswith(f"{expected}:")
