@@ -42,12 +42,17 @@ def dead_letter_headers(event: faust.EventT, reason: str) -> dict[str, bytes]:
 
 
 def group_by_partition(
-    records: list[InventoryRecord], partitions: int
-) -> dict[int, list[list[Any]]]:
+    records: list[InventoryRecord], partitions: int, chunk: int
+) -> list[tuple[int, list[list[Any]]]]:
+    """Records grouped by target partition, in messages of at most ``chunk`` records."""
     grouped: dict[int, list[list[Any]]] = defaultdict(list)
     for record in records:
         grouped[partition_for(record.key, partitions)].append(to_wire(record))
-    return grouped
+    return [
+        (partition, items[start : start + chunk])
+        for partition, items in grouped.items()
+        for start in range(0, len(items), chunk)
+    ]
 
 
 def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]:
@@ -89,7 +94,9 @@ def register(runtime: Runtime) -> None:
                 records.extend(good)
                 dead.extend((event, rejected) for rejected in bad)
             pending = []
-            for partition, items in group_by_partition(records, settings.partitions).items():
+            for partition, items in group_by_partition(
+                records, settings.partitions, settings.apply_chunk_records
+            ):
                 pending.append(
                     await apply_topic.send(
                         value=orjson.dumps(items), partition=partition, force=True
@@ -124,4 +131,4 @@ def register(runtime: Runtime) -> None:
                 continue
             changed = apply_records(runtime, records)
             for hook in after_apply:
-                await hook(event.message.partition, changed)
+                await hook(event.message.partition, len(records), changed)

@@ -7,6 +7,7 @@ autodiscovery, no side effects at import).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,9 +91,19 @@ def create_runtime(settings: Settings) -> Runtime:
         inventory=inventory,
         buffers=BufferPolicy(settings.default_buffer, dict(settings.channel_buffers)),
     )
-    from agents import inventory as inventory_agents
-    from stream_app.web import views
-
-    for module in (inventory_agents, views):
-        module.register(runtime)
+    for module in REGISTRY:
+        importlib.import_module(module).register(runtime)
     return runtime
+
+
+#: Modules that register agents, timers and views, in order (explicit, no autodiscovery).
+REGISTRY = (
+    "agents.inventory",
+    "agents.preorders",
+    "agents.sync",
+    "agents.release",
+    "stream_app.web.views",
+    "stream_app.web.preorder_views",
+    "stream_app.web.sync_views",
+    "stream_app.web.release_views",
+)

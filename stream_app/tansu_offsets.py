@@ -73,7 +73,9 @@ async def probe_true_end_offsets(
     for every partition. The true end is the larger of that high watermark and the last
     fetched record's offset + 1. A partition the probe could not read within ``probe_timeout``
     keeps its reported value (with a warning): the probe never blocks for longer and never
-    lowers an offset.
+    lowers an offset. A broker that cannot be reached at all raises aiokafka's
+    ``KafkaConnectionError`` (:func:`corrected_end_offsets` turns that into "keep the
+    reported offsets").
     """
     result = {TopicPartition(tp.topic, tp.partition): int(end) for tp, end in reported.items()}
     if not result:

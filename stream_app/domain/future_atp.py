@@ -84,9 +84,7 @@ class Supply:
         expected_supply_factor: float = 1.0,
     ) -> Supply:
         """From expected-arrival dicts ``{"quantity", "expectedOn"}`` (ISO date or date)."""
-        arrivals = tuple(
-            (_as_date(item["expectedOn"]), int(item["quantity"])) for item in expected
-        )
+        arrivals = tuple((_as_date(item["expectedOn"]), int(item["quantity"])) for item in expected)
         return cls(current_atp, arrivals, overbooking_rate, expected_supply_factor)
 
     @property

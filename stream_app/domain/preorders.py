@@ -242,13 +242,13 @@ def _parse_items(raw: Any, reasons: list[str]) -> list[PreOrderItem]:
             reasons.append("category must be a string")
         for i in range(problems_before, len(reasons)):
             reasons[i] = f"{where}.{reasons[i]}"
-        if len(reasons) == problems_before:
+        if len(reasons) == problems_before and isinstance(quantity, int):
             items.append(
                 PreOrderItem(
                     index=index,
                     sku=sku,
                     location=location,
-                    quantity=int(quantity),
+                    quantity=quantity,
                     product_name=name or "",
                     category=category,
                 )

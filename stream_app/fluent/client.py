@@ -10,6 +10,7 @@ never appear in logs, exception messages or reprs.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import math
 import random
@@ -188,7 +189,7 @@ def backoff_delay(
 
     ``rng() * min(cap, base * 2 ** (attempt - 1))``, and never less than ``retry_after``.
     """
-    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    ceiling = min(cap, base * 2.0 ** max(attempt - 1, 0))
     delay = max(0.0, min(1.0, rng())) * ceiling
     if retry_after is not None:
         delay = max(delay, retry_after)
@@ -437,16 +438,21 @@ class FluentClient:
         while True:
             attempt += 1
             used_token: SecretStr | None = None
+            used_generation = 0
             if auth:
-                used_token = await self._access_token()
+                used_token, used_generation = await self._access_token()
                 headers["Authorization"] = f"Bearer {used_token.get_secret_value()}"
             status: int | None = None
             retry_after: float | None = None
             try:
+                # Big bodies go as a stream (aiohttp warns about >1 MB of raw bytes).
+                payload = (
+                    io.BytesIO(data) if isinstance(data, bytes) and len(data) > 2**20 else data
+                )
                 async with self._session.request(
                     method,
                     url,
-                    data=data,
+                    data=payload,
                     params=params,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
@@ -461,8 +467,9 @@ class FluentClient:
                     body = None
                 response = _Response(status, body, text)
                 if status == 401 and auth:
-                    if self._token_generation > generation_at_start:
-                        # Rejected right after a fresh token: re-authenticating again would loop.
+                    if used_generation > generation_at_start:
+                        # This call already got a fresh token and it was refused: another
+                        # re-authentication would only loop.
                         self.last_error = f"{method} {path}: HTTP 401 with a fresh token"
                         raise FluentAuthError(
                             f"Fluent rejected a freshly issued token on {method} {path} (HTTP 401)"
@@ -499,7 +506,10 @@ class FluentClient:
                 delay,
             )
             if self.on_retry is not None:
-                self.on_retry(RetryEvent(method, path, attempt, status, error, delay))
+                try:
+                    self.on_retry(RetryEvent(method, path, attempt, status, error, delay))
+                except Exception:  # a status-page hook must never break the call
+                    log.exception("Fluent on_retry callback failed")
             await self._sleep(delay)
 
     # --- tokens ---------------------------------------------------------------------------
@@ -508,47 +518,53 @@ class FluentClient:
             if token.get_secret_value() == self._token.get_secret_value():
                 self._token = None
 
-    async def _access_token(self) -> SecretStr:
+    async def _access_token(self) -> tuple[SecretStr, int]:
+        """The current token and its generation (it grows with every token issued)."""
         async with self._token_lock:
-            now = self._clock()
-            token = self._token
-            if token is not None and now < self._token_refresh_at:
-                return token
-            still_valid = token is not None and now < self._token_expires_at
-            if self._refresh_token is not None:
-                refresh, self._refresh_token = self._refresh_token, None  # single use
-                try:
-                    return await self._grant(
-                        "refresh_token",
-                        {
-                            "grant_type": "refresh_token",
-                            "refresh_token": refresh.get_secret_value(),
-                            "client_id": self.config.client_id,
-                            "client_secret": self.config.client_secret.get_secret_value(),
-                        },
-                    )
-                except FluentAuthError:
-                    log.info("Fluent refused the refresh token; authenticating with password")
-                except FluentUnavailable:
-                    if still_valid and token is not None:
-                        return token  # refresh ahead of expiry failed; the old token still works
-                    raise
+            token = await self._current_token()
+            return token, self._token_generation
+
+    async def _current_token(self) -> SecretStr:
+        """Called under the token lock: reuse, refresh, or re-authenticate."""
+        now = self._clock()
+        token = self._token
+        if token is not None and now < self._token_refresh_at:
+            return token
+        still_valid = token is not None and now < self._token_expires_at
+        if self._refresh_token is not None:
+            refresh, self._refresh_token = self._refresh_token, None  # single use
             try:
                 return await self._grant(
-                    "password",
+                    "refresh_token",
                     {
-                        "grant_type": "password",
-                        "username": self.config.username,
-                        "password": self.config.password.get_secret_value(),
+                        "grant_type": "refresh_token",
+                        "refresh_token": refresh.get_secret_value(),
                         "client_id": self.config.client_id,
                         "client_secret": self.config.client_secret.get_secret_value(),
-                        "scope": "api",
                     },
                 )
+            except FluentAuthError:
+                log.info("Fluent refused the refresh token; authenticating with password")
             except FluentUnavailable:
                 if still_valid and token is not None:
-                    return token
+                    return token  # refresh ahead of expiry failed; the old token still works
                 raise
+        try:
+            return await self._grant(
+                "password",
+                {
+                    "grant_type": "password",
+                    "username": self.config.username,
+                    "password": self.config.password.get_secret_value(),
+                    "client_id": self.config.client_id,
+                    "client_secret": self.config.client_secret.get_secret_value(),
+                    "scope": "api",
+                },
+            )
+        except FluentUnavailable:
+            if still_valid and token is not None:
+                return token
+            raise
 
     async def _grant(self, grant: str, form: Mapping[str, str]) -> SecretStr:
         self.token_requests_total += 1

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+from faust.tables.manager import TableManager
 from faust.types import TP
 
 from stream_app.tansu_offsets import install_end_offset_correction
@@ -82,11 +83,10 @@ def main() -> None:
     )
     if args.fix:
         install_end_offset_correction(app, f"kafka://{args.broker}")
-    source = app.topic(args.source, key_type=str, value_type=int, partitions=args.partitions)
+    source = app.topic(args.source, key_type=str, partitions=args.partitions)
     changelog = app.topic(
         args.changelog,
         key_type=str,
-        value_type=int,
         partitions=args.partitions,
         internal=True,
     )
@@ -117,7 +117,7 @@ def main() -> None:
         write_json(args.out, {"table": dict(table.items()), "handled": handled})
 
     async def report_recovery() -> None:
-        recovery = app.tables.recovery
+        recovery = cast(TableManager, app.tables).recovery
         await recovery.completed.wait()
         tps = {TP(args.changelog, p) for p in range(args.partitions)}
         if args.extra_topic:

@@ -1,0 +1,240 @@
+"""Nightly release of one reservation book: allocation, Fluent order input, the report.
+
+Two steps, so a crash anywhere is safe to rerun:
+
+1. :func:`allocate_release` (for every reservation with shipDate ≤ the release date):
+   uncommitted reservations past ``expiresAt`` (commits required) → EXPIRED; the
+   RESERVED ones, in release order, → CONFIRMING while current ATP lasts (the order is
+   now pending), else CANCELLED ``insufficient_inventory``; WAITLISTED ones → CANCELLED
+   ``not_allocated``. It returns ``to_order``: every CONFIRMING / RELEASE_FAILED
+   reservation of the book, whose Fluent order must be (re)created.
+2. The glue creates each order (deterministic ref ``PO-<reservationId>``, so a retry never
+   creates a second one) and records :func:`order_created` → CONFIRMED or
+   :func:`order_failed` → RELEASE_FAILED (retried by the next run).
+
+Units of CONFIRMING / RELEASE_FAILED reservations are not yet in the OMS, so a later run
+subtracts them from current ATP before allocating: nothing is allocated twice. CONFIRMED
+reservations are assumed to be reflected in current ATP already. Running the allocation
+again on the same state changes nothing.
+
+Release order: committed ones first when ``committed_first``, then earlier ship date (its
+units were promised first by the cumulative rule), then tier score, then sequence. It is
+greedy: an item that does not fit what is left is cancelled and smaller later items may
+still be confirmed (nothing is held back for a later run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from stream_app.domain.preorders import Policy
+from stream_app.domain.reservations import (
+    EventType,
+    Outcome,
+    Reason,
+    Reservation,
+    ReservationBook,
+    Status,
+    Transition,
+    iso,
+    require_aware,
+)
+
+PENDING = frozenset({Status.CONFIRMING, Status.RELEASE_FAILED})
+
+
+@dataclass
+class ReleaseOutcome:
+    """``changed``/``events``/``header_changed`` as in :class:`Outcome`; ``to_order``: the
+    reservations whose Fluent order must be created now, in release order."""
+
+    changed: list[Reservation] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    to_order: list[Reservation] = field(default_factory=list)
+    header_changed: bool = False
+
+
+def release_key(reservation: Reservation, policy: Policy) -> tuple[int, date, int, int]:
+    committed_group = 0 if (policy.committed_first and reservation.committed) else 1
+    return (committed_group, reservation.ship_date, -reservation.tier_score, reservation.sequence)
+
+
+def plan_release(
+    book: ReservationBook, release_date: date, current_atp: int, policy: Policy, now: datetime
+) -> list[Transition]:
+    """The status changes a release of ``release_date`` makes (pure; see module doc)."""
+    require_aware(now)
+    expired: list[Transition] = []
+    eligible: list[Reservation] = []
+    waitlisted: list[Reservation] = []
+    held_pending = 0
+    for reservation in book.reservations():
+        status = reservation.status
+        if status in PENDING:
+            held_pending += reservation.quantity
+        if reservation.ship_date > release_date:
+            continue
+        if status is Status.RESERVED:
+            if (
+                policy.commit_required
+                and not reservation.committed
+                and now >= reservation.expires_at
+            ):
+                expired.append(
+                    Transition(
+                        reservation.reservation_id,
+                        Status.EXPIRED,
+                        Reason.NOT_COMMITTED,
+                        EventType.EXPIRED,
+                    )
+                )
+            else:
+                eligible.append(reservation)
+        elif status is Status.WAITLISTED:
+            waitlisted.append(reservation)
+    budget = current_atp - held_pending
+    allocations: list[Transition] = []
+    for reservation in sorted(eligible, key=lambda r: release_key(r, policy)):
+        if reservation.quantity <= budget:
+            budget -= reservation.quantity
+            allocations.append(Transition(reservation.reservation_id, Status.CONFIRMING))
+        else:
+            allocations.append(
+                Transition(
+                    reservation.reservation_id,
+                    Status.CANCELLED,
+                    Reason.INSUFFICIENT_INVENTORY,
+                    EventType.CANCELLED,
+                )
+            )
+    not_allocated = [
+        Transition(r.reservation_id, Status.CANCELLED, Reason.NOT_ALLOCATED, EventType.CANCELLED)
+        for r in sorted(waitlisted, key=lambda r: release_key(r, policy))
+    ]
+    return expired + allocations + not_allocated
+
+
+def pending_orders(book: ReservationBook, policy: Policy) -> list[Reservation]:
+    """CONFIRMING / RELEASE_FAILED reservations (their order is still to create)."""
+    pending = [r for r in book.reservations() if r.status in PENDING]
+    return sorted(pending, key=lambda r: release_key(r, policy))
+
+
+def allocate_release(
+    book: ReservationBook, release_date: date, current_atp: int, policy: Policy, now: datetime
+) -> ReleaseOutcome:
+    """Step 1 of the release: apply :func:`plan_release` to the book (mutates it).
+
+    ``current_atp``: the SKU/location's ATP at release time. CONFIRMING emits no event
+    (CONFIRMED follows :func:`order_created`); EXPIRED and CANCELLED do.
+    """
+    outcome = book.apply_transitions(
+        plan_release(book, release_date, current_atp, policy, now), now
+    )
+    return ReleaseOutcome(
+        changed=outcome.changed,
+        events=outcome.events,
+        to_order=pending_orders(book, policy),
+        header_changed=outcome.header_changed,
+    )
+
+
+def order_created(book: ReservationBook, reservation_id: str, now: datetime) -> Outcome:
+    """Fluent accepted the order: CONFIRMING/RELEASE_FAILED → CONFIRMED (event CONFIRMED).
+    Idempotent: an already CONFIRMED reservation is left alone."""
+    reservation = book.get(reservation_id)
+    if reservation is None:
+        return Outcome(error="not_found")
+    if reservation.status is Status.CONFIRMED:
+        return Outcome(reservation=reservation)
+    if reservation.status not in PENDING:
+        return Outcome(reservation=reservation, error="not_pending")
+    outcome = book.apply_transitions(
+        [Transition(reservation_id, Status.CONFIRMED, None, EventType.CONFIRMED)], now
+    )
+    outcome.reservation = reservation
+    return outcome
+
+
+def order_failed(book: ReservationBook, reservation_id: str, error: str, now: datetime) -> Outcome:
+    """Creating the order failed: → RELEASE_FAILED (reason = the error, no event); it
+    keeps its units and the next release retries it."""
+    reservation = book.get(reservation_id)
+    if reservation is None:
+        return Outcome(error="not_found")
+    if reservation.status not in PENDING:
+        return Outcome(reservation=reservation, error="not_pending")
+    outcome = book.apply_transitions(
+        [Transition(reservation_id, Status.RELEASE_FAILED, error[:500])], now
+    )
+    outcome.reservation = reservation
+    return outcome
+
+
+def fluent_order_ref(reservation_id: str) -> str:
+    """Deterministic Fluent order ref: a rerun finds the same order, never a second one."""
+    return f"PO-{reservation_id}"
+
+
+def create_order_input(reservation: Reservation, retailer_id: str) -> dict[str, Any]:
+    """``CreateOrderInput`` for the fulfilment order of one released reservation."""
+    return {
+        "ref": fluent_order_ref(reservation.reservation_id),
+        "type": "HD",
+        "retailer": {"id": retailer_id},
+        "customer": {"id": reservation.customer_id},
+        "items": [
+            {
+                "ref": reservation.reservation_id,
+                "productRef": reservation.sku,
+                "quantity": reservation.quantity,
+            }
+        ],
+    }
+
+
+def outcome_label(reservation: Reservation) -> str:
+    """CONFIRMED, CONFIRMING, RELEASE_FAILED, EXPIRED, CANCELLED_<REASON>, …"""
+    if reservation.status is Status.CANCELLED and reservation.reason:
+        return f"CANCELLED_{reservation.reason.upper()}"
+    return reservation.status.value
+
+
+def release_report(
+    release_date: date,
+    reservations: Iterable[Reservation],
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+) -> dict[str, Any]:
+    """Counts (reservations and units) by tier and outcome of the reservations a release
+    touched, e.g. ``ReleaseOutcome.changed + to_order`` of every book, in their state after
+    order creation. Each reservation id is counted once."""
+    by_tier: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
+    units: dict[str, int] = {}
+    seen: set[str] = set()
+    for reservation in reservations:
+        if reservation.reservation_id in seen:
+            continue
+        seen.add(reservation.reservation_id)
+        label = outcome_label(reservation)
+        tier = by_tier.setdefault(reservation.tier, {})
+        tier[label] = tier.get(label, 0) + 1
+        totals[label] = totals.get(label, 0) + 1
+        units[label] = units.get(label, 0) + reservation.quantity
+    report: dict[str, Any] = {
+        "releaseDate": release_date.isoformat(),
+        "reservations": len(seen),
+        "totals": dict(sorted(totals.items())),
+        "units": dict(sorted(units.items())),
+        "byTier": {tier: dict(sorted(counts.items())) for tier, counts in sorted(by_tier.items())},
+        "startedAt": iso(started_at) if started_at else None,
+        "finishedAt": iso(finished_at) if finished_at else None,
+        "durationSeconds": (
+            (finished_at - started_at).total_seconds() if started_at and finished_at else None
+        ),
+    }
+    return report

@@ -1,0 +1,939 @@
+"""The reservation book: every reservation of ONE SKU/location, and its operations.
+
+One book is one partition's unit of decision. It is a mutable object: every operation
+changes the book in place and returns an :class:`Outcome` naming the reservations whose
+stored state changed (``changed``: write only those) and the ``reservation-events`` dicts
+to publish. Nothing here reads the clock or does I/O: ``now`` is always an argument.
+
+Statuses: RESERVED and WAITLISTED are queued (ranked); RESERVED, CONFIRMING (release
+allocated it, Fluent order pending) and RELEASE_FAILED (order creation failed, retried by
+the next release) hold units; REJECTED, CONFIRMED, CANCELLED and EXPIRED are final.
+``committed`` (payment captured) is kept apart from the status.
+
+Cost: ``place`` is O(log n + tiers + ship dates); running held totals per ship date keep
+future ATP at O(dates); ranks come from per-tier sorted lists of sequences (arrivals
+append at the end). Bulk changes (mass promotion, expiry, release) rebuild the ranked
+lists of the touched queue once, O(queue).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any
+
+from stream_app.domain.future_atp import Supply, future_atp
+from stream_app.domain.preorders import ItemRequest, Policy
+from stream_app.domain.priority import PriorityKey, priority_key, tier_score
+
+
+class Status(StrEnum):
+    RESERVED = "RESERVED"
+    WAITLISTED = "WAITLISTED"
+    REJECTED = "REJECTED"
+    CONFIRMING = "CONFIRMING"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+    RELEASE_FAILED = "RELEASE_FAILED"
+
+
+#: statuses whose units count against future ATP (and against sellable stock)
+HOLDING = frozenset({Status.RESERVED, Status.CONFIRMING, Status.RELEASE_FAILED})
+#: statuses that count towards ``max_per_customer``
+COUNTED = HOLDING | {Status.WAITLISTED, Status.CONFIRMED}
+FINAL = frozenset({Status.REJECTED, Status.CONFIRMED, Status.CANCELLED, Status.EXPIRED})
+
+
+class EventType(StrEnum):
+    RESERVED = "RESERVED"
+    WAITLISTED = "WAITLISTED"
+    REJECTED = "REJECTED"
+    BUMPED = "BUMPED"
+    PROMOTED = "PROMOTED"
+    COMMITTED = "COMMITTED"
+    CONFIRMED = "CONFIRMED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+class Reason:
+    """Reason codes carried by reservations and events."""
+
+    INSUFFICIENT_INVENTORY = "insufficient_inventory"
+    QUEUE_FULL = "queue_full"
+    MAX_PER_CUSTOMER = "max_per_customer"
+    PREEMPTED = "preempted_by_higher_tier"
+    CANCELLED = "cancelled"
+    NOT_COMMITTED = "not_committed"
+    NOT_ALLOCATED = "not_allocated"
+
+
+# --- time and ids ----------------------------------------------------------------------
+
+
+def require_aware(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be a timezone-aware datetime")
+    return now
+
+
+def iso(moment: datetime) -> str:
+    """UTC ISO 8601 with a ``Z`` suffix."""
+    return require_aware(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@lru_cache(maxsize=4096)
+def expires_at_for(ship_date: date, expiry_days: int) -> datetime:
+    """``shipDate − expiry_days`` at 00:00 UTC: a commit must arrive before it."""
+    return datetime.combine(ship_date - timedelta(days=expiry_days), time(0), tzinfo=UTC)
+
+
+def reservation_id(order_id: str, sku: str, location: str, item_index: int) -> str:
+    """Deterministic id: ``R-`` + 20 hex digits of sha256 over the length-prefixed parts
+    (unambiguous whatever characters the parts hold)."""
+    material = (
+        f"{len(order_id)}:{order_id}|{len(sku)}:{sku}|{len(location)}:{location}|{item_index}"
+    )
+    return "R-" + hashlib.sha256(material.encode()).hexdigest()[:20]
+
+
+# --- the reservation -------------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class Reservation:
+    """One item of one pre-order in one SKU/location queue.
+
+    ``sequence``: immutable 1-based arrival number in its ship-date queue (every placed
+    item takes one, rejected ones included); ``tier_score``: the tier's score when it
+    arrived (its priority never changes afterwards); ``expires_at``: commit deadline.
+    """
+
+    reservation_id: str
+    order_id: str
+    item_index: int
+    customer_id: str
+    customer_email: str
+    sku: str
+    location: str
+    ship_date: date
+    quantity: int
+    tier: str
+    tier_score: int
+    sequence: int
+    status: Status
+    expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    committed: bool = False
+    #: rank in its queue as of this reservation's last change (others' changes shift it;
+    #: ask :meth:`ReservationBook.queue_position` for the live value)
+    queue_position: int | None = None
+    reason: str | None = None
+    available: int | None = None
+    product_name: str = ""
+    source: str = ""
+
+    @property
+    def key(self) -> PriorityKey:
+        return priority_key(self.tier_score, self.sequence)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (camelCase) form used for storage, results and views."""
+        return {
+            "reservationId": self.reservation_id,
+            "orderId": self.order_id,
+            "itemIndex": self.item_index,
+            "customerId": self.customer_id,
+            "customerEmail": self.customer_email,
+            "sku": self.sku,
+            "location": self.location,
+            "shipDate": self.ship_date.isoformat(),
+            "quantity": self.quantity,
+            "tier": self.tier,
+            "tierScore": self.tier_score,
+            "status": str(self.status),
+            "committed": self.committed,
+            "sequence": self.sequence,
+            "queuePosition": self.queue_position,
+            "expiresAt": iso(self.expires_at),
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+            "reason": self.reason,
+            "available": self.available,
+            "productName": self.product_name,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reservation:
+        created = parse_iso(str(data["createdAt"]))
+        return cls(
+            reservation_id=str(data["reservationId"]),
+            order_id=str(data["orderId"]),
+            item_index=int(data.get("itemIndex", 0)),
+            customer_id=str(data["customerId"]),
+            customer_email=str(data.get("customerEmail") or ""),
+            sku=str(data["sku"]),
+            location=str(data["location"]),
+            ship_date=date.fromisoformat(str(data["shipDate"])),
+            quantity=int(data["quantity"]),
+            tier=str(data["tier"]),
+            tier_score=int(data["tierScore"]),
+            sequence=int(data["sequence"]),
+            status=Status(data["status"]),
+            expires_at=parse_iso(str(data["expiresAt"])),
+            created_at=created,
+            updated_at=parse_iso(str(data.get("updatedAt") or data["createdAt"])),
+            committed=bool(data.get("committed", False)),
+            queue_position=None
+            if data.get("queuePosition") is None
+            else int(data["queuePosition"]),
+            reason=None if data.get("reason") is None else str(data["reason"]),
+            available=None if data.get("available") is None else int(data["available"]),
+            product_name=str(data.get("productName") or ""),
+            source=str(data.get("source") or ""),
+        )
+
+
+def reservation_event(
+    reservation: Reservation,
+    event_type: EventType,
+    now: datetime | str,
+    queue_position: int | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """One ``reservation-events`` value (``queuePosition``/``reason`` only when known).
+
+    ``now`` may be given pre-formatted (``iso(now)``)."""
+    event: dict[str, Any] = {
+        "eventType": str(event_type),
+        "reservationId": reservation.reservation_id,
+        "orderId": reservation.order_id,
+        "customerId": reservation.customer_id,
+        "sku": reservation.sku,
+        "location": reservation.location,
+        "shipDate": reservation.ship_date.isoformat(),
+        "quantity": reservation.quantity,
+        "tier": reservation.tier,
+        "sequence": reservation.sequence,
+    }
+    if queue_position is not None:
+        event["queuePosition"] = queue_position
+    if reason is not None:
+        event["reason"] = reason
+    if event_type is EventType.REJECTED and reservation.available is not None:
+        event["available"] = reservation.available
+    event["at"] = now if isinstance(now, str) else iso(now)
+    return event
+
+
+@dataclass
+class Outcome:
+    """What one book operation did.
+
+    ``reservation``: the subject (the decision of ``place``; the reservation cancelled or
+    committed), ``changed``: every reservation whose stored state changed (each once),
+    ``events``: ``reservation-events`` values in causal order, ``duplicate``: ``place`` of
+    an id the book already holds (nothing changed), ``error``: why nothing was done
+    (``not_found``, ``not_cancellable``, ``not_reserved``, ``commit_deadline_passed``,
+    ``not_pending``), ``header_changed``: the book header must be rewritten.
+    """
+
+    reservation: Reservation | None = None
+    changed: list[Reservation] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    duplicate: bool = False
+    error: str | None = None
+    header_changed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A status change applied by :meth:`ReservationBook.apply_transitions`."""
+
+    reservation_id: str
+    status: Status
+    reason: str | None = None
+    event: EventType | None = None
+
+
+# --- ranked lists ----------------------------------------------------------------------
+
+
+class _Ranked:
+    """Sequences of one status group of one queue in priority order.
+
+    One sorted list of sequences per tier score: arrivals append at the end of their
+    tier's list; the rank is the size of the higher tiers plus a bisect.
+    """
+
+    __slots__ = ("_buckets", "_scores", "_size")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, list[int]] = {}
+        self._scores: list[int] = []  # descending: highest priority first
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _bucket(self, score: int) -> list[int]:
+        bucket = self._buckets.get(score)
+        if bucket is None:
+            bucket = self._buckets[score] = []
+            self._scores.append(score)
+            self._scores.sort(reverse=True)
+        return bucket
+
+    def add(self, score: int, sequence: int) -> None:
+        bucket = self._bucket(score)
+        if not bucket or bucket[-1] < sequence:
+            bucket.append(sequence)
+        else:
+            insort(bucket, sequence)
+        self._size += 1
+
+    def remove(self, score: int, sequence: int) -> None:
+        bucket = self._buckets[score]
+        if bucket and bucket[-1] == sequence:
+            bucket.pop()
+        else:
+            index = bisect_left(bucket, sequence)
+            if index == len(bucket) or bucket[index] != sequence:
+                raise KeyError((score, sequence))
+            del bucket[index]
+        self._size -= 1
+
+    def rank(self, score: int, sequence: int) -> int:
+        """0-based number of entries before ``(score, sequence)``."""
+        ahead = 0
+        for other in self._scores:
+            if other <= score:
+                break
+            ahead += len(self._buckets[other])
+        return ahead + bisect_left(self._buckets.get(score, []), sequence)
+
+    def in_order(self) -> Iterator[tuple[int, int]]:
+        for score in self._scores:
+            for sequence in self._buckets[score]:
+                yield score, sequence
+
+    def in_reverse(self) -> Iterator[tuple[int, int]]:
+        for score in reversed(self._scores):
+            for sequence in reversed(self._buckets[score]):
+                yield score, sequence
+
+    def reset(self, entries: Iterable[tuple[int, int]]) -> None:
+        """Replace the content; ``entries`` in ascending sequence order."""
+        self._buckets = {}
+        self._scores = []
+        self._size = 0
+        for score, sequence in entries:
+            self._bucket(score).append(sequence)
+            self._size += 1
+
+
+class _Queue:
+    """All reservations of one ship date (any status) and the ranked lists of the queued."""
+
+    __slots__ = ("by_seq", "last_sequence", "min_expires_at", "reserved", "ship_date", "waitlisted")
+
+    def __init__(self, ship_date: date) -> None:
+        self.ship_date = ship_date
+        self.last_sequence = 0
+        self.by_seq: dict[int, Reservation] = {}
+        self.reserved = _Ranked()
+        self.waitlisted = _Ranked()
+        self.min_expires_at: datetime | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self.reserved) + len(self.waitlisted)
+
+    def ranked(self, status: Status) -> _Ranked | None:
+        if status is Status.RESERVED:
+            return self.reserved
+        if status is Status.WAITLISTED:
+            return self.waitlisted
+        return None
+
+    def position(self, reservation: Reservation) -> int | None:
+        """1-based rank: RESERVED first, then WAITLISTED, each by priority key."""
+        if reservation.status is Status.RESERVED:
+            return self.reserved.rank(reservation.tier_score, reservation.sequence) + 1
+        if reservation.status is Status.WAITLISTED:
+            rank = self.waitlisted.rank(reservation.tier_score, reservation.sequence)
+            return len(self.reserved) + rank + 1
+        return None
+
+    def rebuild_ranked(self) -> None:
+        ordered = sorted(self.by_seq.values(), key=lambda r: r.sequence)
+        self.reserved.reset(
+            (r.tier_score, r.sequence) for r in ordered if r.status is Status.RESERVED
+        )
+        self.waitlisted.reset(
+            (r.tier_score, r.sequence) for r in ordered if r.status is Status.WAITLISTED
+        )
+
+
+class _Recorder:
+    """Collects the changes and events of one operation; positions are filled in at the end."""
+
+    def __init__(self, revision: int) -> None:
+        self.revision = revision
+        self.changed: dict[str, Reservation] = {}
+        self.pending: list[tuple[Reservation, EventType, str | None]] = []
+
+    def touch(self, reservation: Reservation) -> None:
+        self.changed.setdefault(reservation.reservation_id, reservation)
+
+    def event(
+        self, reservation: Reservation, event_type: EventType, reason: str | None = None
+    ) -> None:
+        self.touch(reservation)
+        self.pending.append((reservation, event_type, reason))
+
+
+_POSITIONED = {
+    EventType.RESERVED: Status.RESERVED,
+    EventType.PROMOTED: Status.RESERVED,
+    EventType.WAITLISTED: Status.WAITLISTED,
+}
+
+#: above this many status changes in one queue, rebuild its ranked lists once
+_BULK = 32
+
+
+# --- the book --------------------------------------------------------------------------
+
+
+class ReservationBook:
+    """All reservations of one SKU/location (all ship dates). Mutated in place."""
+
+    def __init__(self, sku: str, location: str) -> None:
+        self.sku = sku
+        self.location = location
+        self._by_id: dict[str, Reservation] = {}
+        self._by_order: dict[str, list[str]] = {}
+        self._queues: dict[date, _Queue] = {}
+        self._held: dict[date, int] = {}
+        self._customer_units: dict[str, int] = {}
+        self._revision = 0  # bumped whenever header content changes
+
+    # --- reading ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, reservation_id: object) -> bool:
+        return reservation_id in self._by_id
+
+    def get(self, reservation_id: str) -> Reservation | None:
+        return self._by_id.get(reservation_id)
+
+    def reservations(self) -> Iterator[Reservation]:
+        """Every reservation, by ship date then sequence."""
+        for ship_date in self.ship_dates():
+            queue = self._queues[ship_date]
+            for sequence in sorted(queue.by_seq):
+                yield queue.by_seq[sequence]
+
+    def reservations_for(self, ship_date: date) -> list[Reservation]:
+        queue = self._queues.get(ship_date)
+        if queue is None:
+            return []
+        return [queue.by_seq[sequence] for sequence in sorted(queue.by_seq)]
+
+    def order_reservations(self, order_id: str) -> list[Reservation]:
+        found = (self._by_id[rid] for rid in self._by_order.get(order_id, ()))
+        return sorted(found, key=lambda r: (r.ship_date, r.sequence))
+
+    def ship_dates(self) -> list[date]:
+        return sorted(self._queues)
+
+    def held_by_date(self) -> Mapping[date, int]:
+        """Units held (RESERVED, CONFIRMING, RELEASE_FAILED) per ship date; read-only view."""
+        return MappingProxyType(self._held)
+
+    def held_units(self) -> int:
+        """Units held by active reservations: what the storefront must not sell."""
+        return sum(self._held.values())
+
+    def customer_units(self, customer_id: str) -> int:
+        return self._customer_units.get(customer_id, 0)
+
+    def future_atp(self, supply: Supply, ship_date: date) -> int:
+        return future_atp(supply, self._held, ship_date)
+
+    def queue_depth(self, ship_date: date) -> int:
+        queue = self._queues.get(ship_date)
+        return queue.depth if queue else 0
+
+    def queue_position(self, reservation: Reservation | str) -> int | None:
+        """Live 1-based rank in its queue (None unless RESERVED or WAITLISTED). O(log n)."""
+        found = self._by_id.get(reservation) if isinstance(reservation, str) else reservation
+        if found is None:
+            return None
+        queue = self._queues.get(found.ship_date)
+        return queue.position(found) if queue else None
+
+    def reservation_dict(self, reservation: Reservation) -> dict[str, Any]:
+        """:meth:`Reservation.to_dict` with the live queue position."""
+        data = reservation.to_dict()
+        data["queuePosition"] = self.queue_position(reservation)
+        return data
+
+    def queue(
+        self, ship_date: date, offset: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Queue entries in rank order (RESERVED then WAITLISTED, each by priority key),
+        ``queuePosition`` = offset+1 … ; ``offset``/``limit`` page through long queues."""
+        queue = self._queues.get(ship_date)
+        if queue is None:
+            return []
+        entries: list[dict[str, Any]] = []
+        position = 0
+        end = None if limit is None else offset + limit
+        for ranked in (queue.reserved, queue.waitlisted):
+            if position + len(ranked) <= offset:
+                position += len(ranked)
+                continue
+            for _score, sequence in ranked.in_order():
+                position += 1
+                if position <= offset:
+                    continue
+                if end is not None and position > end:
+                    return entries
+                data = queue.by_seq[sequence].to_dict()
+                data["queuePosition"] = position
+                entries.append(data)
+        return entries
+
+    def queue_view(
+        self, ship_date: date, offset: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
+        """``GET /queues/{sku}/{location}/{shipDate}``."""
+        return {
+            "sku": self.sku,
+            "location": self.location,
+            "shipDate": ship_date.isoformat(),
+            "depth": self.queue_depth(ship_date),
+            "entries": self.queue(ship_date, offset, limit),
+        }
+
+    # --- storage ---------------------------------------------------------------------
+
+    def header(self) -> dict[str, Any]:
+        """Small JSON-safe header (O(ship dates)). Everything in it can be derived from
+        the reservations; ``lastSequence`` keeps sequences monotonic even if the highest
+        reservations of a date were lost."""
+        return {
+            "sku": self.sku,
+            "location": self.location,
+            "lastSequence": {
+                d.isoformat(): q.last_sequence for d, q in sorted(self._queues.items())
+            },
+            "heldByDate": {d.isoformat(): units for d, units in sorted(self._held.items())},
+            "heldUnits": self.held_units(),
+            "reservations": len(self._by_id),
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        sku: str,
+        location: str,
+        reservations: Iterable[Reservation | Mapping[str, Any]],
+        header: Mapping[str, Any] | None = None,
+    ) -> ReservationBook:
+        """Rebuild a book from its stored reservations (and header). O(n log n)."""
+        book = cls(sku, location)
+        loaded = [
+            r if isinstance(r, Reservation) else Reservation.from_dict(r) for r in reservations
+        ]
+        loaded.sort(key=lambda r: (r.ship_date, r.sequence))
+        for reservation in loaded:
+            if reservation.sku != sku or reservation.location != location:
+                raise ValueError(
+                    f"reservation {reservation.reservation_id} is not of {sku}|{location}"
+                )
+            status = reservation.status
+            reservation.status = Status.REJECTED  # no memberships yet
+            book._register(reservation)
+            book._move(reservation, status, reservation.updated_at, ranked=False)
+        for queue in book._queues.values():
+            queue.rebuild_ranked()
+        for text, last in (header or {}).get("lastSequence", {}).items():
+            queue = book._queue(date.fromisoformat(text))
+            queue.last_sequence = max(queue.last_sequence, int(last))
+        return book
+
+    # --- internals -------------------------------------------------------------------
+
+    def _queue(self, ship_date: date) -> _Queue:
+        queue = self._queues.get(ship_date)
+        if queue is None:
+            queue = self._queues[ship_date] = _Queue(ship_date)
+            self._held.setdefault(ship_date, 0)
+        return queue
+
+    def _register(self, reservation: Reservation) -> None:
+        queue = self._queue(reservation.ship_date)
+        if reservation.sequence in queue.by_seq or reservation.reservation_id in self._by_id:
+            raise ValueError(f"duplicate reservation {reservation.reservation_id}")
+        queue.by_seq[reservation.sequence] = reservation
+        queue.last_sequence = max(queue.last_sequence, reservation.sequence)
+        if queue.min_expires_at is None or reservation.expires_at < queue.min_expires_at:
+            queue.min_expires_at = reservation.expires_at
+        self._by_id[reservation.reservation_id] = reservation
+        self._revision += 1
+        self._by_order.setdefault(reservation.order_id, []).append(reservation.reservation_id)
+
+    def _move(
+        self, reservation: Reservation, status: Status, now: datetime, ranked: bool = True
+    ) -> None:
+        """The one place a status changes: keeps ranked lists and running totals right."""
+        old = reservation.status
+        if old is status:
+            return
+        queue = self._queues[reservation.ship_date]
+        if ranked:
+            before = queue.ranked(old)
+            if before is not None:
+                before.remove(reservation.tier_score, reservation.sequence)
+            after = queue.ranked(status)
+            if after is not None:
+                after.add(reservation.tier_score, reservation.sequence)
+        units = reservation.quantity
+        if (old in HOLDING) != (status in HOLDING):
+            self._revision += 1
+        if old in HOLDING:
+            self._held[reservation.ship_date] -= units
+        if status in HOLDING:
+            self._held[reservation.ship_date] += units
+        customer = reservation.customer_id
+        if old in COUNTED:
+            left = self._customer_units.get(customer, 0) - units
+            if left > 0:
+                self._customer_units[customer] = left
+            else:
+                self._customer_units.pop(customer, None)
+        if status in COUNTED:
+            self._customer_units[customer] = self._customer_units.get(customer, 0) + units
+        reservation.status = status
+        reservation.updated_at = now
+
+    def _move_many(self, moves: Sequence[tuple[Reservation, Status]], now: datetime) -> None:
+        """Apply many status changes; a queue with many of them is re-ranked once."""
+        per_queue: dict[date, int] = {}
+        for reservation, _status in moves:
+            per_queue[reservation.ship_date] = per_queue.get(reservation.ship_date, 0) + 1
+        bulk = {ship_date for ship_date, count in per_queue.items() if count > _BULK}
+        for reservation, status in moves:
+            self._move(reservation, status, now, ranked=reservation.ship_date not in bulk)
+        for ship_date in sorted(bulk):
+            self._queues[ship_date].rebuild_ranked()
+
+    def _finish(self, recorder: _Recorder, now: datetime, **extra: Any) -> Outcome:
+        for reservation in recorder.changed.values():
+            reservation.queue_position = self.queue_position(reservation)
+        events = []
+        at = iso(now)
+        for reservation, event_type, reason in recorder.pending:
+            position = None
+            if _POSITIONED.get(event_type) is reservation.status:
+                position = reservation.queue_position
+            events.append(reservation_event(reservation, event_type, at, position, reason))
+        return Outcome(
+            changed=list(recorder.changed.values()),
+            events=events,
+            header_changed=self._revision != recorder.revision,
+            **extra,
+        )
+
+    def _victims(self, queue: _Queue, score: int, needed: int) -> list[Reservation]:
+        """Lowest-priority, latest-arriving RESERVED items of LOWER tiers freeing ≥ needed."""
+        victims: list[Reservation] = []
+        freed = 0
+        for other_score, sequence in queue.reserved.in_reverse():
+            if other_score >= score:
+                break
+            victim = queue.by_seq[sequence]
+            victims.append(victim)
+            freed += victim.quantity
+            if freed >= needed:
+                return victims
+        return []
+
+    def _promote(self, supply: Supply, policy: Policy, now: datetime, recorder: _Recorder) -> None:
+        """Waitlisted → RESERVED, earliest ship date first, each queue in priority order
+        while the head fits (a large head item is not overtaken by later small ones).
+        With commits required, a queue past its commit deadline is not promoted: nobody
+        could commit in time; its waitlist is cancelled at release."""
+        for ship_date in self.ship_dates():
+            queue = self._queues[ship_date]
+            if not len(queue.waitlisted):
+                continue
+            if policy.commit_required and now >= expires_at_for(ship_date, policy.expiry_days):
+                continue
+            atp = self.future_atp(supply, ship_date)
+            promoted: list[tuple[Reservation, Status]] = []
+            for _score, sequence in queue.waitlisted.in_order():
+                candidate = queue.by_seq[sequence]
+                if candidate.quantity > atp:
+                    break
+                atp -= candidate.quantity
+                promoted.append((candidate, Status.RESERVED))
+            if promoted:
+                self._move_many(promoted, now)
+                for reservation, _status in promoted:
+                    reservation.reason = None
+                    reservation.available = None
+                    recorder.event(reservation, EventType.PROMOTED)
+
+    # --- operations ------------------------------------------------------------------
+
+    def place(self, request: ItemRequest, supply: Supply, policy: Policy, now: datetime) -> Outcome:
+        """Decide one item: RESERVED, WAITLISTED or REJECTED (``Outcome.reservation``).
+
+        In order: ``max_per_customer`` (units of this SKU/location held or waitlisted by
+        the customer) → REJECTED ``max_per_customer``; future ATP(shipDate) ≥ quantity →
+        RESERVED; else, with preemption and the waitlist on, the lowest-priority,
+        latest-arriving RESERVED items of strictly LOWER tiers in the same ship-date queue
+        are BUMPED (then WAITLISTED) if together they free enough, and the item is
+        RESERVED; else WAITLISTED (waitlist on and queue depth RESERVED+WAITLISTED below
+        ``max_queue_depth``) or REJECTED (``queue_full`` / ``insufficient_inventory``,
+        ``available`` = max(0, ATP)). A RESERVED item is never refused for depth: the
+        cap bounds the waitlist, supply bounds the rest.
+
+        Idempotent: an id already in the book returns its current state with
+        ``duplicate=True``, no change and NO event (the decision is not re-published).
+        """
+        require_aware(now)
+        if request.sku != self.sku or request.location != self.location:
+            raise ValueError(f"item {request.sku}|{request.location} is not of this book")
+        rid = reservation_id(request.order_id, request.sku, request.location, request.item_index)
+        existing = self._by_id.get(rid)
+        if existing is not None:
+            return Outcome(reservation=existing, duplicate=True)
+        queue = self._queue(request.ship_date)
+        score = tier_score(request.tier, policy.tier_scores)
+        reservation = Reservation(
+            reservation_id=rid,
+            order_id=request.order_id,
+            item_index=request.item_index,
+            customer_id=request.customer_id,
+            customer_email=request.customer_email,
+            sku=request.sku,
+            location=request.location,
+            ship_date=request.ship_date,
+            quantity=request.quantity,
+            tier=request.tier,
+            tier_score=score,
+            sequence=queue.last_sequence + 1,
+            status=Status.REJECTED,
+            expires_at=expires_at_for(request.ship_date, policy.expiry_days),
+            created_at=now,
+            updated_at=now,
+            product_name=request.product_name,
+            source=request.source,
+        )
+        recorder = _Recorder(self._revision)
+        self._register(reservation)
+        quantity = request.quantity
+        limit = policy.max_per_customer
+        if quantity <= 0:
+            reservation.reason = "invalid_quantity"
+            recorder.event(reservation, EventType.REJECTED, reservation.reason)
+            return self._finish(recorder, now, reservation=reservation)
+        if limit is not None and self.customer_units(request.customer_id) + quantity > limit:
+            reservation.reason = Reason.MAX_PER_CUSTOMER
+            recorder.event(reservation, EventType.REJECTED, reservation.reason)
+            return self._finish(recorder, now, reservation=reservation)
+        atp = self.future_atp(supply, request.ship_date)
+        if atp >= quantity:
+            self._move(reservation, Status.RESERVED, now)
+            recorder.event(reservation, EventType.RESERVED)
+            return self._finish(recorder, now, reservation=reservation)
+        victims: list[Reservation] = []
+        if policy.priority_preemption and policy.waitlist_enabled:
+            victims = self._victims(queue, score, quantity - atp)
+        if victims:
+            for victim in victims:
+                self._move(victim, Status.WAITLISTED, now)
+                victim.reason = Reason.PREEMPTED
+                recorder.event(victim, EventType.BUMPED, Reason.PREEMPTED)
+                recorder.event(victim, EventType.WAITLISTED, Reason.PREEMPTED)
+            self._move(reservation, Status.RESERVED, now)
+            recorder.event(reservation, EventType.RESERVED)
+            self._promote(supply, policy, now, recorder)  # bumping may free a little more
+            return self._finish(recorder, now, reservation=reservation)
+        reservation.available = max(0, atp)
+        if policy.waitlist_enabled and queue.depth < policy.max_queue_depth:
+            reservation.reason = Reason.INSUFFICIENT_INVENTORY
+            self._move(reservation, Status.WAITLISTED, now)
+            recorder.event(reservation, EventType.WAITLISTED, reservation.reason)
+        else:
+            reservation.reason = (
+                Reason.QUEUE_FULL if policy.waitlist_enabled else Reason.INSUFFICIENT_INVENTORY
+            )
+            recorder.event(reservation, EventType.REJECTED, reservation.reason)
+        return self._finish(recorder, now, reservation=reservation)
+
+    def cancel(
+        self,
+        reservation_id: str,
+        supply: Supply,
+        policy: Policy,
+        now: datetime,
+        reason: str = Reason.CANCELLED,
+    ) -> Outcome:
+        """Cancel a RESERVED or WAITLISTED reservation, then promote the waitlist.
+
+        Already CANCELLED/EXPIRED/REJECTED: no change (idempotent). CONFIRMING,
+        RELEASE_FAILED, CONFIRMED: ``error="not_cancellable"`` (the release owns it).
+        """
+        require_aware(now)
+        reservation = self._by_id.get(reservation_id)
+        if reservation is None:
+            return Outcome(error="not_found")
+        if reservation.status in (Status.CANCELLED, Status.EXPIRED, Status.REJECTED):
+            return Outcome(reservation=reservation)
+        if reservation.status not in (Status.RESERVED, Status.WAITLISTED):
+            return Outcome(reservation=reservation, error="not_cancellable")
+        recorder = _Recorder(self._revision)
+        self._move(reservation, Status.CANCELLED, now)
+        reservation.reason = reason
+        recorder.event(reservation, EventType.CANCELLED, reason)
+        # freed units, or a waitlisted head gone: whoever is next may fit now
+        self._promote(supply, policy, now, recorder)
+        return self._finish(recorder, now, reservation=reservation)
+
+    def cancel_order(
+        self,
+        order_id: str,
+        supply: Supply,
+        policy: Policy,
+        now: datetime,
+        reason: str = Reason.CANCELLED,
+    ) -> Outcome:
+        """Cancel every RESERVED/WAITLISTED reservation of ``order_id`` in this book, then
+        promote once. ``error="not_found"`` when the book holds none of the order."""
+        require_aware(now)
+        mine = self.order_reservations(order_id)
+        if not mine:
+            return Outcome(error="not_found")
+        recorder = _Recorder(self._revision)
+        targets = [r for r in mine if r.status in (Status.RESERVED, Status.WAITLISTED)]
+        if not targets:
+            return self._finish(recorder, now)
+        self._move_many([(r, Status.CANCELLED) for r in targets], now)
+        for reservation in targets:
+            reservation.reason = reason
+            recorder.event(reservation, EventType.CANCELLED, reason)
+        self._promote(supply, policy, now, recorder)
+        return self._finish(recorder, now)
+
+    def commit(self, reservation_id: str, policy: Policy, now: datetime) -> Outcome:
+        """Mark a reservation committed (payment captured): COMMITTED event; idempotent.
+
+        Only a reservation holding units can be committed (``error="not_reserved"``);
+        with commits required a RESERVED one must be committed before ``expiresAt``
+        (``error="commit_deadline_passed"``, nothing changes; expiry follows).
+        """
+        require_aware(now)
+        reservation = self._by_id.get(reservation_id)
+        if reservation is None:
+            return Outcome(error="not_found")
+        if reservation.committed:
+            return Outcome(reservation=reservation)
+        if reservation.status not in HOLDING and reservation.status is not Status.CONFIRMED:
+            return Outcome(reservation=reservation, error="not_reserved")
+        if (
+            policy.commit_required
+            and reservation.status is Status.RESERVED
+            and now >= reservation.expires_at
+        ):
+            return Outcome(reservation=reservation, error="commit_deadline_passed")
+        recorder = _Recorder(self._revision)
+        reservation.committed = True
+        reservation.updated_at = now
+        recorder.event(reservation, EventType.COMMITTED)
+        return self._finish(recorder, now, reservation=reservation)
+
+    def promote(self, supply: Supply, policy: Policy, now: datetime) -> Outcome:
+        """Promote waitlisted items that new supply (or freed units) now covers."""
+        require_aware(now)
+        recorder = _Recorder(self._revision)
+        self._promote(supply, policy, now, recorder)
+        return self._finish(recorder, now)
+
+    def expire(self, supply: Supply, policy: Policy, now: datetime) -> Outcome:
+        """With commits required: RESERVED, uncommitted reservations whose ``expiresAt``
+        has come (``now ≥ expiresAt``) → EXPIRED (``not_committed``), then promotion."""
+        require_aware(now)
+        recorder = _Recorder(self._revision)
+        if not policy.commit_required:
+            return self._finish(recorder, now)
+        moves: list[tuple[Reservation, Status]] = []
+        for ship_date in self.ship_dates():
+            queue = self._queues[ship_date]
+            if (
+                queue.min_expires_at is None
+                or now < queue.min_expires_at
+                or not len(queue.reserved)
+            ):
+                continue
+            for _score, sequence in queue.reserved.in_order():
+                candidate = queue.by_seq[sequence]
+                if not candidate.committed and now >= candidate.expires_at:
+                    moves.append((candidate, Status.EXPIRED))
+        if moves:
+            self._move_many(moves, now)
+            for reservation, _status in moves:
+                reservation.reason = Reason.NOT_COMMITTED
+                recorder.event(reservation, EventType.EXPIRED, Reason.NOT_COMMITTED)
+            self._promote(supply, policy, now, recorder)
+        return self._finish(recorder, now)
+
+    def apply_transitions(self, transitions: Sequence[Transition], now: datetime) -> Outcome:
+        """Apply status changes decided elsewhere (the release); unknown ids and no-op
+        transitions are skipped. Events are emitted in the given order."""
+        require_aware(now)
+        recorder = _Recorder(self._revision)
+        moves: list[tuple[Reservation, Status]] = []
+        applied: list[tuple[Reservation, Transition]] = []
+        for transition in transitions:
+            reservation = self._by_id.get(transition.reservation_id)
+            if reservation is None:
+                continue
+            if reservation.status is transition.status and reservation.reason == transition.reason:
+                continue
+            moves.append((reservation, transition.status))
+            applied.append((reservation, transition))
+        self._move_many(moves, now)
+        for reservation, transition in applied:
+            reservation.reason = transition.reason
+            reservation.updated_at = now
+            if transition.event is None:
+                recorder.touch(reservation)
+            else:
+                recorder.event(reservation, transition.event, transition.reason)
+        return self._finish(recorder, now)

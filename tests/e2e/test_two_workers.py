@@ -1,0 +1,81 @@
+"""Two workers share the partitions; either answers for any key; SIGKILL one and the other
+serves every key with the same values after the rebalance (table recovery on fail-over)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from stream_app.embedded import free_port
+from tests.fixtures.kafka import KafkaCluster, produce, topic_settings_env
+from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+
+pytestmark = pytest.mark.e2e
+
+KEYS = 40
+
+
+def events(round_: int) -> list[dict[str, Any]]:
+    out = []
+    for i in range(KEYS):
+        for channel, base in (("WMS", 100), ("MARKET", 10)):
+            out.append({
+                "eventId": f"{round_}-{i}-{channel}", "channel": channel, "sku": f"SKU-{i}",
+                "location": "DC-1", "onHand": base + i + round_, "reserved": 1,
+                "updatedAt": f"2026-11-20T10:{round_:02d}:00Z",
+            })
+    return out
+
+
+def expected_atp(i: int, round_: int) -> int:
+    return (100 + i + round_) + (10 + i + round_) - 2
+
+
+def answers_all(worker: StreamAppProcess, round_: int) -> bool:
+    for i in range(KEYS):
+        status, body = worker.get(f"/inventory/SKU-{i}/DC-1")
+        if status != 200 or body["atp"] != expected_atp(i, round_):
+            return False
+    return True
+
+
+def test_two_workers_share_and_survive_a_kill(kafka: KafkaCluster, processes: ProcessFactory) -> None:
+    app_id = f"two-{uuid.uuid4().hex[:6]}"
+    base = {
+        "STREAM_APP_KAFKA_BROKER": kafka.bootstrap,
+        "STREAM_APP_APP_ID": app_id,
+        "STREAM_APP_PARTITIONS": "4",
+        "STREAM_APP_CORRECT_END_OFFSETS": "true" if kafka.embedded else "false",
+        "STREAM_APP_FLUENT_SIM_PORT": str(free_port()),
+        **topic_settings_env(app_id),
+    }
+    topic = f"{app_id}-inventory-changes"
+    w1 = processes.start("worker", processes.env(base))
+    w1.wait_ready(90)
+    produce(kafka.bootstrap, topic, events(0))
+    wait_for(lambda: answers_all(w1, 0), 60, 0.3, "worker 1 alone serves every key")
+
+    w2 = processes.start("worker", processes.env(base))
+
+    def shared() -> bool:
+        s1, b1 = w1.health()
+        s2, b2 = w2.health()
+        return (
+            s1 == 200 and s2 == 200 and bool(b1["partitions"]) and bool(b2["partitions"])
+            and sorted(b1["partitions"] + b2["partitions"]) == [0, 1, 2, 3]
+        )
+
+    wait_for(shared, 90, 0.3, "two workers sharing the partitions")
+    produce(kafka.bootstrap, topic, events(1))  # written while both own partitions
+    wait_for(lambda: answers_all(w1, 1) and answers_all(w2, 1), 60, 0.3, "both answer every key")
+
+    w2.kill()
+    wait_for(
+        lambda: w1.health()[0] == 200 and w1.health()[1]["partitions"] == [0, 1, 2, 3],
+        90, 0.3, "worker 1 takes over every partition",
+    )
+    wait_for(lambda: answers_all(w1, 1), 60, 0.3, "worker 1 serves every key after the kill")
+    assert w1.proc is not None and w1.proc.poll() is None, w1.tail()
+    assert "ConsistencyError" not in w1.log_path.read_text()

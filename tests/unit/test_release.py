@@ -1,0 +1,314 @@
+"""Nightly release: priority allocation, expiry, waitlist cancellation, crash-safe two-step
+order creation, idempotent reruns, the Fluent order input and the report."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_app.domain.future_atp import Supply
+from stream_app.domain.preorders import ItemRequest, Policy
+from stream_app.domain.release import (
+    allocate_release,
+    create_order_input,
+    fluent_order_ref,
+    order_created,
+    order_failed,
+    release_key,
+    release_report,
+)
+from stream_app.domain.reservations import (
+    Reservation,
+    ReservationBook,
+    Status,
+    reservation_id,
+)
+
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+SHIP = date(2030, 2, 1)
+SHIP2 = date(2030, 2, 8)
+RELEASE_AT = datetime(2030, 2, 1, 2, 0, tzinfo=UTC)
+NO_COMMITS = Policy(commit_required=False)
+PLENTY = Supply(1000, (), 1.0)
+
+
+def req(order: str, tier: str = "STANDARD", quantity: int = 1, ship: date = SHIP) -> ItemRequest:
+    return ItemRequest(
+        order, 0, f"C-{order}", f"{order}@example.com", tier, ship, "PS6", "DC1", quantity
+    )
+
+
+def rid(order: str) -> str:
+    return reservation_id(order, "PS6", "DC1", 0)
+
+
+def build(
+    orders: list[tuple[str, str, int, date]], policy: Policy = NO_COMMITS, supply: Supply = PLENTY
+) -> ReservationBook:
+    book = ReservationBook("PS6", "DC1")
+    for order, tier, quantity, ship in orders:
+        book.place(req(order, tier, quantity, ship), supply, policy, NOW)
+    return book
+
+
+def statuses(book: ReservationBook) -> dict[str, tuple[str, str | None]]:
+    return {r.order_id: (r.status.value, r.reason) for r in book.reservations()}
+
+
+def test_confirms_in_priority_order_while_supply_lasts() -> None:
+    book = build([("S1", "STANDARD", 1, SHIP), ("S2", "STANDARD", 1, SHIP), ("V1", "VIP", 1, SHIP)])
+    outcome = allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT)
+    assert statuses(book) == {
+        "V1": ("CONFIRMING", None),
+        "S1": ("CONFIRMING", None),
+        "S2": ("CANCELLED", "insufficient_inventory"),
+    }
+    assert [r.order_id for r in outcome.to_order] == ["V1", "S1"]
+    assert [(e["eventType"], e["orderId"], e.get("reason")) for e in outcome.events] == [
+        ("CANCELLED", "S2", "insufficient_inventory")
+    ]
+    assert book.held_units() == 2  # pending orders still hold their units
+    for reservation in outcome.to_order:
+        done = order_created(book, reservation.reservation_id, RELEASE_AT)
+        assert [e["eventType"] for e in done.events] == ["CONFIRMED"]
+    assert statuses(book)["V1"] == ("CONFIRMED", None)
+    assert book.held_units() == 0
+
+
+def test_waitlisted_items_of_released_dates_are_cancelled_not_allocated() -> None:
+    tight = Supply(1, (), 1.0)
+    book = build([("A", "STANDARD", 1, SHIP), ("B", "STANDARD", 1, SHIP)], supply=tight)
+    assert book.get(rid("B")).status is Status.WAITLISTED  # type: ignore[union-attr]
+    allocate_release(book, SHIP, 5, NO_COMMITS, RELEASE_AT)
+    assert statuses(book) == {"A": ("CONFIRMING", None), "B": ("CANCELLED", "not_allocated")}
+
+
+def test_expired_uncommitted_first_then_allocation() -> None:
+    policy = Policy()  # commits required
+    book = build(
+        [("PAID", "STANDARD", 1, SHIP), ("UNPAID", "VIP", 1, SHIP), ("LATER", "VIP", 1, SHIP2)],
+        policy,
+    )
+    assert book.commit(rid("PAID"), policy, NOW).ok
+    outcome = allocate_release(book, SHIP, 10, policy, RELEASE_AT)
+    assert [(e["eventType"], e["orderId"]) for e in outcome.events] == [("EXPIRED", "UNPAID")]
+    assert statuses(book) == {
+        "PAID": ("CONFIRMING", None),
+        "UNPAID": ("EXPIRED", "not_committed"),
+        "LATER": ("RESERVED", None),  # not released yet
+    }
+
+
+def test_catch_up_releases_every_date_up_to_the_release_date() -> None:
+    book = build(
+        [
+            ("D1", "STANDARD", 1, SHIP),
+            ("D2", "PLATINUM", 1, SHIP2),
+            ("D3", "VIP", 1, SHIP2 + timedelta(days=1)),
+        ]
+    )
+    allocate_release(book, SHIP2, 1, NO_COMMITS, RELEASE_AT + timedelta(days=7))
+    # the earlier ship date was promised first, whatever the tiers
+    assert statuses(book) == {
+        "D1": ("CONFIRMING", None),
+        "D2": ("CANCELLED", "insufficient_inventory"),
+        "D3": ("RESERVED", None),
+    }
+
+
+def test_committed_first_policy() -> None:
+    policy = Policy(commit_required=False, committed_first=True)
+    book = build([("V1", "VIP", 1, SHIP), ("S1", "STANDARD", 1, SHIP)], policy)
+    book.commit(rid("S1"), policy, NOW)
+    allocate_release(book, SHIP, 1, policy, RELEASE_AT)
+    assert statuses(book) == {
+        "V1": ("CANCELLED", "insufficient_inventory"),
+        "S1": ("CONFIRMING", None),
+    }
+
+
+def test_greedy_smaller_later_items_use_what_is_left() -> None:
+    book = build([("BIG", "VIP", 3, SHIP), ("SMALL", "STANDARD", 2, SHIP)])
+    allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT)
+    assert statuses(book) == {
+        "BIG": ("CANCELLED", "insufficient_inventory"),
+        "SMALL": ("CONFIRMING", None),
+    }
+
+
+def test_rerun_on_the_same_state_changes_nothing() -> None:
+    book = build([("A", "STANDARD", 1, SHIP), ("B", "VIP", 1, SHIP), ("C", "STANDARD", 1, SHIP)])
+    first = allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT)
+    assert len(first.changed) == 3
+    again = allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT + timedelta(hours=1))
+    assert again.changed == [] and again.events == [] and not again.header_changed
+    assert [r.order_id for r in again.to_order] == ["B", "A"]  # orders still to create
+
+
+def test_crash_between_allocation_and_orders_never_allocates_twice() -> None:
+    book = build(
+        [("A", "STANDARD", 1, SHIP), ("B", "STANDARD", 1, SHIP), ("L", "STANDARD", 1, SHIP2)]
+    )
+    stored = [r.to_dict() for r in book.reservations()]
+    first = allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT)
+    # the worker dies after the allocation was stored but before any order was created
+    book = ReservationBook.restore("PS6", "DC1", [r.to_dict() for r in book.reservations()])
+    assert {r["reservationId"] for r in stored} == {r.reservation_id for r in book.reservations()}
+    retry = allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT)
+    assert retry.changed == []
+    assert [r.reservation_id for r in retry.to_order] == [r.reservation_id for r in first.to_order]
+    # A's order is created, B's fails: B keeps its unit and is retried next time
+    assert order_created(book, rid("A"), RELEASE_AT).events[0]["eventType"] == "CONFIRMED"
+    failed = order_failed(book, rid("B"), "HTTP 503", RELEASE_AT)
+    assert failed.events == [] and [r.order_id for r in failed.changed] == ["B"]
+    assert statuses(book)["B"] == ("RELEASE_FAILED", "HTTP 503")
+    # next night: current ATP 1 (A's order now in the OMS); B still holds a unit → L is short
+    nxt = allocate_release(book, SHIP2, 1, NO_COMMITS, RELEASE_AT + timedelta(days=7))
+    assert statuses(book)["L"] == ("CANCELLED", "insufficient_inventory")
+    assert [r.order_id for r in nxt.to_order] == ["B"]
+    assert order_created(book, rid("B"), RELEASE_AT).ok
+    assert statuses(book)["B"] == ("CONFIRMED", None)
+
+
+def test_order_outcomes_are_idempotent() -> None:
+    book = build([("A", "STANDARD", 1, SHIP), ("W", "STANDARD", 1, SHIP2)])
+    allocate_release(book, SHIP, 1, NO_COMMITS, RELEASE_AT)
+    assert order_created(book, rid("A"), RELEASE_AT).changed
+    again = order_created(book, rid("A"), RELEASE_AT)
+    assert again.ok and again.changed == [] and again.events == []
+    assert order_failed(book, rid("A"), "late failure", RELEASE_AT).error == "not_pending"
+    assert order_created(book, rid("W"), RELEASE_AT).error == "not_pending"
+    assert order_created(book, "R-none", RELEASE_AT).error == "not_found"
+    # a confirmed reservation can no longer be cancelled by the storefront
+    assert book.cancel(rid("A"), PLENTY, NO_COMMITS, RELEASE_AT).error == "not_cancellable"
+
+
+def test_fluent_order_input_is_deterministic() -> None:
+    book = build([("A", "VIP", 2, SHIP)])
+    reservation = book.get(rid("A"))
+    assert reservation is not None
+    assert fluent_order_ref(rid("A")) == "PO-" + rid("A")
+    assert create_order_input(reservation, "1") == {
+        "ref": "PO-" + rid("A"),
+        "type": "HD",
+        "retailer": {"id": "1"},
+        "customer": {"id": "C-A"},
+        "items": [{"ref": rid("A"), "productRef": "PS6", "quantity": 2}],
+    }
+
+
+def test_release_report_counts_by_tier_and_outcome() -> None:
+    tight = Supply(3, (), 1.0)
+    book = build(
+        [
+            ("V1", "VIP", 1, SHIP),
+            ("S1", "STANDARD", 1, SHIP),
+            ("S2", "STANDARD", 2, SHIP),
+            ("S3", "STANDARD", 1, SHIP),
+        ],
+        supply=tight,
+    )
+    outcome = allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT)
+    order_created(book, rid("V1"), RELEASE_AT)
+    order_failed(book, rid("S1"), "boom", RELEASE_AT)
+    started = RELEASE_AT
+    report = release_report(
+        SHIP, outcome.changed + outcome.to_order, started, started + timedelta(seconds=2.5)
+    )
+    assert report == {
+        "releaseDate": "2030-02-01",
+        "reservations": 4,
+        "totals": {
+            "CANCELLED_INSUFFICIENT_INVENTORY": 1,
+            "CANCELLED_NOT_ALLOCATED": 1,
+            "CONFIRMED": 1,
+            "RELEASE_FAILED": 1,
+        },
+        "units": {  # S2 (2 units) was waitlisted; S3 (1 unit) was short
+            "CANCELLED_INSUFFICIENT_INVENTORY": 1,
+            "CANCELLED_NOT_ALLOCATED": 2,
+            "CONFIRMED": 1,
+            "RELEASE_FAILED": 1,
+        },
+        "byTier": {
+            "STANDARD": {
+                "CANCELLED_INSUFFICIENT_INVENTORY": 1,
+                "CANCELLED_NOT_ALLOCATED": 1,
+                "RELEASE_FAILED": 1,
+            },
+            "VIP": {"CONFIRMED": 1},
+        },
+        "startedAt": "2030-02-01T02:00:00Z",
+        "finishedAt": "2030-02-01T02:00:02.500000Z",
+        "durationSeconds": 2.5,
+    }
+
+
+_TIERS = ["STANDARD", "VIP", "PLATINUM"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(
+            st.sampled_from(_TIERS),
+            st.integers(1, 3),
+            st.sampled_from([SHIP, SHIP2]),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    current_atp=st.integers(0, 30),
+    committed_first=st.booleans(),
+    release_date=st.sampled_from([SHIP, SHIP2]),
+)
+def test_release_never_over_confirms_and_follows_priority(
+    items: list[tuple[str, int, date, bool]],
+    current_atp: int,
+    committed_first: bool,
+    release_date: date,
+) -> None:
+    policy = Policy(commit_required=False, committed_first=committed_first)
+    book = ReservationBook("PS6", "DC1")
+    supply = Supply(20, (), 1.0)
+    for number, (tier, quantity, ship, commit) in enumerate(items):
+        outcome = book.place(req(f"O{number}", tier, quantity, ship), supply, policy, NOW)
+        if commit and outcome.reservation is not None:
+            book.commit(outcome.reservation.reservation_id, policy, NOW)
+    before = {r.reservation_id: r.status for r in book.reservations()}
+    eligible: list[Reservation] = sorted(
+        (
+            r
+            for r in book.reservations()
+            if r.status is Status.RESERVED and r.ship_date <= release_date
+        ),
+        key=lambda r: release_key(r, policy),
+    )
+    released = allocate_release(book, release_date, current_atp, policy, RELEASE_AT)
+    confirmed = released.to_order
+    assert sum(r.quantity for r in confirmed) <= current_atp
+    # greedy in release order: each eligible item is confirmed exactly when it fits what is left
+    left = current_atp
+    for reservation in eligible:
+        fits = reservation.quantity <= left
+        if fits:
+            left -= reservation.quantity
+            assert reservation.status is Status.CONFIRMING
+        else:
+            assert (reservation.status, reservation.reason) == (
+                Status.CANCELLED,
+                "insufficient_inventory",
+            )
+    assert [r.reservation_id for r in confirmed] == [
+        r.reservation_id for r in eligible if r.status is Status.CONFIRMING
+    ]
+    for reservation in book.reservations():
+        if reservation.ship_date > release_date:
+            assert reservation.status is before[reservation.reservation_id]
+        elif before[reservation.reservation_id] is Status.WAITLISTED:
+            assert (reservation.status, reservation.reason) == (Status.CANCELLED, "not_allocated")
+    again = allocate_release(book, release_date, current_atp, policy, RELEASE_AT)
+    assert again.changed == [] and again.events == []

@@ -1,0 +1,70 @@
+"""Settings: defaults from the contract, one clear message per bad value, secrets masked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from stream_app.settings import Settings, SettingsError, load_settings
+
+
+def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(__import__("os").environ):
+        if name.startswith("STREAM_APP_"):
+            monkeypatch.delenv(name)
+    s = load_settings(_env_file=None)
+    assert (s.kafka_broker, s.app_id, s.embedded_kafka_port, s.web_port) == ("", "stream-app", 9092, 6066)
+    assert (s.fluent_base_url, s.fluent_sim_port, s.retailer_id) == ("", 8787, "1")
+    assert (s.flush_interval_seconds, s.batch_size, s.overbooking_rate) == (30, 500, 1.05)
+    assert (s.min_days_ahead, s.max_days_ahead, s.expiry_days, s.waitlist_enabled) == (7, 180, 7, True)
+    assert s.partitions == 8 and s.oversell_protection and s.embedded
+    assert s.broker_url == "kafka://127.0.0.1:9092"
+
+
+def test_env_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory) -> None:
+    monkeypatch.setenv("STREAM_APP_KAFKA_BROKER", "broker-1:9093")
+    monkeypatch.setenv("STREAM_APP_CHANNEL_BUFFERS", '{"WMS": 4}')
+    env_file = tmp_path / ".env"  # type: ignore[operator]
+    env_file.write_text("STREAM_APP_BATCH_SIZE=250\n")
+    s = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert s.bootstrap_servers == "broker-1:9093" and not s.embedded
+    assert s.channel_buffers == {"WMS": 4} and s.batch_size == 250
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("STREAM_APP_BATCH_SIZE", "6000"),
+        ("STREAM_APP_WEB_PORT", "not-a-port"),
+        ("STREAM_APP_PARTITIONS", "0"),
+        ("STREAM_APP_OVERSELL_PROTECTION", "maybe"),
+    ],
+)
+def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError) as err:
+        load_settings(_env_file=None)
+    assert var in str(err.value)
+
+
+def test_cli_stops_with_one_message_naming_the_variable() -> None:
+    import os
+
+    env = {**os.environ, "STREAM_APP_BATCH_SIZE": "99999"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "settings"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "STREAM_APP_BATCH_SIZE" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAM_APP_FLUENT_PASSWORD", "hunter2-very-secret")
+    monkeypatch.setenv("STREAM_APP_ADMIN_API_KEY", "admin-key-123")
+    s = load_settings(_env_file=None)
+    dumped = str(s.masked()) + repr(s) + str(s)
+    assert "hunter2-very-secret" not in dumped and "admin-key-123" not in dumped
+    assert s.fluent_password.get_secret_value() == "hunter2-very-secret"
