@@ -1,12 +1,469 @@
-"""Pre-order agents (issue 4). Not built yet."""
+"""Pre-order agents: intake → reservation books → order collector; commands; supply hook.
+
+* ``preorder-intake`` (``pre-orders``, raw bytes, in groups): undecodable or non-object
+  messages → ``pre-orders-dlq``; invalid orders → ``pre-order-results`` with every reason;
+  valid ones are split into items, grouped by the partition of ``sku|location`` and sent
+  as ONE message per partition to ``<app>-preorder-items``.
+* ``preorder-book`` (``<app>-preorder-items``): decides each item with the partition's
+  :class:`ReservationBook` (cached from the ``reservations`` table), writes the changed
+  reservations, emits ``reservation-events`` and the item decisions, grouped per orderId
+  partition, to ``<app>-preorder-decisions``. A single-item order's result is published
+  here at once (one hop less).
+* ``preorder-collector`` (``<app>-preorder-decisions``): keeps ``order_results`` and
+  publishes the order-level ``pre-order-results`` once every item is decided.
+* ``reservation-commands`` → ``reservation-command-router``: bad ones → DLQ; by
+  reservationId to the book partition named by the id; by orderId to every book partition
+  (each cancels/commits what it holds of the order) → ``preorder-book-commands``.
+* the ``after_inventory_apply`` hook promotes waitlisted items when supply changes.
+
+Everything is at-least-once and idempotent: deterministic reservation ids make a replayed
+or resubmitted item a duplicate that re-emits its decision without changing anything.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import faust
+import orjson
+
+from agents.inventory import dead_letter_headers
+from stream_app.domain.future_atp import Supply, overbooking_rate_for
+from stream_app.domain.inventory import aggregate, expected_arrivals
+from stream_app.domain.preorders import (
+    ItemRequest,
+    Policy,
+    PreOrder,
+    invalid_pre_order_result,
+    pre_order_result,
+    validate_pre_order,
+)
+from stream_app.domain.reservations import (
+    Outcome,
+    ReservationBook,
+    key_of_reservation_id,
+)
+from stream_app.partitioning import partition_for
+from stream_app.records import inventory_key
+from tables.reservations import (
+    OrderResults,
+    PartitionBooks,
+    ReservationStore,
+    define_reservation_tables,
+)
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
 
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+#: items per internal message (keeps messages well under the broker's size limit)
+ITEMS_PER_MESSAGE = 2000
+COMMANDS = ("cancel", "commit")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class BadMessage(ValueError):
+    """A message that cannot be processed; its text is the dead-letter reason."""
+
+
+def parse_pre_order_message(
+    value: bytes | None, policy: Policy, today: date, max_bytes: int
+) -> PreOrder | Json:
+    """A valid :class:`PreOrder`, or the ``pre-order-results`` value of an invalid one.
+
+    Raises :class:`BadMessage` for bytes that are not a JSON object (dead letter)."""
+    if not value:
+        raise BadMessage("empty message")
+    if len(value) > max_bytes:
+        raise BadMessage(f"message of {len(value)} bytes exceeds {max_bytes}")
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadMessage("not a JSON object")
+    checked = validate_pre_order(raw, policy, today)
+    if isinstance(checked, list):
+        order_id = raw.get("orderId")
+        shown = str(order_id) if isinstance(order_id, str | int) else ""
+        return invalid_pre_order_result(shown, checked)
+    return checked
+
+
+def parse_command(value: bytes | None) -> Json:
+    """``{command, reservationId?, orderId?, requestId?}``; raises :class:`BadMessage`."""
+    if not value:
+        raise BadMessage("empty message")
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise BadMessage(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadMessage("not a JSON object")
+    command = raw.get("command")
+    if not isinstance(command, str) or command.lower() not in COMMANDS:
+        raise BadMessage("command must be 'cancel' or 'commit'")
+    rid, order_id = raw.get("reservationId"), raw.get("orderId")
+    out: Json = {"command": command.lower()}
+    if rid is not None:
+        if not isinstance(rid, str) or key_of_reservation_id(rid) is None:
+            raise BadMessage("reservationId is not a reservation id of this system")
+        out["reservationId"] = rid
+    elif order_id is not None and isinstance(order_id, str | int) and str(order_id).strip():
+        out["orderId"] = str(order_id).strip()
+    else:
+        raise BadMessage("reservationId or orderId is required")
+    if isinstance(raw.get("requestId"), str):
+        out["requestId"] = raw["requestId"]
+    return out
+
+
+def supply_for(runtime: Runtime, key: str, sku: str, category: str | None) -> Supply:
+    """Current ATP and expected arrivals of ``key`` from the inventory table."""
+    settings = runtime.settings
+    state = runtime.inventory.get(key)
+    rate = overbooking_rate_for(
+        sku, category, settings.overbooking_rates, settings.overbooking_rate
+    )
+    if state is None:
+        return Supply(0, (), rate, settings.expected_supply_factor)
+    atp = aggregate(state, runtime.buffers, settings.oversell_protection).atp
+    return Supply.from_expected(
+        atp, expected_arrivals(state), rate, settings.expected_supply_factor
+    )
+
+
+@dataclass
+class Outbox:
+    """Messages one event produces; :meth:`flush` sends them and waits for delivery
+    (the event's offset is acknowledged only afterwards)."""
+
+    messages: list[tuple[faust.TopicT, bytes | None, bytes, int | None]] = field(
+        default_factory=list
+    )
+
+    def add(
+        self, topic: faust.TopicT, key: bytes | None, value: Any, partition: int | None
+    ) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        self.messages.append((topic, key, raw, partition))
+
+    async def flush(self) -> None:
+        pending = [
+            await topic.send(key=key, value=value, partition=partition, force=True)
+            for topic, key, value, partition in self.messages
+        ]
+        self.messages.clear()
+        if pending:
+            await asyncio.gather(*pending)
+
+
+class Books:
+    """The glue between book operations and the table, events and decisions."""
+
+    def __init__(self, runtime: Runtime, store: ReservationStore, policy: Policy) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.policy = policy
+        names = runtime.names
+        self.events_topic = runtime.topic(names.reservation_events)
+        self.results_topic = runtime.topic(names.pre_order_results)
+        self.decisions_topic = runtime.topic(names.preorder_decisions)
+        self.partitions = runtime.settings.partitions
+
+    def supply(self, part: PartitionBooks, key: str, book: ReservationBook) -> Supply:
+        return supply_for(self.runtime, key, book.sku, part.categories.get(key))
+
+    def record(self, key: str, partition: int, outcome: Outcome, out: Outbox) -> None:
+        """Write what an operation changed and queue its events (in causal order)."""
+        self.store.save(outcome.changed)
+        for event in outcome.events:
+            out.add(self.events_topic, key.encode(), event, partition)
+
+    def heal(
+        self, part: PartitionBooks, key: str, book: ReservationBook, now: datetime, out: Outbox
+    ) -> None:
+        """First use of a book restored from the table: promote what fits (an operation
+        interrupted by a crash may have freed units without promoting)."""
+        if key in part.unhealed:
+            part.unhealed.discard(key)
+            self.record(
+                key,
+                part.partition,
+                book.promote(self.supply(part, key, book), self.policy, now),
+                out,
+            )
+
+    def decide(self, partition: int, items: Iterable[Json], out: Outbox) -> int:
+        """Place every item of one ``preorder-items`` message; returns the count."""
+        now = utcnow()
+        part = self.store.books(partition)
+        decided: list[tuple[ItemRequest, int, ReservationBook, Any]] = []
+        for wire in items:
+            try:
+                request = ItemRequest.from_dict(wire)
+                count = int(wire.get("itemCount", 1))
+            except Exception:
+                log.exception("bad item on the pre-order item topic")
+                continue
+            key = inventory_key(request.sku, request.location)
+            book = part.book(key)
+            self.heal(part, key, book, now, out)
+            if request.category is not None:
+                part.categories[key] = request.category
+            outcome = book.place(request, self.supply(part, key, book), self.policy, now)
+            if not outcome.duplicate:
+                part.note_order(request.order_id, key)
+            self.record(key, partition, outcome, out)
+            decided.append((request, count, book, outcome.reservation))
+        by_partition: dict[int, list[Json]] = defaultdict(list)
+        for request, count, book, reservation in decided:
+            decision = book.reservation_dict(reservation)
+            decision["itemIndex"] = request.item_index
+            single = count <= 1
+            if single:
+                out.add(
+                    self.results_topic,
+                    request.order_id.encode(),
+                    pre_order_result(request.order_id, [decision]),
+                    None,
+                )
+            by_partition[partition_for(request.order_id, self.partitions)].append(
+                {
+                    "orderId": request.order_id,
+                    "itemCount": count,
+                    "published": single,
+                    "decision": decision,
+                }
+            )
+        for target, decisions in by_partition.items():
+            for start in range(0, len(decisions), ITEMS_PER_MESSAGE):
+                chunk = decisions[start : start + ITEMS_PER_MESSAGE]
+                out.add(self.decisions_topic, None, {"decisions": chunk}, target)
+        return len(decided)
+
+    def command(self, partition: int, command: Json, out: Outbox) -> Json:
+        """Apply one book command; returns ``{ok, error, reservations}``."""
+        now = utcnow()
+        part = self.store.books(partition)
+        name = command.get("command")
+        rid = command.get("reservationId")
+        touched: list[Json] = []
+        error: str | None = None
+        if isinstance(rid, str):
+            key = key_of_reservation_id(rid) or ""
+            book = part.books.get(key)
+            if book is None or rid not in book:
+                return {"ok": False, "error": "not_found", "reservations": []}
+            self.heal(part, key, book, now, out)
+            if name == "cancel":
+                outcome = book.cancel(rid, self.supply(part, key, book), self.policy, now)
+            else:
+                outcome = book.commit(rid, self.policy, now)
+            self.record(key, partition, outcome, out)
+            error = outcome.error
+            if outcome.reservation is not None:
+                touched.append(book.reservation_dict(outcome.reservation))
+        else:
+            order_id = str(command.get("orderId"))
+            for key in sorted(part.orders.get(order_id, ())):
+                book = part.books[key]
+                self.heal(part, key, book, now, out)
+                if name == "cancel":
+                    outcome = book.cancel_order(
+                        order_id, self.supply(part, key, book), self.policy, now
+                    )
+                    self.record(key, partition, outcome, out)
+                else:
+                    for reservation in book.order_reservations(order_id):
+                        outcome = book.commit(reservation.reservation_id, self.policy, now)
+                        self.record(key, partition, outcome, out)
+                touched.extend(book.reservation_dict(r) for r in book.order_reservations(order_id))
+            if not touched:
+                error = "not_found"
+        return {"ok": error is None, "error": error, "reservations": touched}
+
+    def promote(self, partition: int, keys: Iterable[str], out: Outbox) -> int:
+        """Supply of ``keys`` changed: promote their waitlists; returns events queued."""
+        now = utcnow()
+        part = self.store.books(partition)
+        before = len(out.messages)
+        for key in keys:
+            book = part.books.get(key)
+            if book is None:
+                continue
+            part.unhealed.discard(key)
+            outcome = book.promote(self.supply(part, key, book), self.policy, now)
+            self.record(key, partition, outcome, out)
+        return len(out.messages) - before
+
+
+def collect(orders: OrderResults, decisions: Iterable[Json]) -> list[tuple[str, Json]]:
+    """Merge item decisions into ``order_results`` (agent context); returns the results
+    to publish: every order now complete whose result the book did not publish."""
+    by_order: dict[str, list[Json]] = defaultdict(list)
+    for message in decisions:
+        by_order[str(message["orderId"])].append(message)
+    publish: list[tuple[str, Json]] = []
+    for order_id, messages in by_order.items():
+        entry = orders.get(order_id) or {"orderId": order_id, "decisions": {}}
+        for message in messages:
+            decision = message["decision"]
+            entry["itemCount"] = int(message.get("itemCount", 1))
+            entry["decisions"][str(decision.get("itemIndex", 0))] = decision
+        if len(entry["decisions"]) >= entry["itemCount"]:
+            result = pre_order_result(order_id, entry["decisions"].values())
+            entry["result"] = result
+            if not all(message.get("published") for message in messages):
+                publish.append((order_id, result))
+        orders.put(order_id, entry)
+    return publish
+
 
 def register(runtime: Runtime) -> None:
-    """Nothing registered yet."""
+    app, settings, names = runtime.app, runtime.settings, runtime.names
+    store, orders = define_reservation_tables(app, settings.partitions)
+    policy = Policy.from_settings(settings)
+    books = Books(runtime, store, policy)
+    runtime.extras["reservation_store"] = store
+    runtime.extras["order_results"] = orders
+    runtime.extras["preorder_policy"] = policy
+    runtime.extras["held_units"] = store.held_units
+
+    pre_orders = runtime.topic(names.pre_orders)
+    pre_orders_dlq = runtime.topic(names.pre_orders_dlq)
+    items_topic = runtime.topic(names.preorder_items)
+    decisions_topic = runtime.topic(names.preorder_decisions)
+    results_topic = runtime.topic(names.pre_order_results)
+    commands = runtime.topic(names.reservation_commands)
+    commands_dlq = runtime.topic(names.reservation_commands_dlq)
+    book_commands = runtime.topic(names.book_commands)
+
+    @app.agent(pre_orders, name="preorder-intake")
+    async def intake(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(  # type: ignore[attr-defined]
+            settings.preorder_batch_max, settings.preorder_batch_within
+        ):
+            today = utcnow().date()
+            out = Outbox()
+            grouped: dict[int, list[Json]] = defaultdict(list)
+            for event in events:
+                try:
+                    parsed = parse_pre_order_message(
+                        event.value, policy, today, settings.max_request_bytes
+                    )
+                except BadMessage as exc:
+                    log.warning("dead letter from %s: %s", names.pre_orders, exc)
+                    await pre_orders_dlq.send(
+                        key=event.key,
+                        value=event.value or b"",
+                        headers=dead_letter_headers(event, str(exc)),
+                        force=True,
+                    )
+                    continue
+                except Exception as exc:  # never let one message stop the stream
+                    log.exception("unexpected error on a pre-order")
+                    await pre_orders_dlq.send(
+                        key=event.key,
+                        value=event.value or b"",
+                        headers=dead_letter_headers(event, f"internal error: {exc!r}"),
+                        force=True,
+                    )
+                    continue
+                if isinstance(parsed, dict):
+                    out.add(results_topic, str(parsed["orderId"]).encode(), parsed, None)
+                    continue
+                requests = parsed.item_requests()
+                for request in requests:
+                    wire = request.to_dict()
+                    wire["itemCount"] = len(requests)
+                    key = inventory_key(request.sku, request.location)
+                    grouped[partition_for(key, settings.partitions)].append(wire)
+            for partition, items in grouped.items():
+                for start in range(0, len(items), ITEMS_PER_MESSAGE):
+                    chunk = items[start : start + ITEMS_PER_MESSAGE]
+                    out.add(items_topic, None, {"items": chunk}, partition)
+            await out.flush()
+
+    @app.agent(items_topic, name="preorder-book")
+    async def book_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            out = Outbox()
+            try:
+                items = orjson.loads(event.value)["items"]
+                books.decide(event.message.partition, items, out)
+            except Exception:
+                log.exception("pre-order item message failed (skipped)")
+            await out.flush()
+
+    @app.agent(decisions_topic, name="preorder-collector")
+    async def collector(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            out = Outbox()
+            try:
+                decisions = orjson.loads(event.value)["decisions"]
+                for order_id, result in collect(orders, decisions):
+                    out.add(results_topic, order_id.encode(), result, None)
+            except Exception:
+                log.exception("pre-order decision message failed (skipped)")
+            await out.flush()
+
+    @app.agent(commands, name="reservation-command-router")
+    async def command_router(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                command = parse_command(event.value)
+            except BadMessage as exc:
+                log.warning("dead letter from %s: %s", names.reservation_commands, exc)
+                await commands_dlq.send(
+                    key=event.key,
+                    value=event.value or b"",
+                    headers=dead_letter_headers(event, str(exc)),
+                    force=True,
+                )
+                continue
+            out = Outbox()
+            rid = command.get("reservationId")
+            if rid is not None:
+                key = key_of_reservation_id(rid) or ""
+                targets = [partition_for(key, settings.partitions)]
+            else:
+                targets = list(range(settings.partitions))
+            for partition in targets:
+                out.add(book_commands, None, command, partition)
+            await out.flush()
+
+    @app.agent(book_commands, name="preorder-book-commands")
+    async def book_command_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            out = Outbox()
+            response: Json = {"ok": False, "error": "internal_error", "reservations": []}
+            command: Json = {}
+            try:
+                command = orjson.loads(event.value)
+                response = books.command(event.message.partition, command, out)
+            except Exception:
+                log.exception("book command failed (skipped)")
+            await out.flush()
+            store.command_done(command.get("requestId"), response)
+
+    async def promote_after_supply(partition: int, n_records: int, changed: list[str]) -> None:
+        if not changed:
+            return
+        out = Outbox()
+        books.promote(partition, changed, out)
+        await out.flush()
+
+    runtime.extras.setdefault("after_inventory_apply", []).append(promote_after_supply)

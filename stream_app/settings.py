@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     fluent_max_attempts: int = Field(5, ge=1)
     fluent_backoff_base: float = Field(0.5, gt=0)
     fluent_backoff_max: float = Field(30.0, gt=0)
+    fluent_auth_backoff_seconds: float = Field(60.0, gt=0, description="pause after bad credentials")
     fluent_timeout_seconds: float = Field(10.0, gt=0)
     fluent_poll_interval: float = Field(0.2, gt=0)
     fluent_poll_timeout: float = Field(120.0, gt=0)
@@ -108,6 +109,10 @@ class Settings(BaseSettings):
     max_per_customer: int | None = Field(None, ge=1)
     pre_order_wait_seconds: float = Field(2.0, ge=0)
     max_request_bytes: int = Field(256_000, ge=1024)
+    preorder_batch_max: int = Field(1000, ge=1, description="pre-orders grouped per intake step")
+    preorder_batch_within: float = Field(
+        0.005, gt=0, description="seconds the intake waits filling a group (adds latency)"
+    )
 
     # --- release and export ------------------------------------------------------------
     release_cron: str = "0 2 * * *"

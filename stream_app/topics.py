@@ -26,6 +26,8 @@ class TopicNames:
     sync_commands: str
     preorder_items: str
     release_commands: str
+    book_commands: str  # per SKU/location commands for the reservation books (issue 4)
+    preorder_decisions: str  # item decisions repartitioned by orderId (issue 4)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -43,6 +45,8 @@ class TopicNames:
             sync_commands=f"{internal}-sync-commands",
             preorder_items=f"{internal}-preorder-items",
             release_commands=f"{internal}-release-commands",
+            book_commands=f"{internal}-book-commands",
+            preorder_decisions=f"{internal}-preorder-decisions",
         )
 
     def all(self) -> list[str]:

@@ -18,6 +18,7 @@ lists of the touched queue once, O(queue).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -101,12 +102,41 @@ def expires_at_for(ship_date: date, expiry_days: int) -> datetime:
 
 
 def reservation_id(order_id: str, sku: str, location: str, item_index: int) -> str:
-    """Deterministic id: ``R-`` + 20 hex digits of sha256 over the length-prefixed parts
-    (unambiguous whatever characters the parts hold)."""
+    """Deterministic, self-routing id: ``R-<key>-<hash>``.
+
+    ``<key>`` is ``sku|location`` in URL-safe base64 without padding (so the id names the
+    partition that owns it, see :func:`key_of_reservation_id`); ``<hash>`` is 16 hex
+    digits of sha256 over the length-prefixed parts (unambiguous whatever they hold).
+    """
     material = (
         f"{len(order_id)}:{order_id}|{len(sku)}:{sku}|{len(location)}:{location}|{item_index}"
     )
-    return "R-" + hashlib.sha256(material.encode()).hexdigest()[:20]
+    digest = hashlib.sha256(material.encode()).hexdigest()[:16]
+    return f"R-{_encode_key(f'{sku}|{location}')}-{digest}"
+
+
+@lru_cache(maxsize=65536)
+def _encode_key(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def key_of_reservation_id(rid: str) -> str | None:
+    """The ``sku|location`` a reservation id belongs to; None when the id is malformed."""
+    if not isinstance(rid, str) or not rid.startswith("R-") or len(rid) > 1200:
+        return None
+    encoded, sep, digest = rid[2:].rpartition("-")
+    if not sep or not encoded or len(digest) != 16 or not set(digest) <= _HEX:
+        return None
+    try:
+        key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if _encode_key(key) != encoded or key.count("|") != 1 or key.startswith("|") or key.endswith("|"):
+        return None
+    return key
 
 
 # --- the reservation -------------------------------------------------------------------
@@ -145,6 +175,7 @@ class Reservation:
     available: int | None = None
     product_name: str = ""
     source: str = ""
+    category: str | None = None
 
     @property
     def key(self) -> PriorityKey:
@@ -175,6 +206,7 @@ class Reservation:
             "available": self.available,
             "productName": self.product_name,
             "source": self.source,
+            "category": self.category,
         }
 
     @classmethod
@@ -205,6 +237,7 @@ class Reservation:
             available=None if data.get("available") is None else int(data["available"]),
             product_name=str(data.get("productName") or ""),
             source=str(data.get("source") or ""),
+            category=None if data.get("category") is None else str(data["category"]),
         )
 
 
@@ -754,6 +787,7 @@ class ReservationBook:
             updated_at=now,
             product_name=request.product_name,
             source=request.source,
+            category=request.category,
         )
         recorder = _Recorder(self._revision)
         self._register(reservation)

@@ -1,12 +1,358 @@
-"""Pre-order web endpoints (issue 4). Not built yet."""
+"""Pre-order web endpoints, answered on any worker.
+
+* ``POST /pre-orders``: validate (400 with every reason, 413 when too big), publish to
+  ``pre-orders`` and wait up to ``pre_order_wait_seconds`` for the order's result (200),
+  else 202 with a status link. Every worker runs ONE background consumer of
+  ``pre-order-results`` (no group, every partition, from the end) that resolves the
+  futures of waiting requests: a registry of waiting requests, not state.
+* ``GET /pre-orders/{orderId}``: the stored result, from the order collector's partition.
+* ``GET /atp/…``, ``GET /reservations/{id}``, ``POST /reservations/{id}/cancel|commit``,
+  ``GET /queues/…``: forwarded to the worker owning the SKU/location (a reservation id
+  names its SKU/location), answered from the reservation books there.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+import uuid
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from faust.web import Request, Response, View
+
+from agents.preorders import supply_for
+from stream_app.domain.future_atp import atp_response
+from stream_app.domain.preorders import Policy, validate_pre_order
+from stream_app.domain.reservations import key_of_reservation_id
+from stream_app.records import inventory_key
+from stream_app.web.views import forward_to_owner
+from tables.reservations import OrderResults, ReservationStore
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
 
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+QUEUE_PAGE_DEFAULT = 1000
+QUEUE_PAGE_MAX = 10_000
+
+
+class ResultWaiters:
+    """Web requests waiting for the ``pre-order-results`` value of an order."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[asyncio.Future[Json]]] = {}
+        self.ready = asyncio.Event()
+
+    def expect(self, order_id: str) -> asyncio.Future[Json]:
+        future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(order_id, []).append(future)
+        return future
+
+    def forget(self, order_id: str, future: asyncio.Future[Json]) -> None:
+        futures = self._waiting.get(order_id)
+        if futures is None:
+            return
+        if future in futures:
+            futures.remove(future)
+        if not futures:
+            del self._waiting[order_id]
+
+    def resolve(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None or not self._waiting:
+            return
+        order_id = key.decode(errors="replace")
+        futures = self._waiting.pop(order_id, None)
+        if not futures:
+            return
+        try:
+            result = orjson.loads(value or b"null")
+        except orjson.JSONDecodeError:
+            return
+        for future in futures:
+            if not future.done():
+                future.set_result(result)
+
+    async def run(self, bootstrap: str, topic: str) -> None:
+        """Follow every partition of ``topic`` from its end until cancelled."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=20,
+        )
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(topic)
+            while not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    await asyncio.sleep(0.2)
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:
+                await consumer.position(tp)
+            self.ready.set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                for records in batch.values():
+                    for record in records:
+                        self.resolve(record.key, record.value)
+        finally:
+            await consumer.stop()
+
+
+def _bad(view: View, reasons: list[str], status: int = 400, error: str = "bad_request") -> Response:
+    return view.json(
+        {"error": error, "reasons": reasons, "message": "; ".join(reasons)}, status=status
+    )
+
+
+def _parse_date(text: str | None) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text.strip()[:10]) if len(text.strip()) == 10 else None
+    except ValueError:
+        return None
+
+
+def _parse_int(text: str | None, default: int, minimum: int) -> int | None:
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value >= minimum else None
+
 
 def register(runtime: Runtime) -> None:
-    """Nothing registered yet."""
+    app, settings, names = runtime.app, runtime.settings, runtime.names
+    store: ReservationStore = runtime.extras["reservation_store"]
+    orders: OrderResults = runtime.extras["order_results"]
+    policy: Policy = runtime.extras["preorder_policy"]
+    waiters = ResultWaiters()
+    runtime.extras["result_waiters"] = waiters
+    pre_orders = runtime.topic(names.pre_orders)
+    commands = runtime.topic(names.reservation_commands)
+
+    @app.task
+    async def follow_pre_order_results() -> None:
+        try:
+            await waiters.run(settings.bootstrap_servers, names.pre_order_results)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the pre-order results follower stopped")
+
+    async def forward_key(view: View, request: Request, key: str) -> Response | None:
+        return await forward_to_owner(
+            runtime, store.changelog_topic, store.partition_of(key), view.web, request
+        )
+
+    @app.page("/pre-orders")
+    class PreOrders(View):
+        async def post(self, request: Request) -> Response:
+            limit = settings.max_request_bytes
+            if (getattr(request, "content_length", None) or 0) > limit:
+                return _bad(self, [f"body exceeds {limit} bytes"], 413, "too_large")
+            body = await request.read()
+            if len(body) > limit:
+                return _bad(self, [f"body exceeds {limit} bytes"], 413, "too_large")
+            try:
+                raw = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return _bad(self, ["body is not JSON"], error="invalid_pre_order")
+            checked = validate_pre_order(raw, policy, datetime.now(UTC).date())
+            if isinstance(checked, list):
+                return _bad(self, checked, error="invalid_pre_order")
+            order_id = checked.order_id
+            pending: Json = {
+                "status": "pending",
+                "orderId": order_id,
+                "statusUrl": f"/pre-orders/{quote(order_id, safe='')}",
+            }
+            wait = settings.pre_order_wait_seconds
+            future = waiters.expect(order_id)
+            try:
+                if wait > 0 and not waiters.ready.is_set():
+                    await asyncio.wait_for(waiters.ready.wait(), wait)
+                await pre_orders.send(key=order_id.encode(), value=orjson.dumps(raw), force=True)
+                if wait > 0:
+                    result = await asyncio.wait_for(asyncio.shield(future), wait)
+                    return self.json(result)
+            except TimeoutError:
+                pass
+            finally:
+                waiters.forget(order_id, future)
+            return self.json(pending, status=202)
+
+    @app.page("/pre-orders/{order_id}")
+    class PreOrderStatus(View):
+        async def get(self, request: Request, order_id: str) -> Response:
+            forwarded = await forward_to_owner(
+                runtime, orders.changelog_topic, orders.partition_of(order_id), self.web, request
+            )
+            if forwarded is not None:
+                return forwarded
+            entry = orders.get(order_id)
+            if entry is None:
+                return self.json(
+                    {"error": "not_found", "message": f"no pre-order {order_id}"}, status=404
+                )
+            if "result" in entry:
+                return self.json(entry["result"])
+            return self.json(
+                {
+                    "status": "pending",
+                    "orderId": order_id,
+                    "itemCount": entry.get("itemCount"),
+                    "decided": len(entry.get("decisions", {})),
+                },
+                status=202,
+            )
+
+    @app.page("/atp/{sku}/{location}")
+    class Atp(View):
+        async def get(self, request: Request, sku: str, location: str) -> Response:
+            ship_date = _parse_date(request.query.get("shipDate"))
+            quantity = _parse_int(request.query.get("quantity"), 1, 1)
+            reasons = []
+            if ship_date is None:
+                reasons.append("shipDate is required (an ISO date YYYY-MM-DD)")
+            if quantity is None:
+                reasons.append("quantity must be a positive integer")
+            if reasons or ship_date is None or quantity is None:
+                return _bad(self, reasons)
+            key = inventory_key(sku, location)
+            forwarded = await forward_key(self, request, key)
+            if forwarded is not None:
+                return forwarded
+            part = store.books(store.partition_of(key))
+            book = part.books.get(key)
+            supply = supply_for(runtime, key, sku, part.categories.get(key))
+            held = book.held_by_date() if book is not None else {}
+            body = {"sku": sku, "location": location}
+            body.update(atp_response(supply, held, ship_date, quantity, settings.waitlist_enabled))
+            return self.json(body)
+
+    @app.page("/reservations/{reservation_id}")
+    class ReservationView(View):
+        async def get(self, request: Request, reservation_id: str) -> Response:
+            key = key_of_reservation_id(reservation_id)
+            if key is None:
+                return self.json(
+                    {"error": "not_found", "message": "not a reservation id"}, status=404
+                )
+            forwarded = await forward_key(self, request, key)
+            if forwarded is not None:
+                return forwarded
+            found = store.find(reservation_id)
+            if found is None:
+                return self.json(
+                    {"error": "not_found", "message": f"no reservation {reservation_id}"},
+                    status=404,
+                )
+            book, reservation = found
+            return self.json(book.reservation_dict(reservation))
+
+    async def run_command(view: View, request: Request, reservation_id: str, name: str) -> Response:
+        key = key_of_reservation_id(reservation_id)
+        if key is None:
+            return view.json({"error": "not_found", "message": "not a reservation id"}, status=404)
+        forwarded = await forward_key(view, request, key)
+        if forwarded is not None:
+            return forwarded
+        if store.find(reservation_id) is None:
+            return view.json(
+                {"error": "not_found", "message": f"no reservation {reservation_id}"}, status=404
+            )
+        request_id = uuid.uuid4().hex
+        future = store.expect_command(request_id)
+        command = {"command": name, "reservationId": reservation_id, "requestId": request_id}
+        try:
+            await commands.send(
+                key=reservation_id.encode(), value=orjson.dumps(command), force=True
+            )
+            response = await asyncio.wait_for(
+                asyncio.shield(future), max(settings.pre_order_wait_seconds, 0.001)
+            )
+        except TimeoutError:
+            return view.json(
+                {
+                    "status": "pending",
+                    "command": name,
+                    "reservationId": reservation_id,
+                    "statusUrl": f"/reservations/{reservation_id}",
+                },
+                status=202,
+            )
+        finally:
+            store.forget_command(request_id)
+        error = response.get("error")
+        reservations = response.get("reservations") or []
+        body: Json = {
+            "command": name,
+            "reservationId": reservation_id,
+            "ok": error is None,
+            "error": error,
+            "reservation": reservations[0] if reservations else None,
+        }
+        status = 200 if error is None else 404 if error == "not_found" else 409
+        return view.json(body, status=status)
+
+    @app.page("/reservations/{reservation_id}/cancel")
+    class CancelReservation(View):
+        async def post(self, request: Request, reservation_id: str) -> Response:
+            return await run_command(self, request, reservation_id, "cancel")
+
+    @app.page("/reservations/{reservation_id}/commit")
+    class CommitReservation(View):
+        async def post(self, request: Request, reservation_id: str) -> Response:
+            return await run_command(self, request, reservation_id, "commit")
+
+    @app.page("/queues/{sku}/{location}/{ship_date}")
+    class Queue(View):
+        async def get(self, request: Request, sku: str, location: str, ship_date: str) -> Response:
+            when = _parse_date(ship_date)
+            limit = _parse_int(request.query.get("limit"), QUEUE_PAGE_DEFAULT, 1)
+            offset = _parse_int(request.query.get("offset"), 0, 0)
+            reasons = []
+            if when is None:
+                reasons.append("shipDate must be an ISO date YYYY-MM-DD")
+            if limit is None:
+                reasons.append("limit must be a positive integer")
+            if offset is None:
+                reasons.append("offset must be an integer >= 0")
+            if reasons or when is None or limit is None or offset is None:
+                return _bad(self, reasons)
+            key = inventory_key(sku, location)
+            forwarded = await forward_key(self, request, key)
+            if forwarded is not None:
+                return forwarded
+            book = store.existing_book(key)
+            limit = min(limit, QUEUE_PAGE_MAX)
+            if book is None:
+                body: Json = {
+                    "sku": sku,
+                    "location": location,
+                    "shipDate": when.isoformat(),
+                    "depth": 0,
+                    "entries": [],
+                }
+            else:
+                body = book.queue_view(when, offset, limit)
+            body["offset"] = offset
+            body["limit"] = limit
+            return self.json(body)

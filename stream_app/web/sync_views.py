@@ -1,12 +1,97 @@
-"""Sync status web endpoints (issue 3). Not built yet."""
+"""``GET /sync``: dirty count, recent sync runs, today's Fluent job and errors, from every worker.
+
+Each worker knows only its own flushes, so the answering worker asks the others
+(``?scope=local``) and merges. ``POST /sync/flush`` (admin key) starts a flush now,
+``?full=true`` a full resync.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import hmac
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from faust.web import Request, Response, View
+from yarl import URL
 
 if TYPE_CHECKING:
+    from agents.sync import SyncService
     from stream_app.app import Runtime
 
 
+def admin_allowed(runtime: Runtime, request: Request) -> bool:
+    """Admin endpoints need ``X-API-Key``; with no key configured they refuse everyone."""
+    expected = runtime.settings.admin_api_key.get_secret_value()
+    given = request.headers.get("X-API-Key", "")
+    return bool(expected) and hmac.compare_digest(expected.encode(), given.encode())
+
+
+def other_workers(runtime: Runtime) -> list[str]:
+    app = runtime.app
+    own = URL(str(app.conf.canonical_url))
+    urls = {str(u) for u in app.router.tables_metadata()} if app.consumer else set()
+    return sorted(u for u in urls if (URL(u).host, URL(u).port) != (own.host, own.port))
+
+
+async def fetch_local_status(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    try:
+        async with session.get(
+            URL(url).with_path("/sync").with_query(scope="local"),
+            timeout=aiohttp.ClientTimeout(total=3),
+        ) as response:
+            body: dict[str, Any] = await response.json()
+            return body
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"url": url, "unreachable": f"{type(exc).__name__}: {exc}"}
+
+
+def merge(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    runs = sorted(
+        (run for w in workers for run in w.get("runs", [])),
+        key=lambda r: r.get("startedAt") or "",
+        reverse=True,
+    )
+    errors = sorted(
+        (e for w in workers for e in w.get("errors", [])), key=lambda e: e.get("at") or "", reverse=True
+    )
+    jobs: dict[str, str] = {}
+    for w in workers:
+        jobs.update((w.get("fluent") or {}).get("jobs") or {})
+    return {
+        "dirty": sum(int(w.get("dirty", 0)) for w in workers),
+        "jobs": jobs,
+        "runs": runs[:20],
+        "errors": errors[:20],
+        "workers": workers,
+    }
+
+
 def register(runtime: Runtime) -> None:
-    """Nothing registered yet."""
+    app = runtime.app
+    service: SyncService = runtime.extras["sync"]
+
+    @app.page("/sync")
+    class Sync(View):
+        async def get(self, request: Request) -> Response:
+            local = service.status()
+            if request.query.get("scope") == "local":
+                return self.json(local)
+            others = other_workers(runtime)
+            remote = (
+                await asyncio.gather(*(fetch_local_status(app.http_client, u) for u in others))
+                if others
+                else []
+            )
+            return self.json(merge([local, *remote]))
+
+    @app.page("/sync/flush")
+    class Flush(View):
+        async def post(self, request: Request) -> Response:
+            if not admin_allowed(runtime, request):
+                return self.json({"error": "unauthorized"}, status=401)
+            if request.query.get("full") in ("1", "true", "yes"):
+                service.request_full_resync()
+            else:
+                service.trigger.set()
+            return self.json({"status": "flush requested"}, status=202)

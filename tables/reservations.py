@@ -1,0 +1,245 @@
+"""The ``reservations`` and ``order_results`` tables, and the books cached from them.
+
+* ``reservations``: reservationId → JSON reservation (the source of truth). Every
+  reservation of one SKU/location lives in the partition of ``sku|location``; one
+  changelog write per CHANGED reservation.
+* ``order_results``: orderId → JSON ``{orderId, itemCount, decisions, result}`` in the
+  partition of the orderId (the order collector).
+
+:class:`ReservationStore` keeps a per-worker CACHE of :class:`ReservationBook` objects
+derived from the table's local data, one partition at a time, built lazily on first use
+and dropped on every rebalance. Agents mutate a cached book and then :meth:`save` the
+reservations the operation changed, synchronously within the same event, so the cache
+and the table never disagree for longer than one (synchronous) step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from faust.types import TP, TableT
+
+from stream_app.domain.reservations import Reservation, ReservationBook, key_of_reservation_id
+from stream_app.partitioning import partition_for
+from stream_app.records import split_key
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+
+@dataclass
+class PartitionBooks:
+    """The books of one partition: by ``sku|location`` key, plus orderId → keys."""
+
+    partition: int
+    books: dict[str, ReservationBook] = field(default_factory=dict)
+    orders: dict[str, set[str]] = field(default_factory=dict)
+    #: books restored from the table whose waitlist was not re-checked yet (after a crash
+    #: an operation may have been half written; a promote pass heals that)
+    unhealed: set[str] = field(default_factory=set)
+    #: product category per key (selects the overbooking rate), from its reservations
+    categories: dict[str, str | None] = field(default_factory=dict)
+
+    def book(self, key: str) -> ReservationBook:
+        found = self.books.get(key)
+        if found is None:
+            sku, location = split_key(key)
+            found = self.books[key] = ReservationBook(sku, location)
+        return found
+
+    def note_order(self, order_id: str, key: str) -> None:
+        self.orders.setdefault(order_id, set()).add(key)
+
+
+class ReservationStore:
+    """Books of the partitions this worker owns, derived from the ``reservations`` table."""
+
+    def __init__(self, app: faust.App, table: TableT, partitions: int) -> None:
+        self.app = app
+        self.table = table
+        self.partitions = partitions
+        self._parts: dict[int, PartitionBooks] = {}
+        self._generation = -1
+        #: requestId → future resolved by the agent that applied the command (web waits)
+        self._command_waiters: dict[str, asyncio.Future[Json]] = {}
+
+    @property
+    def changelog_topic(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+    def partition_of(self, key: str) -> int:
+        return partition_for(key, self.partitions)
+
+    def owns(self, partition: int) -> bool:
+        if self.app.consumer is None:
+            return False
+        actives = self.app.assignor.assigned_actives()
+        return TP(self.changelog_topic, partition) in actives
+
+    # --- the cache -----------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Drop every cached book: they are rebuilt from the table on use."""
+        self._parts.clear()
+
+    def _cacheable(self) -> bool:
+        """Cache only between rebalances (the cache of a generation dies with it)."""
+        app = self.app
+        generation = app.rebalancing_count
+        if generation != self._generation:
+            self._parts.clear()
+            self._generation = generation
+        return bool(app.consumer is not None and generation > 0 and not app.rebalancing)
+
+    def books(self, partition: int) -> PartitionBooks:
+        """The books of ``partition``, built from local table data on first use.
+
+        While a rebalance or table recovery runs, the books are built from the table
+        every time and not cached (local state may still be catching up)."""
+        if not self._cacheable():
+            return self._rebuild(partition)
+        found = self._parts.get(partition)
+        if found is None:
+            found = self._parts[partition] = self._rebuild(partition)
+        return found
+
+    def _local_values(self, partition: int) -> Iterator[bytes]:
+        data = self.table.data
+        db_for = getattr(data, "_db_for_partition", None)
+        if db_for is not None:  # RocksDB: one database per partition
+            for _key, value in data._visible_items(db_for(partition)):  # type: ignore[attr-defined]
+                yield value
+            return
+        for key, value in self.table.items():  # memory store (unit tests)
+            owner = key_of_reservation_id(str(key))
+            if owner is not None and self.partition_of(owner) == partition:
+                yield value
+
+    def _rebuild(self, partition: int) -> PartitionBooks:
+        grouped: dict[str, list[Reservation]] = {}
+        for raw in self._local_values(partition):
+            if not raw:
+                continue
+            try:
+                reservation = Reservation.from_dict(orjson.loads(raw))
+            except Exception:
+                log.exception("unreadable reservation in partition %d", partition)
+                continue
+            key = f"{reservation.sku}|{reservation.location}"
+            grouped.setdefault(key, []).append(reservation)
+        part = PartitionBooks(partition)
+        for key, reservations in grouped.items():
+            sku, location = split_key(key)
+            part.books[key] = ReservationBook.restore(sku, location, reservations)
+            part.unhealed.add(key)
+            for reservation in reservations:
+                part.note_order(reservation.order_id, key)
+                if reservation.category is not None:
+                    part.categories[key] = reservation.category
+        if grouped:
+            log.info(
+                "reservation books of partition %d rebuilt: %d books, %d reservations",
+                partition,
+                len(grouped),
+                sum(len(r) for r in grouped.values()),
+            )
+        return part
+
+    def existing_book(self, key: str) -> ReservationBook | None:
+        """The book of ``key`` if any (read-only use: views, held units)."""
+        return self.books(self.partition_of(key)).books.get(key)
+
+    def find(self, rid: str) -> tuple[ReservationBook, Reservation] | None:
+        key = key_of_reservation_id(rid)
+        if key is None:
+            return None
+        book = self.existing_book(key)
+        found = book.get(rid) if book is not None else None
+        return None if found is None or book is None else (book, found)
+
+    def held_units(self, key: str) -> int:
+        """Units held by active reservations of ``key`` (0 when unknown or not owned)."""
+        partition = self.partition_of(key)
+        if partition not in self._parts and not self.owns(partition):
+            return 0
+        book = self.existing_book(key)
+        return book.held_units() if book is not None else 0
+
+    # --- writes (agent context only) -----------------------------------------------
+
+    def save(self, reservations: Iterable[Reservation]) -> int:
+        """Write each reservation (one changelog message each); returns the count."""
+        count = 0
+        for reservation in reservations:
+            self.table[reservation.reservation_id] = orjson.dumps(reservation.to_dict())
+            count += 1
+        return count
+
+    # --- web waits for command outcomes ----------------------------------------------
+
+    def expect_command(self, request_id: str) -> asyncio.Future[Json]:
+        future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
+        self._command_waiters[request_id] = future
+        return future
+
+    def forget_command(self, request_id: str) -> None:
+        self._command_waiters.pop(request_id, None)
+
+    def command_done(self, request_id: str | None, response: Json) -> None:
+        if not request_id:
+            return
+        future = self._command_waiters.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_result(response)
+
+
+class OrderResults:
+    """The order collector's table: orderId → decisions so far and the published result."""
+
+    def __init__(self, table: TableT, partitions: int) -> None:
+        self.table = table
+        self.partitions = partitions
+
+    @property
+    def changelog_topic(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+    def partition_of(self, order_id: str) -> int:
+        return partition_for(order_id, self.partitions)
+
+    def get(self, order_id: str) -> Json | None:
+        raw = self.table.get(order_id)
+        return orjson.loads(raw) if raw else None
+
+    def put(self, order_id: str, entry: Json) -> None:
+        """Agent context only."""
+        self.table[order_id] = orjson.dumps(entry)
+
+
+def define_reservation_tables(
+    app: faust.App, partitions: int
+) -> tuple[ReservationStore, OrderResults]:
+    reservations = app.Table(
+        "reservations",
+        default=None,
+        key_type=str,
+        value_type=bytes,
+        partitions=partitions,
+        help="Every pre-order reservation by id, in the partition of its SKU/location",
+    )
+    orders = app.Table(
+        "order_results",
+        default=None,
+        key_type=str,
+        value_type=bytes,
+        partitions=partitions,
+        help="Item decisions and the result of every pre-order, by orderId",
+    )
+    return ReservationStore(app, reservations, partitions), OrderResults(orders, partitions)

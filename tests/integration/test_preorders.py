@@ -1,0 +1,369 @@
+"""Pre-orders against a real broker and one real worker process (shared by the module).
+
+Each test uses its own SKUs, so the tests share the worker without sharing state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from stream_app.domain.priority import DEFAULT_TIER_SCORES
+from stream_app.embedded import free_port
+from tests.fixtures.kafka import KafkaCluster, consume, produce, topic_settings_env
+from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+LOC = "DC-1"
+
+
+def ship(days: int) -> str:
+    return (datetime.now(UTC).date() + timedelta(days=days)).isoformat()
+
+
+def order(
+    order_id: str, sku: str, tier: str = "STANDARD", quantity: int = 1, days: int = 30,
+    location: str = LOC, **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "orderId": order_id, "customerId": f"c-{order_id}", "customerEmail": f"{order_id}@example.com",
+        "customerTier": tier, "shipDate": ship(days), "source": "web",
+        "items": [{"sku": sku, "productName": "Console", "quantity": quantity, "locationRef": location}],
+        **extra,
+    }
+
+
+def stock(sku: str, on_hand: int, event_id: str | None = None, location: str = LOC,
+          updated: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    return {
+        "eventId": event_id or uuid.uuid4().hex, "channel": "WMS", "sku": sku, "location": location,
+        "onHand": on_hand, "reserved": 0, "updatedAt": updated,
+    }
+
+
+def expected(sku: str, ref: str, quantity: int, days: int, location: str = LOC) -> dict[str, Any]:
+    return {
+        "eventId": uuid.uuid4().hex, "type": "EXPECTED", "ref": ref, "sku": sku,
+        "location": location, "quantity": quantity, "expectedOn": ship(days),
+        "updatedAt": datetime.now(UTC).isoformat(),
+    }
+
+
+def priority(entry: dict[str, Any]) -> tuple[int, int]:
+    return (-DEFAULT_TIER_SCORES[entry["tier"]], entry["sequence"])
+
+
+def assert_queue_consistent(entries: list[dict[str, Any]]) -> None:
+    """Positions 1..n; RESERVED then WAITLISTED, each in priority order; with unit
+    quantities the RESERVED set is exactly a prefix of the priority order."""
+    assert [e["queuePosition"] for e in entries] == list(range(1, len(entries) + 1))
+    statuses = [e["status"] for e in entries]
+    n_reserved = statuses.count("RESERVED")
+    assert statuses == ["RESERVED"] * n_reserved + ["WAITLISTED"] * (len(entries) - n_reserved)
+    reserved, waitlisted = entries[:n_reserved], entries[n_reserved:]
+    assert reserved == sorted(reserved, key=priority)
+    assert waitlisted == sorted(waitlisted, key=priority)
+    if reserved and waitlisted and all(e["quantity"] == 1 for e in entries):
+        assert priority(reserved[-1]) < priority(waitlisted[0])
+    ids = [e["reservationId"] for e in entries]
+    assert len(ids) == len(set(ids))
+    assert len({e["sequence"] for e in entries}) == len(entries)
+
+
+@dataclass
+class Cluster:
+    workers: list[StreamAppProcess]
+    bootstrap: str
+    prefix: str
+
+    @property
+    def worker(self) -> StreamAppProcess:
+        return self.workers[0]
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def send(self, name: str, *values: Any) -> None:
+        produce(self.bootstrap, self.topic(name), list(values))
+
+    def set_stock(self, sku: str, on_hand: int, **kw: Any) -> None:
+        self.send("inventory-changes", stock(sku, on_hand, **kw))
+        wait_for(
+            lambda: self.worker.get(f"/inventory/{sku}/{kw.get('location', LOC)}")[1].get("atp") is not None,
+            30, 0.1, f"stock of {sku}",
+        )
+
+    def post_order(self, body: Any, worker: StreamAppProcess | None = None) -> tuple[int, Any]:
+        return (worker or self.worker).post("/pre-orders", body)
+
+    def queue(self, sku: str, days: int = 30, worker: StreamAppProcess | None = None,
+              **query: Any) -> dict[str, Any]:
+        params = "&".join(f"{k}={v}" for k, v in query.items())
+        status, body = (worker or self.worker).get(f"/queues/{sku}/{LOC}/{ship(days)}?{params}")
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    def wait_queue(self, sku: str, check: Callable[[dict[str, Any]], bool], what: str,
+                   days: int = 30, timeout: float = 60) -> dict[str, Any]:
+        return wait_for(  # type: ignore[no-any-return]
+            lambda: (lambda q: q if check(q) else None)(self.queue(sku, days, limit=10000)),
+            timeout, 0.2, what,
+        )
+
+    def results(self, order_ids: set[str], timeout: float = 60) -> dict[str, dict[str, Any]]:
+        """The latest pre-order-results value of each order id (read from the topic)."""
+        records = consume(
+            self.bootstrap, self.topic("pre-order-results"),
+            lambda rs: order_ids <= {r.get("orderId") for r in rs}, timeout,
+        )
+        return {r["orderId"]: r for r in records if r.get("orderId") in order_ids}
+
+    def events(self, check: Callable[[list[dict[str, Any]]], bool], timeout: float = 30) -> list[dict[str, Any]]:
+        return consume(self.bootstrap, self.topic("reservation-events"), check, timeout)
+
+
+def worker_env(kafka: KafkaCluster, prefix: str, **extra: str) -> dict[str, str]:
+    return {
+        "STREAM_APP_KAFKA_BROKER": kafka.bootstrap,
+        "STREAM_APP_APP_ID": prefix,
+        "STREAM_APP_CORRECT_END_OFFSETS": "true" if kafka.embedded else "false",
+        "STREAM_APP_PARTITIONS": "4",
+        "STREAM_APP_FLUENT_SIM_PORT": str(free_port()),
+        "STREAM_APP_PRE_ORDER_WAIT_SECONDS": "10",
+        # SKUs named EXACT-* are not overbooked (easier arithmetic in some tests)
+        "STREAM_APP_OVERBOOKING_RATES": '{"EXACT-*": 1.0}',
+        **topic_settings_env(prefix),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def cluster(kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    prefix = f"po-{uuid.uuid4().hex[:6]}"
+    factory = ProcessFactory(tmp_path_factory.mktemp("preorders"))
+    worker = factory.start("worker", factory.env(worker_env(kafka, prefix)))
+    try:
+        worker.wait_ready(90)
+        yield Cluster([worker], kafka.bootstrap, prefix)
+    finally:
+        factory.stop_all()
+
+
+# --- launches ---------------------------------------------------------------------------
+
+
+def test_launch_vips_first_and_overbooking_exact(cluster: Cluster) -> None:
+    sku = "LAUNCH-1"
+    cluster.set_stock(sku, 100)  # 1.05 × 100 = 105 units promisable
+    standard = [order(f"L-S{i}", sku) for i in range(150)]
+    vip = [order(f"L-V{i}", sku, "VIP") for i in range(50)]
+    cluster.send("pre-orders", *standard)  # the STANDARDs arrive first: VIPs must bump them
+    cluster.send("pre-orders", *vip)
+    ids = {o["orderId"] for o in standard + vip}
+    results = cluster.results(ids)
+    assert all(r["success"] for r in results.values())
+
+    body = cluster.wait_queue(sku, lambda q: q["depth"] == 200, "200 queued")
+    entries = body["entries"]
+    assert_queue_consistent(entries)
+    reserved = [e for e in entries if e["status"] == "RESERVED"]
+    assert sum(e["quantity"] for e in reserved) == 105  # floor(1.05 × 100), exactly
+    assert {e["orderId"] for e in reserved if e["tier"] == "VIP"} == {o["orderId"] for o in vip}
+    std_reserved = sorted(e["sequence"] for e in reserved if e["tier"] == "STANDARD")
+    std_waiting = sorted(e["sequence"] for e in entries if e["status"] == "WAITLISTED")
+    assert len(std_reserved) == 55 and max(std_reserved) < min(std_waiting)  # by arrival
+
+    status, atp = cluster.worker.get(f"/atp/{sku}/{LOC}?shipDate={ship(30)}&quantity=1")
+    assert status == 200
+    assert atp["existingReservations"] == 105 and atp["availableToPromise"] == 0
+    assert atp["overbookingLimit"] == 105 and atp["canFulfill"] is False
+    assert atp["recommendation"] == "WAITLIST"
+
+    bumped = cluster.events(lambda evs: sum(e["eventType"] == "BUMPED" and e["sku"] == sku for e in evs) >= 1)
+    assert all(e["tier"] == "STANDARD" for e in bumped if e["eventType"] == "BUMPED")
+
+
+def test_two_ship_dates_never_promise_a_unit_twice(cluster: Cluster) -> None:
+    sku = "EXACT-DATES"
+    cluster.set_stock(sku, 10)
+    for i in range(10):  # the later date takes every unit
+        status, result = cluster.post_order(order(f"D-late-{i}", sku, days=60))
+        assert status == 200 and result["reservations"], result
+    status, early = cluster.post_order(order("D-early-0", sku, days=30))
+    assert status == 200 and early["waitlisted"] and not early["reservations"], early
+    status, atp = cluster.worker.get(f"/atp/{sku}/{LOC}?shipDate={ship(30)}")
+    assert atp["availableToPromise"] == 0 and atp["existingReservations"] == 0
+    status, atp60 = cluster.worker.get(f"/atp/{sku}/{LOC}?shipDate={ship(60)}&quantity=2")
+    assert atp60["existingReservations"] == 10 and atp60["canFulfill"] is False
+
+    # an arrival before the early date promotes the waitlisted early item
+    cluster.send("inventory-changes", expected(sku, "PO-77", 1, 20))
+    rid = early["waitlisted"][0]["reservationId"]
+    wait_for(lambda: cluster.worker.get(f"/reservations/{rid}")[1]["status"] == "RESERVED",
+             30, 0.1, "promotion by new supply")
+    events = cluster.events(lambda evs: any(e["eventType"] == "PROMOTED" and e["reservationId"] == rid for e in evs))
+    assert any(e["eventType"] == "PROMOTED" and e["reservationId"] == rid for e in events)
+
+
+def test_cancellation_promotes_first_waitlisted_by_priority(cluster: Cluster) -> None:
+    sku = "EXACT-CANCEL"
+    cluster.set_stock(sku, 2)
+    decisions = {}
+    for oid, tier in (("C-V1", "VIP"), ("C-V2", "VIP"), ("C-S3", "STANDARD"), ("C-V4", "VIP"), ("C-S5", "STANDARD")):
+        status, result = cluster.post_order(order(oid, sku, tier))
+        assert status == 200, result
+        decisions[oid] = (result["reservations"] + result["waitlisted"])[0]
+    assert [decisions[o]["status"] for o in ("C-V1", "C-V2", "C-S3", "C-V4", "C-S5")] == [
+        "RESERVED", "RESERVED", "WAITLISTED", "WAITLISTED", "WAITLISTED"]
+    before = cluster.queue(sku)["entries"]
+    assert [e["orderId"] for e in before] == ["C-V1", "C-V2", "C-V4", "C-S3", "C-S5"]
+
+    rid = decisions["C-V1"]["reservationId"]
+    status, body = cluster.worker.post(f"/reservations/{rid}/cancel")
+    assert status == 200 and body["reservation"]["status"] == "CANCELLED", body
+    after = cluster.queue(sku)["entries"]
+    assert [(e["orderId"], e["status"], e["queuePosition"]) for e in after] == [
+        ("C-V2", "RESERVED", 1), ("C-V4", "RESERVED", 2), ("C-S3", "WAITLISTED", 3), ("C-S5", "WAITLISTED", 4)]
+    v4 = decisions["C-V4"]["reservationId"]
+    events = cluster.events(lambda evs: any(e["eventType"] == "PROMOTED" and e["reservationId"] == v4 for e in evs))
+    assert not any(e["eventType"] == "PROMOTED" and e["sku"] == sku and e["reservationId"] != v4 for e in events)
+    # idempotent: cancelling again changes nothing
+    status, again = cluster.worker.post(f"/reservations/{rid}/cancel")
+    assert status == 200 and again["reservation"]["status"] == "CANCELLED"
+    assert [e["orderId"] for e in cluster.queue(sku)["entries"]] == ["C-V2", "C-V4", "C-S3", "C-S5"]
+
+    # commit, then cancel by orderId through the topic
+    status, committed = cluster.worker.post(f"/reservations/{v4}/commit")
+    assert status == 200 and committed["reservation"]["committed"] is True
+    cluster.send("reservation-commands", {"command": "cancel", "orderId": "C-V2"})
+    cluster.wait_queue(sku, lambda q: [e["orderId"] for e in q["entries"]] == ["C-V4", "C-S3", "C-S5"]
+                       and q["entries"][1]["status"] == "RESERVED", "cancel by order promotes S3")
+    status, missing = cluster.worker.post(f"/reservations/{rid[:-1]}0/commit")
+    assert status == 404
+
+
+def test_duplicate_submission_same_result_no_new_reservation(cluster: Cluster) -> None:
+    sku = "EXACT-DUP"
+    cluster.set_stock(sku, 1)
+    body = order("DUP-1", sku, "VIP")
+    body["items"].append({"sku": "EXACT-DUP2", "quantity": 2, "locationRef": LOC})
+    first_status, first = cluster.post_order(body)
+    assert first_status == 200, first
+    second_status, second = cluster.post_order(body)
+    assert second_status == 200
+    assert second == first
+    assert [r["reservationId"] for r in first["reservations"]] + [
+        r["reservationId"] for r in first["waitlisted"]] == [
+        r["reservationId"] for r in first["reservations"] + first["waitlisted"]]
+    cluster.send("pre-orders", body)  # and a third time through the topic
+    records = consume(cluster.bootstrap, cluster.topic("pre-order-results"),
+                      lambda rs: sum(r.get("orderId") == "DUP-1" for r in rs) >= 3)
+    same = [r for r in records if r.get("orderId") == "DUP-1"]
+    assert all(r["reservations"] == first["reservations"] for r in same)
+    assert cluster.queue(sku)["depth"] == 1
+    assert cluster.queue("EXACT-DUP2")["depth"] == 1
+
+
+def test_invalid_orders_with_every_reason(cluster: Cluster) -> None:
+    bad = order("BAD-1", "SKU-X", "GOLD", quantity=0, days=2)
+    del bad["customerEmail"]
+    status, body = cluster.post_order(bad)
+    assert status == 400
+    text = " ".join(body["reasons"])
+    for part in ("customerEmail", "GOLD", "quantity must be a positive integer", "too early"):
+        assert part in text, body
+    status, body = cluster.post_order(b"{nope")
+    assert status == 400 and body["reasons"] == ["body is not JSON"]
+    status, body = cluster.post_order({"orderId": "BIG", "pad": "x" * 300_000})
+    assert status == 413
+
+    late = order("BAD-2", "SKU-X", days=400)
+    cluster.send("pre-orders", late, b"not json at all", b"[1,2]")
+    result = cluster.results({"BAD-2"})["BAD-2"]
+    assert result["success"] is False and result["reservations"] == []
+    assert "too late" in result["failedItems"][0]["reason"] and "too late" in result["message"]
+    dead = consume(cluster.bootstrap, cluster.topic("pre-orders-dlq"),
+                   lambda rs: {r.value for r in rs} >= {b"not json at all", b"[1,2]"}, raw=True)
+    reasons = {r.value: dict(r.headers)["dlq-reason"].decode() for r in dead}
+    assert reasons[b"not json at all"].startswith("not JSON")
+    assert reasons[b"[1,2]"] == "not a JSON object"
+
+    cluster.send("reservation-commands", {"command": "explode", "orderId": "X"},
+                 {"command": "cancel", "reservationId": "R-nope"}, b"\xff")
+    dead = consume(cluster.bootstrap, cluster.topic("reservation-commands-dlq"),
+                   lambda rs: len(rs) >= 3, raw=True)
+    assert {dict(r.headers)["dlq-reason"].decode() for r in dead} >= {
+        "command must be 'cancel' or 'commit'", "reservationId is not a reservation id of this system"}
+
+
+def test_atp_and_queue_endpoints(cluster: Cluster) -> None:
+    sku = "EXACT-VIEW"
+    cluster.set_stock(sku, 3)
+    cluster.send("inventory-changes", expected(sku, "PO-1", 4, 25), expected(sku, "PO-2", 100, 90))
+    wait_for(lambda: len(cluster.worker.get(f"/inventory/{sku}/{LOC}")[1]["expectedArrivals"]) == 2, 30, 0.1, "arrivals")
+    for i in range(6):
+        assert cluster.post_order(order(f"Q-{i}", sku, "VIP" if i == 5 else "STANDARD"))[0] == 200
+    status, atp = cluster.worker.get(f"/atp/{sku}/{LOC}?shipDate={ship(30)}&quantity=2")
+    assert status == 200
+    assert {k: atp[k] for k in ("currentInventory", "expectedArrival", "totalExpected",
+                                "existingReservations", "overbookingLimit", "availableToPromise",
+                                "canFulfill", "recommendation")} == {
+        "currentInventory": 3, "expectedArrival": 4, "totalExpected": 7, "existingReservations": 6,
+        "overbookingLimit": 7, "availableToPromise": 1, "canFulfill": False, "recommendation": "WAITLIST"}
+    for bad in ("", "?shipDate=tomorrow", f"?shipDate={ship(30)}&quantity=0", f"?shipDate={ship(30)}&quantity=x"):
+        assert cluster.worker.get(f"/atp/{sku}/{LOC}{bad}")[0] == 400
+
+    entries = cluster.queue(sku)["entries"]
+    assert entries[0]["orderId"] == "Q-5"  # the VIP first
+    assert_queue_consistent(entries)
+    for field in ("reservationId", "orderId", "sku", "location", "shipDate", "quantity", "tier",
+                  "status", "sequence", "queuePosition", "expiresAt"):
+        assert field in entries[0]
+    page = cluster.queue(sku, limit=2, offset=3)
+    assert [e["queuePosition"] for e in page["entries"]] == [4, 5] and page["depth"] == 6
+    assert page["entries"] == entries[3:5]
+    assert cluster.queue(sku, days=31)["entries"] == []
+    assert cluster.worker.get(f"/queues/{sku}/{LOC}/not-a-date")[0] == 400
+
+    rid = entries[0]["reservationId"]
+    status, one = cluster.worker.get(f"/reservations/{rid}")
+    assert status == 200 and one["queuePosition"] == 1 and one["orderId"] == "Q-5"
+    assert cluster.worker.get("/reservations/garbage")[0] == 404
+    assert cluster.worker.get(f"/reservations/{rid[:-4]}abcd")[0] == 404
+    status, stored = cluster.worker.get("/pre-orders/Q-5")
+    assert status == 200 and stored["reservations"][0]["reservationId"] == rid
+    assert cluster.worker.get("/pre-orders/never-seen")[0] == 404
+
+
+def test_sellable_coupling_held_units(cluster: Cluster) -> None:
+    """The lead's sync code reads held units through runtime.extras; here through the
+    inventory view enrichment if present, else through /atp's existingReservations."""
+    sku = "EXACT-HELD"
+    cluster.set_stock(sku, 5)
+    for i in range(3):
+        assert cluster.post_order(order(f"H-{i}", sku, days=40 + i))[0] == 200
+    status, atp = cluster.worker.get(f"/atp/{sku}/{LOC}?shipDate={ship(60)}")
+    assert atp["existingReservations"] == 3 and atp["availableToPromise"] == 2
+
+
+def test_result_payload_shape(cluster: Cluster) -> None:
+    sku = "EXACT-SHAPE"
+    cluster.set_stock(sku, 5)
+    status, result = cluster.post_order(order("SHAPE-1", sku, "platinum", quantity=2))
+    assert status == 200
+    assert set(result) >= {"orderId", "success", "reservations", "waitlisted", "failedItems", "message"}
+    reservation = result["reservations"][0]
+    assert reservation["tier"] == "PLATINUM" and reservation["queuePosition"] == 1
+    assert reservation["expiresAt"].startswith(ship(23))
+    event = cluster.events(lambda evs: any(e["orderId"] == "SHAPE-1" for e in evs))
+    reserved = next(e for e in event if e["orderId"] == "SHAPE-1")
+    assert set(reserved) >= {"eventType", "reservationId", "orderId", "customerId", "sku", "location",
+                             "shipDate", "quantity", "tier", "sequence", "queuePosition", "at"}
+    assert orjson.loads(orjson.dumps(reserved))["eventType"] == "RESERVED"
