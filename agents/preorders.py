@@ -210,11 +210,12 @@ class Books:
         """Place every item of one ``preorder-items`` message; returns the count."""
         now = utcnow()
         part = self.store.books(partition)
-        decided: list[tuple[ItemRequest, int, ReservationBook, Any]] = []
+        decided: list[tuple[ItemRequest, int, str, ReservationBook, Any]] = []
         for wire in items:
             try:
                 request = ItemRequest.from_dict(wire)
                 count = int(wire.get("itemCount", 1))
+                submission = str(wire.get("submission", ""))
             except Exception:
                 log.exception("bad item on the pre-order item topic")
                 continue
@@ -227,9 +228,9 @@ class Books:
             if not outcome.duplicate:
                 part.note_order(request.order_id, key)
             self.record(key, partition, outcome, out)
-            decided.append((request, count, book, outcome.reservation))
+            decided.append((request, count, submission, book, outcome.reservation))
         by_partition: dict[int, list[Json]] = defaultdict(list)
-        for request, count, book, reservation in decided:
+        for request, count, submission, book, reservation in decided:
             decision = book.reservation_dict(reservation)
             decision["itemIndex"] = request.item_index
             single = count <= 1
@@ -244,6 +245,7 @@ class Books:
                 {
                     "orderId": request.order_id,
                     "itemCount": count,
+                    "submission": submission,
                     "published": single,
                     "decision": decision,
                 }
@@ -312,21 +314,37 @@ class Books:
 
 def collect(orders: OrderResults, decisions: Iterable[Json]) -> list[tuple[str, Json]]:
     """Merge item decisions into ``order_results`` (agent context); returns the results
-    to publish: every order now complete whose result the book did not publish."""
+    to publish.
+
+    A result is published once per submission of the order (``submission`` names the
+    ``pre-orders`` message the items came from): when the decisions of that submission
+    now cover every item. A resubmission re-decides every item (as duplicates), so it
+    gets its own, identical result. Single-item results were published by the book.
+    """
     by_order: dict[str, list[Json]] = defaultdict(list)
     for message in decisions:
         by_order[str(message["orderId"])].append(message)
     publish: list[tuple[str, Json]] = []
     for order_id, messages in by_order.items():
-        entry = orders.get(order_id) or {"orderId": order_id, "decisions": {}}
+        entry = orders.get(order_id) or {"orderId": order_id, "decisions": {}, "rounds": {}}
+        rounds = entry.setdefault("rounds", {})
+        completed: set[str] = set()
         for message in messages:
             decision = message["decision"]
-            entry["itemCount"] = int(message.get("itemCount", 1))
-            entry["decisions"][str(decision.get("itemIndex", 0))] = decision
+            index = str(decision.get("itemIndex", 0))
+            entry["itemCount"] = count = int(message.get("itemCount", 1))
+            entry["decisions"][index] = decision
+            rounds[index] = submission = str(message.get("submission", ""))
+            if message.get("published"):
+                continue
+            if len(rounds) >= count and all(
+                rounds.get(str(i)) == submission for i in range(count)
+            ):
+                completed.add(submission)
         if len(entry["decisions"]) >= entry["itemCount"]:
             result = pre_order_result(order_id, entry["decisions"].values())
             entry["result"] = result
-            if not all(message.get("published") for message in messages):
+            if completed:
                 publish.append((order_id, result))
         orders.put(order_id, entry)
     return publish
@@ -341,6 +359,11 @@ def register(runtime: Runtime) -> None:
     runtime.extras["order_results"] = orders
     runtime.extras["preorder_policy"] = policy
     runtime.extras["held_units"] = store.held_units
+
+    def held_view(sku: str, location: str, atp: int) -> Json:
+        return {"preOrderHeldUnits": store.held_units(inventory_key(sku, location))}
+
+    runtime.extras.setdefault("inventory_view_enrichers", []).append(held_view)
 
     pre_orders = runtime.topic(names.pre_orders)
     pre_orders_dlq = runtime.topic(names.pre_orders_dlq)
@@ -386,9 +409,11 @@ def register(runtime: Runtime) -> None:
                     out.add(results_topic, str(parsed["orderId"]).encode(), parsed, None)
                     continue
                 requests = parsed.item_requests()
+                submission = f"{event.message.partition}:{event.message.offset}"
                 for request in requests:
                     wire = request.to_dict()
                     wire["itemCount"] = len(requests)
+                    wire["submission"] = submission
                     key = inventory_key(request.sku, request.location)
                     grouped[partition_for(key, settings.partitions)].append(wire)
             for partition, items in grouped.items():

@@ -265,3 +265,24 @@ def test_kill_mid_flush_converges_after_restart(kafka: KafkaCluster, tmp_path: P
         assert len(delta_jobs) == 1
     finally:
         factory.stop_all()
+
+
+def test_full_resync_sends_every_key_with_preprocessing(setup: Setup) -> None:
+    setup.send([stock(1, "F-1", 2)])
+    wait_for(lambda: setup.converged({"F-1|DC-1": 2}), 30, 0.2, "F-1 sent")
+    wait_for(lambda: setup.sync()["dirty"] == 0, 30, 0.2, "clean before resync")
+    before = len(setup.sim.batches())
+    assert setup.worker.post("/sync/flush?full=true", headers=ADMIN)[0] == 202
+    wait_for(lambda: any(b["preprocessing"] for b in setup.sim.batches()[before:]), 30, 0.2, "resync batch")
+    wait_for(
+        lambda: any(r["fullResync"] and r["state"] == "completed" for r in setup.sync()["runs"]),
+        30, 0.2, "resync run completed",
+    )
+    resync = [b for b in setup.sim.batches()[before:] if b["preprocessing"]]
+    # every key this worker holds (C-* keys belong to the coalescing test's own app)
+    known = [k for k in setup.sim.inventory() if not k.startswith("C-")]
+    assert sum(b["entityCount"] for b in resync) == len(known)
+    run = next(r for r in setup.sync()["runs"] if r["fullResync"])
+    assert [h["state"] for h in run["history"]] == [
+        "collecting", "creating_job", "sending_batches", "polling_batches", "completed",
+    ]

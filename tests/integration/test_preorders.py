@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from stream_app.domain.priority import DEFAULT_TIER_SCORES
+from stream_app.domain.reservations import reservation_id
 from stream_app.embedded import free_port
 from tests.fixtures.kafka import KafkaCluster, consume, produce, topic_settings_env
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
@@ -245,7 +246,8 @@ def test_cancellation_promotes_first_waitlisted_by_priority(cluster: Cluster) ->
     cluster.send("reservation-commands", {"command": "cancel", "orderId": "C-V2"})
     cluster.wait_queue(sku, lambda q: [e["orderId"] for e in q["entries"]] == ["C-V4", "C-S3", "C-S5"]
                        and q["entries"][1]["status"] == "RESERVED", "cancel by order promotes S3")
-    status, missing = cluster.worker.post(f"/reservations/{rid[:-1]}0/commit")
+    unknown = rid.rsplit("-", 1)[0] + "-" + "0" * 16
+    status, missing = cluster.worker.post(f"/reservations/{unknown}/commit")
     assert status == 404
 
 
@@ -259,14 +261,13 @@ def test_duplicate_submission_same_result_no_new_reservation(cluster: Cluster) -
     second_status, second = cluster.post_order(body)
     assert second_status == 200
     assert second == first
-    assert [r["reservationId"] for r in first["reservations"]] + [
-        r["reservationId"] for r in first["waitlisted"]] == [
-        r["reservationId"] for r in first["reservations"] + first["waitlisted"]]
-    cluster.send("pre-orders", body)  # and a third time through the topic
+    assert first["reservations"][0]["reservationId"] == reservation_id("DUP-1", sku, LOC, 0)
+    assert first["waitlisted"][0]["reservationId"] == reservation_id("DUP-1", "EXACT-DUP2", LOC, 1)
+    cluster.send("pre-orders", body)  # and a third time through the topic: one more result
     records = consume(cluster.bootstrap, cluster.topic("pre-order-results"),
                       lambda rs: sum(r.get("orderId") == "DUP-1" for r in rs) >= 3)
     same = [r for r in records if r.get("orderId") == "DUP-1"]
-    assert all(r["reservations"] == first["reservations"] for r in same)
+    assert all(r == first for r in same)
     assert cluster.queue(sku)["depth"] == 1
     assert cluster.queue("EXACT-DUP2")["depth"] == 1
 
@@ -337,20 +338,27 @@ def test_atp_and_queue_endpoints(cluster: Cluster) -> None:
     assert status == 200 and one["queuePosition"] == 1 and one["orderId"] == "Q-5"
     assert cluster.worker.get("/reservations/garbage")[0] == 404
     assert cluster.worker.get(f"/reservations/{rid[:-4]}abcd")[0] == 404
-    status, stored = cluster.worker.get("/pre-orders/Q-5")
-    assert status == 200 and stored["reservations"][0]["reservationId"] == rid
+    stored = wait_for(lambda: (lambda r: r[1] if r[0] == 200 else None)(cluster.worker.get("/pre-orders/Q-5")),
+                      30, 0.1, "stored order result")
+    assert stored["reservations"][0]["reservationId"] == rid
     assert cluster.worker.get("/pre-orders/never-seen")[0] == 404
 
 
-def test_sellable_coupling_held_units(cluster: Cluster) -> None:
-    """The lead's sync code reads held units through runtime.extras; here through the
-    inventory view enrichment if present, else through /atp's existingReservations."""
+def test_units_held_by_reservations(cluster: Cluster) -> None:
+    """What the sellable quantity subtracts (runtime.extras["held_units"]), shown on the
+    inventory view; a cancellation gives the unit back."""
     sku = "EXACT-HELD"
     cluster.set_stock(sku, 5)
+    rids = []
     for i in range(3):
-        assert cluster.post_order(order(f"H-{i}", sku, days=40 + i))[0] == 200
+        status, result = cluster.post_order(order(f"H-{i}", sku, days=40 + i))
+        assert status == 200
+        rids.append(result["reservations"][0]["reservationId"])
     status, atp = cluster.worker.get(f"/atp/{sku}/{LOC}?shipDate={ship(60)}")
     assert atp["existingReservations"] == 3 and atp["availableToPromise"] == 2
+    assert cluster.worker.get(f"/inventory/{sku}/{LOC}")[1]["preOrderHeldUnits"] == 3
+    assert cluster.worker.post(f"/reservations/{rids[0]}/cancel")[0] == 200
+    assert cluster.worker.get(f"/inventory/{sku}/{LOC}")[1]["preOrderHeldUnits"] == 2
 
 
 def test_result_payload_shape(cluster: Cluster) -> None:
