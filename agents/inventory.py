@@ -93,6 +93,7 @@ def register(runtime: Runtime) -> None:
                     good, bad = [], [Rejected(event.value or b"", f"internal error: {exc!r}")]
                 records.extend(good)
                 dead.extend((event, rejected) for rejected in bad)
+            runtime.metrics.records_ingested.inc(len(records))
             pending = []
             for partition, items in group_by_partition(
                 records, settings.partitions, settings.apply_chunk_records
@@ -103,6 +104,7 @@ def register(runtime: Runtime) -> None:
                     )
                 )
             for event, rejected in dead:
+                runtime.metrics.dead_letters.labels(names.inventory_changes).inc()
                 log.warning("dead letter from %s: %s", names.inventory_changes, rejected.reason)
                 pending.append(
                     await dlq.send(
@@ -130,5 +132,6 @@ def register(runtime: Runtime) -> None:
                 )
                 continue
             changed = apply_records(runtime, records)
+            runtime.metrics.records_applied.inc(len(records))
             for hook in after_apply:
                 await hook(event.message.partition, len(records), changed)

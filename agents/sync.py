@@ -190,9 +190,12 @@ class SyncService:
                 await self._acknowledge(outcome, records)
                 run.accepted += len(outcome.accepted)
                 run.failed += len(outcome.failed)
+                self.runtime.metrics.fluent_records.labels("accepted").inc(len(outcome.accepted))
+                self.runtime.metrics.fluent_records.labels("failed").inc(len(outcome.failed))
                 for (sku, location), message in list(outcome.failed.items())[:5]:
                     self._record_error(run, f"{sku}/{location}: {message}")
             run.advance("completed", self.clock())
+            self.runtime.metrics.sync_runs.labels("completed").inc()
             self.consecutive_failures = 0
             self.next_allowed_us = 0
             if full:
@@ -206,6 +209,7 @@ class SyncService:
     def _fail(self, run: SyncRun, exc: BaseException, client: FluentClient) -> None:
         message = f"{type(exc).__name__}: {exc}"
         run.fail(message, self.clock())
+        self.runtime.metrics.sync_runs.labels("failed").inc()
         self._record_error(run, message)
         self.consecutive_failures += 1
         base = self.settings.fluent_backoff_base * 4

@@ -14,6 +14,7 @@ from typing import Any
 import faust
 
 from stream_app.domain.inventory import BufferPolicy
+from stream_app.metrics import Metrics
 from stream_app.settings import Settings
 from stream_app.topics import TopicNames
 from tables.bucketed import BucketedTable, define_bucketed_table
@@ -29,6 +30,7 @@ class Runtime:
     topics: dict[str, faust.TopicT]
     inventory: BucketedTable
     buffers: BufferPolicy
+    metrics: Metrics
     extras: dict[str, Any] = field(default_factory=dict)
 
     def topic(self, name: str) -> faust.TopicT:
@@ -90,6 +92,7 @@ def create_runtime(settings: Settings) -> Runtime:
         topics=topics,
         inventory=inventory,
         buffers=BufferPolicy(settings.default_buffer, dict(settings.channel_buffers)),
+        metrics=Metrics(),
     )
     for module in REGISTRY:
         importlib.import_module(module).register(runtime)

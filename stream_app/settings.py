@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     preorder_batch_within: float = Field(
         0.005, gt=0, description="seconds the intake waits filling a group (adds latency)"
     )
+    consumer_fetch_max_wait_ms: int = Field(
+        10,
+        ge=0,
+        le=1500,
+        description="cap on the worker consumer's fetch wait (Faust hard-codes 1500 ms and "
+        "the embedded broker holds every fetch that long: one hop = up to 1.5 s); 0 = keep",
+    )
 
     # --- release and export ------------------------------------------------------------
     release_cron: str = "0 2 * * *"
@@ -127,6 +134,36 @@ class Settings(BaseSettings):
     s3_prefix: str = "stream-app/"
     aws_access_key_id: SecretStr = SecretStr("")
     aws_secret_access_key: SecretStr = SecretStr("")
+    release_catch_up: bool = Field(
+        True, description="at start-up the leader releases a scheduled night that was missed"
+    )
+    release_order_concurrency: int = Field(
+        32, ge=1, le=512, description="Fluent createOrder calls in flight per release run"
+    )
+    release_fail_fast_after: int = Field(
+        20, ge=1, description="consecutive Fluent outages after which a release stops calling"
+        " Fluent for this run (the rest become RELEASE_FAILED, retried by the next run)",
+    )
+
+    @field_validator("release_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (an IANA name like Europe/Paris)") from None
+        return value
+
+    @field_validator("release_cron", "expiry_check_cron", "export_cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a crontab expression like '0 2 * * *'")
+        return value
 
     @field_validator("kafka_broker", "fluent_base_url")
     @classmethod

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from typing import Any
+
+from croniter import croniter
 
 from stream_app.domain.preorders import Policy
 from stream_app.domain.reservations import (
@@ -40,6 +42,7 @@ from stream_app.domain.reservations import (
     Status,
     Transition,
     iso,
+    parse_iso,
     require_aware,
 )
 
@@ -238,3 +241,147 @@ def release_report(
         ),
     }
     return report
+
+
+# --- scheduling, run reports (issue 5) --------------------------------------------------
+
+#: statuses (with reasons for CANCELLED) a release leaves reservations in
+RELEASE_CANCEL_REASONS = frozenset({Reason.INSUFFICIENT_INVENTORY, Reason.NOT_ALLOCATED})
+#: partition run states after which a redelivered command changes nothing
+FINAL_PART_STATES = frozenset({"completed", "skipped"})
+
+
+def release_date_at(now: datetime, tz: tzinfo) -> date:
+    """The release date of a run starting at ``now``: today in the release timezone."""
+    return require_aware(now).astimezone(tz).date()
+
+
+def due_release_date(cron: str, tz: tzinfo, now: datetime) -> date:
+    """The release date of the most recent scheduled release at or before ``now``.
+
+    ``0 2 * * *`` in UTC at 2030-02-01 01:00 → 2030-01-31 (today's 02:00 has not come);
+    at 02:00 or later → 2030-02-01. A worker starting up compares it with the last
+    scheduled release that completed: anything older was missed (Faust does not catch up
+    crontab runs) and a release of this date covers every earlier one.
+    """
+    local = require_aware(now).astimezone(tz)
+    # croniter works on naive local wall-clock times here: the crontab fires at wall-clock
+    # times of ``tz`` (as Faust's crontab does)
+    naive = local.replace(tzinfo=None)
+    if croniter.match(cron, naive):
+        return naive.date()
+    previous: datetime = croniter(cron, naive).get_prev(datetime)
+    return previous.date()
+
+
+def catch_up_needed(last_completed: date | None, due: date) -> bool:
+    """A missed scheduled release: none completed yet, or the last one is older than due."""
+    return last_completed is None or last_completed < due
+
+
+def released_by_run(reservation: Reservation, started_at: datetime) -> bool:
+    """Whether a run that started at ``started_at`` left ``reservation`` in its state:
+    a release outcome (CONFIRMING, CONFIRMED, RELEASE_FAILED, EXPIRED, CANCELLED by the
+    release) reached since the run started. Counting from the book state rather than from
+    what one attempt touched keeps a report right when a crashed run is resumed."""
+    if reservation.updated_at < started_at:
+        return False
+    status = reservation.status
+    if status is Status.CANCELLED:
+        return reservation.reason in RELEASE_CANCEL_REASONS
+    return status in PENDING or status in (Status.CONFIRMED, Status.EXPIRED)
+
+
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for label, value in counts.items():
+        into[label] = into.get(label, 0) + int(value)
+
+
+def merge_run_reports(
+    run_id: str, parts: Iterable[dict[str, Any]], partitions: int, max_failures: int = 50
+) -> dict[str, Any] | None:
+    """One run's report from its per-partition reports (any order, duplicates by
+    partition resolved to the most advanced); None when no partition reported yet.
+
+    State: ``running`` until every partition finished, then ``completed`` (or
+    ``completed_with_failures`` when an order could not be created, or ``skipped``
+    when every partition had nothing due)."""
+    by_partition: dict[int, dict[str, Any]] = {}
+    for part in parts:
+        if part.get("runId") != run_id:
+            continue
+        number = int(part["partition"])
+        seen = by_partition.get(number)
+        if seen is None or _progress_rank(part) >= _progress_rank(seen):
+            by_partition[number] = part
+    if not by_partition:
+        return None
+    ordered = [by_partition[p] for p in sorted(by_partition)]
+    first = ordered[0]
+    totals: dict[str, int] = {}
+    units: dict[str, int] = {}
+    by_tier: dict[str, dict[str, int]] = {}
+    orders = {"toOrder": 0, "created": 0, "alreadyExisted": 0, "failed": 0}
+    failures: list[dict[str, Any]] = []
+    for part in ordered:
+        counts = part.get("counts") or {}
+        _add_counts(totals, counts.get("totals") or {})
+        _add_counts(units, counts.get("units") or {})
+        for tier, tier_counts in (counts.get("byTier") or {}).items():
+            _add_counts(by_tier.setdefault(tier, {}), tier_counts)
+        for name in orders:
+            orders[name] += int((part.get("orders") or {}).get(name, 0))
+        failures.extend(part.get("failures") or [])
+    states = [str(p.get("state")) for p in ordered]
+    if len(ordered) < partitions or any(s not in FINAL_PART_STATES for s in states):
+        state = "running"
+    elif all(s == "skipped" for s in states):
+        state = "skipped"
+    elif orders["failed"]:
+        state = "completed_with_failures"
+    else:
+        state = "completed"
+    starts = [str(p["startedAt"]) for p in ordered if p.get("startedAt")]
+    ends = [str(p["finishedAt"]) for p in ordered if p.get("finishedAt")]
+    started = min(starts) if starts else None
+    finished = max(ends) if ends and state != "running" else None
+    duration = None
+    if started and finished:
+        duration = (parse_iso(finished) - parse_iso(started)).total_seconds()
+    return {
+        "runId": run_id,
+        "releaseDate": first.get("releaseDate"),
+        "trigger": first.get("trigger"),
+        "requestedAt": first.get("requestedAt"),
+        "state": state,
+        "partitionsTotal": partitions,
+        "partitionsDone": sum(1 for s in states if s in FINAL_PART_STATES),
+        "reservations": sum(totals.values()),
+        "totals": dict(sorted(totals.items())),
+        "units": dict(sorted(units.items())),
+        "byTier": {t: dict(sorted(c.items())) for t, c in sorted(by_tier.items())},
+        "orders": orders,
+        "failures": failures[:max_failures],
+        "startedAt": started,
+        "finishedAt": finished,
+        "durationSeconds": duration,
+        "partitions": [
+            {
+                key: part.get(key)
+                for key in (
+                    "partition", "state", "books", "attempts", "orders", "startedAt",
+                    "finishedAt", "worker",
+                )
+            }
+            for part in ordered
+        ],
+    }
+
+
+_STATE_RANK = {"allocating": 0, "ordering": 1, "interrupted": 1, "skipped": 2, "completed": 2}
+
+
+def _progress_rank(part: dict[str, Any]) -> tuple[int, int, str]:
+    orders = part.get("orders") or {}
+    done = int(orders.get("created", 0)) + int(orders.get("alreadyExisted", 0))
+    return (_STATE_RANK.get(str(part.get("state")), 0), done, str(part.get("updatedAt") or ""))

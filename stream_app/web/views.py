@@ -6,6 +6,7 @@ router, driven by the partition of our own partitioner rather than by the table 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from stream_app.app import Runtime
 
 FORWARDED_HEADER = "X-Stream-App-Forwarded"
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 
 def is_ready(app: faust.App) -> bool:
@@ -94,6 +96,21 @@ def register(runtime: Runtime) -> None:
                  "partitions": assigned},
                 status=200 if ready else 503,
             )
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            metrics = runtime.metrics
+            metrics.ready.set(1 if is_ready(app) else 0)
+            sync = runtime.extras.get("sync")
+            if sync is not None:
+                metrics.dirty_keys.set(sync.dirty_count())
+            return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/")
+    class Dashboard(View):
+        async def get(self, request: Request) -> Response:
+            return self.html(DASHBOARD.read_text(encoding="utf-8"))
 
     @app.page("/inventory/{sku}/{location}")
     class Inventory(View):

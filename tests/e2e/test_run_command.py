@@ -1,0 +1,54 @@
+"""`stream-app run`: embedded broker + Fluent simulator + worker from one command, stopped cleanly."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from stream_app.embedded import free_port, port_open
+from tests.fixtures.kafka import produce
+from tests.fixtures.procs import ProcessFactory, http, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: ProcessFactory) -> None:
+    kafka_port, sim_port = free_port(), free_port()
+    env = processes.env({
+        "STREAM_APP_EMBEDDED_KAFKA_PORT": str(kafka_port),
+        "STREAM_APP_FLUENT_SIM_PORT": str(sim_port),
+        "STREAM_APP_KAFKA_BROKER": "",
+        "STREAM_APP_FLUENT_BASE_URL": "",
+        "STREAM_APP_FLUSH_INTERVAL_SECONDS": "1",
+        "STREAM_APP_PARTITIONS": "4",
+    })
+    run = processes.start("run", env)
+    run.wait_ready(90)
+    out = run.log_path.read_text()
+    assert f"embedded broker: 127.0.0.1:{kafka_port}" in out
+    assert f"fluent simulator: http://127.0.0.1:{sim_port}/" in out
+    assert f"web view:  http://127.0.0.1:{run.web_port}/" in out
+
+    produce(f"127.0.0.1:{kafka_port}", "inventory-changes", [
+        {"eventId": "1", "channel": "A", "sku": "SKU-1", "location": "LOC-1", "onHand": 100,
+         "reserved": 20, "buffer": 5, "updatedAt": "2026-11-20T10:00:00Z"},
+        {"eventId": "2", "channel": "B", "sku": "SKU-1", "location": "LOC-1", "onHand": 95,
+         "reserved": 15, "buffer": 5, "updatedAt": "2026-11-20T10:00:00Z"},
+    ])
+    body = wait_for(
+        lambda: (r := run.get("/inventory/SKU-1/LOC-1"))[0] == 200 and r[1], 30, 0.2, "inventory"
+    )
+    assert body["atp"] == 155
+    # and the simulator it started receives the delta
+    wait_for(
+        lambda: any(r["qty"] == 155 for r in http("GET", f"http://127.0.0.1:{sim_port}/_sim/inventory")[1]),
+        30, 0.2, "simulator holds the sellable quantity",
+    )
+
+    assert run.proc is not None
+    run.proc.send_signal(signal.SIGTERM)  # the main process only: it must stop its children
+    assert run.proc.wait(30) is not None
+    wait_for(lambda: not port_open("127.0.0.1", kafka_port), 10, 0.1, "broker stopped")
+    wait_for(lambda: not port_open("127.0.0.1", sim_port), 10, 0.1, "simulator stopped")
+    wait_for(lambda: not port_open("127.0.0.1", run.web_port), 10, 0.1, "web view stopped")
