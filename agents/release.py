@@ -1,12 +1,490 @@
-"""Nightly release and expiry (issue 5). Not built yet."""
+"""Nightly release, expiry and the S3 export (issue 5): timers emit commands, agents apply them.
+
+* Timers cannot write tables (FAUST-NOTES), so every state change travels as a command on
+  the internal ``<app>-release-commands`` topic, ONE message per partition (sent with
+  ``partition=p``), and the ``release-apply`` agent of the worker owning partition *p*
+  applies it to the reservation books of *p* (the cached books of
+  :class:`tables.reservations.ReservationStore`, the same objects the pre-order agents use).
+* Emitters: the release crontab (``release_cron`` in ``release_timezone``, leader only:
+  release date = today there), the start-up catch-up (leader: the due date of the most
+  recent scheduled release; a partition whose last completed scheduled release is older
+  releases it, which covers every earlier date), the hourly expiry crontab, and the admin
+  endpoints of :mod:`stream_app.web.release_views`.
+* A release of partition *p* for date *D* (crash-safe two-step, see
+  :mod:`stream_app.domain.release`):
+
+  1. ``allocate_release`` on every book (EXPIRED / CONFIRMING / CANCELLED), changed
+     reservations written, CANCELLED/EXPIRED events queued; the agent then waits until
+     those writes are on the broker, so no Fluent order ever exists for a reservation the
+     table does not hold as CONFIRMING;
+  2. ``createOrder`` for every CONFIRMING / RELEASE_FAILED reservation (deterministic ref
+     ``PO-<reservationId>``; "already exists" is success), ``release_order_concurrency``
+     at a time, the client retrying 429/5xx/timeouts with backoff; results are applied in
+     small groups: CONFIRMED (+ event) or RELEASE_FAILED (retried by the next run). After
+     ``release_fail_fast_after`` consecutive outages the run stops calling Fluent.
+
+  A crash anywhere leaves CONFIRMING reservations; the redelivered command (or the next
+  run) allocates nothing new for them and re-creates their orders, which Fluent answers
+  "already exists": no duplicate order, none confirmed twice, none forgotten.
+* Reports: ``release_runs`` table (:mod:`tables.releases`), one entry per run and partition.
+* S3 export (``export_cron``, leader): the leader gathers every worker's reservations and
+  run reports over the web view and writes one export (see :meth:`ReleaseService.export`).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import faust
+import orjson
+
+from agents.preorders import Outbox, supply_for
+from stream_app.domain.preorders import Policy
+from stream_app.domain.release import (
+    FINAL_PART_STATES,
+    allocate_release,
+    catch_up_needed,
+    create_order_input,
+    due_release_date,
+    order_created,
+    order_failed,
+    release_date_at,
+    release_report,
+    released_by_run,
+)
+from stream_app.domain.reservations import (
+    Outcome,
+    Reservation,
+    ReservationBook,
+    iso,
+    key_of_reservation_id,
+    parse_iso,
+)
+from stream_app.fluent.client import (
+    FluentAuthError,
+    FluentClient,
+    FluentConfig,
+    FluentError,
+    FluentUnavailable,
+)
+from tables.releases import ReleaseRuns, define_release_table
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
+    from tables.reservations import PartitionBooks, ReservationStore
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+#: failures listed per partition report (the counts cover all of them)
+FAILURES_KEPT = 20
+#: order results applied (written, events queued) per group while orders are created
+APPLY_GROUP = 500
+#: seconds between progress writes of a partition report while orders are created
+PROGRESS_EVERY = 1.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class OrderResult:
+    key: str
+    reservation_id: str
+    created_now: bool = False
+    error: str | None = None
+
+
+class ReleaseService:
+    """Per-worker release glue: emits commands, applies them to the partition's books."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: ReservationStore,
+        runs: ReleaseRuns,
+        policy: Policy,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.store = store
+        self.runs = runs
+        self.policy = policy
+        self.clock = clock
+        self.tz = ZoneInfo(self.settings.release_timezone)
+        self.commands = runtime.topic(runtime.names.release_commands)
+        self.events_topic = runtime.topic(runtime.names.reservation_events)
+        self.client: FluentClient | None = None
+        #: runs requested through this worker that no partition reported yet
+        self.requested: dict[str, Json] = {}
+        self.last_export: Json | None = None
+
+    # --- emitting commands (any context) -------------------------------------------
+    def today(self) -> date:
+        return release_date_at(self.clock(), self.tz)
+
+    async def _broadcast(self, command: Json) -> None:
+        raw = orjson.dumps(command)
+        pending = [
+            await self.commands.send(value=raw, partition=p, force=True)
+            for p in range(self.settings.partitions)
+        ]
+        await asyncio.gather(*pending)
+
+    async def request_release(
+        self, release_date: date, trigger: str, *, only_if_due: bool = False
+    ) -> str:
+        """Send a release of ``release_date`` to every partition; returns the run id."""
+        run_id = f"rel-{release_date:%Y%m%d}-{uuid.uuid4().hex[:8]}"
+        command = {
+            "type": "release",
+            "runId": run_id,
+            "date": release_date.isoformat(),
+            "trigger": trigger,
+            "onlyIfDue": only_if_due,
+            "requestedAt": iso(self.clock()),
+        }
+        self.requested[run_id] = command
+        while len(self.requested) > 50:
+            self.requested.pop(next(iter(self.requested)))
+        await self._broadcast(command)
+        log.info("release %s of %s requested (%s)", run_id, release_date, trigger)
+        return run_id
+
+    async def request_expiry(self, trigger: str) -> None:
+        await self._broadcast({"type": "expire", "trigger": trigger, "at": iso(self.clock())})
+
+    async def start_up_checks(self) -> str | None:
+        """Leader at start-up (or on becoming leader): release a missed night, expire."""
+        run_id = None
+        if self.settings.release_catch_up:
+            due = due_release_date(self.settings.release_cron, self.tz, self.clock())
+            run_id = await self.request_release(due, "catch-up", only_if_due=True)
+        await self.request_expiry("start-up")
+        return run_id
+
+    # --- applying commands (agent context, partition = the event's partition) ------
+    async def apply(self, partition: int, command: Json) -> None:
+        kind = command.get("type")
+        if kind == "release":
+            await self.release_partition(partition, command)
+        elif kind == "expire":
+            out = Outbox()
+            self.expire_partition(partition, out)
+            await out.flush()
+        else:
+            log.warning("unknown release command %r skipped", kind)
+
+    def _record(self, key: str, partition: int, outcome: Outcome | Any, out: Outbox) -> None:
+        self.store.save(outcome.changed)
+        for event in outcome.events:
+            out.add(self.events_topic, key.encode(), event, partition)
+
+    def _heal(
+        self, part: PartitionBooks, key: str, book: ReservationBook, now: datetime, out: Outbox
+    ) -> None:
+        """As the book agent does on first use of a restored book: promote what fits."""
+        if key in part.unhealed:
+            part.unhealed.discard(key)
+            supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
+            self._record(key, part.partition, book.promote(supply, self.policy, now), out)
+
+    def expire_partition(self, partition: int, out: Outbox) -> int:
+        """Uncommitted reservations past ``expiresAt`` → EXPIRED, then promotion."""
+        now = self.clock()
+        part = self.store.books(partition)
+        expired = 0
+        for key, book in list(part.books.items()):
+            self._heal(part, key, book, now, out)
+            supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
+            outcome = book.expire(supply, self.policy, now)
+            expired += sum(1 for e in outcome.events if e["eventType"] == "EXPIRED")
+            self._record(key, partition, outcome, out)
+        if expired:
+            log.info("partition %d: %d reservations expired", partition, expired)
+        return expired
+
+    def _new_report(self, partition: int, command: Json, now: datetime) -> Json:
+        return {
+            "runId": str(command["runId"]),
+            "partition": partition,
+            "releaseDate": str(command["date"]),
+            "trigger": str(command.get("trigger") or "manual"),
+            "requestedAt": command.get("requestedAt"),
+            "state": "allocating",
+            "attempts": 0,
+            "books": 0,
+            "orders": {"toOrder": 0, "created": 0, "alreadyExisted": 0, "failed": 0},
+            "failures": [],
+            "counts": {},
+            "startedAt": iso(now),
+            "finishedAt": None,
+            "updatedAt": iso(now),
+            "worker": str(self.runtime.app.conf.canonical_url),
+        }
+
+    def _counts(self, partition: int, release_date: date, started: datetime) -> Json:
+        part = self.store.books(partition)
+        touched: Iterable[Reservation] = (
+            r for book in part.books.values() for r in book.reservations()
+            if released_by_run(r, started)
+        )
+        report = release_report(release_date, touched)
+        return {k: report[k] for k in ("reservations", "totals", "units", "byTier")}
+
+    async def release_partition(self, partition: int, command: Json) -> None:
+        try:
+            run_id = str(command["runId"])
+            release_date = date.fromisoformat(str(command["date"]))
+        except (KeyError, ValueError):
+            log.warning("malformed release command skipped: %r", command)
+            return
+        now = self.clock()
+        report = self.runs.part(run_id, partition)
+        if report is not None and report.get("state") in FINAL_PART_STATES:
+            return  # a redelivered command of a finished run
+        if report is None:
+            self.runs.prune(partition)
+            report = self._new_report(partition, command, now)
+        scheduled = report["trigger"] in ("nightly", "catch-up")
+        if command.get("onlyIfDue"):
+            last = self.runs.last_completed(partition)
+            if not catch_up_needed(last, release_date):
+                report.update(state="skipped", finishedAt=iso(now), updatedAt=iso(now),
+                              skippedBecause=f"last scheduled release {last} is not older")
+                self.runs.put_part(report)
+                return
+        report["attempts"] = int(report.get("attempts", 0)) + 1
+        started = parse_iso(str(report["startedAt"]))
+        self.runs.put_part(report)
+
+        # step 1: allocation, written before any order exists
+        out = Outbox()
+        part = self.store.books(partition)
+        to_order: list[tuple[str, Reservation]] = []
+        for key, book in list(part.books.items()):
+            self._heal(part, key, book, now, out)
+            supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
+            outcome = allocate_release(book, release_date, supply.current_atp, self.policy, now)
+            self._record(key, partition, outcome, out)
+            to_order.extend((key, r) for r in outcome.to_order)
+        report.update(state="ordering", books=len(part.books), updatedAt=iso(self.clock()))
+        report["orders"]["toOrder"] = len(to_order)
+        report["counts"] = self._counts(partition, release_date, started)
+        self.runs.put_part(report)
+        await out.flush()
+        await self._durable()
+
+        # step 2: orders
+        finished = await self._create_orders(partition, to_order, report)
+        now = self.clock()
+        report["counts"] = self._counts(partition, release_date, started)
+        report["updatedAt"] = iso(now)
+        if not finished:
+            report["state"] = "interrupted"
+            self.runs.put_part(report)
+            log.warning("release %s partition %d interrupted (partition moved)", run_id, partition)
+            return
+        report.update(state="completed", finishedAt=iso(now))
+        self.runs.put_part(report)
+        if scheduled and release_date <= self.today():
+            self.runs.set_last_completed(partition, release_date, run_id)
+        orders = report["orders"]
+        log.info(
+            "release %s partition %d: %d books, %d orders (%d created, %d existed, %d failed)",
+            run_id, partition, report["books"], orders["toOrder"], orders["created"],
+            orders["alreadyExisted"], orders["failed"],
+        )
+
+    async def _durable(self) -> None:
+        """Wait until every table write and message queued so far is on the broker."""
+        producer = self.runtime.app.producer
+        while producer.buffer.size:
+            await producer.buffer.flush()
+        await producer.flush()
+
+    def _client(self) -> FluentClient:
+        if self.client is None:
+            self.client = FluentClient(FluentConfig.from_settings(self.settings))
+        return self.client
+
+    async def _create_orders(
+        self, partition: int, to_order: list[tuple[str, Reservation]], report: Json
+    ) -> bool:
+        """Create the orders; apply results in groups. False when the partition moved."""
+        if not to_order:
+            return True
+        client = self._client()
+        retailer = self.settings.retailer_id
+        results: asyncio.Queue[OrderResult] = asyncio.Queue()
+        todo = iter(to_order)
+        outages = 0
+        threshold = self.settings.release_fail_fast_after
+
+        async def call_fluent() -> None:
+            nonlocal outages
+            for key, reservation in todo:
+                rid = reservation.reservation_id
+                if outages >= threshold:
+                    results.put_nowait(
+                        OrderResult(key, rid, error="not attempted: Fluent unavailable")
+                    )
+                    continue
+                try:
+                    _, created = await client.create_order(create_order_input(reservation, retailer))
+                except (FluentUnavailable, FluentAuthError) as exc:
+                    outages += 1
+                    results.put_nowait(OrderResult(key, rid, error=f"{type(exc).__name__}: {exc}"))
+                except (FluentError, ValueError, OSError, TimeoutError) as exc:
+                    results.put_nowait(OrderResult(key, rid, error=f"{type(exc).__name__}: {exc}"))
+                else:
+                    outages = 0
+                    results.put_nowait(OrderResult(key, rid, created_now=created))
+
+        workers = min(self.settings.release_order_concurrency, len(to_order))
+        calls = asyncio.ensure_future(asyncio.gather(*(call_fluent() for _ in range(workers))))
+        last_progress = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not calls.done():
+                    await asyncio.wait({calls}, timeout=0.2)
+                group: list[OrderResult] = []
+                while not results.empty() and len(group) < APPLY_GROUP:
+                    group.append(results.get_nowait())
+                if group:
+                    if not self.runs.owns(partition):
+                        return False
+                    await self._apply_results(partition, group, report)
+                    if loop.time() - last_progress >= PROGRESS_EVERY:
+                        last_progress = loop.time()
+                        report["updatedAt"] = iso(self.clock())
+                        self.runs.put_part(report)
+                elif calls.done():
+                    calls.result()  # re-raise a bug in the callers
+                    return True
+        finally:
+            if not calls.done():
+                calls.cancel()
+
+    async def _apply_results(self, partition: int, group: list[OrderResult], report: Json) -> None:
+        now = self.clock()
+        out = Outbox()
+        part = self.store.books(partition)  # fresh: a rebalance may have rebuilt the cache
+        orders = report["orders"]
+        for result in group:
+            book = part.books.get(result.key)
+            if book is None:  # pragma: no cover - the reservation was in this book
+                key = key_of_reservation_id(result.reservation_id)
+                log.error("book %s of %s vanished during a release", key, result.reservation_id)
+                continue
+            if result.error is None:
+                outcome = order_created(book, result.reservation_id, now)
+                orders["created" if result.created_now else "alreadyExisted"] += 1
+            else:
+                outcome = order_failed(book, result.reservation_id, result.error, now)
+                orders["failed"] += 1
+                if len(report["failures"]) < FAILURES_KEPT:
+                    report["failures"].append(
+                        {"reservationId": result.reservation_id, "error": result.error[:300],
+                         "at": iso(now)}
+                    )
+            self._record(result.key, partition, outcome, out)
+        await out.flush()
+
+    # --- local views --------------------------------------------------------------
+    def local_reservations(self) -> list[Json]:
+        """Every reservation of the partitions this worker owns (for the export)."""
+        out: list[Json] = []
+        for partition in self.runs.owned_partitions():
+            for book in self.store.books(partition).books.values():
+                out.extend(r.to_dict() for r in book.reservations())
+        return out
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
 
 
 def register(runtime: Runtime) -> None:
-    """Nothing registered yet."""
+    app, settings, names = runtime.app, runtime.settings, runtime.names
+    store: ReservationStore = runtime.extras["reservation_store"]
+    policy: Policy = runtime.extras.get("preorder_policy") or Policy.from_settings(settings)
+    runs = define_release_table(app, settings.partitions)
+    service = ReleaseService(runtime, store, runs, policy)
+    runtime.extras["release"] = service
+    runtime.extras["release_runs"] = runs
+    tz = ZoneInfo(settings.release_timezone)
+
+    @app.agent(runtime.topic(names.release_commands), name="release-apply")
+    async def release_apply(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                command = orjson.loads(event.value)
+                if not isinstance(command, dict):
+                    raise ValueError("not a JSON object")
+            except (orjson.JSONDecodeError, ValueError, TypeError):
+                log.warning("unreadable release command skipped")
+                continue
+            try:
+                await service.apply(event.message.partition, command)
+            except Exception:  # a bug must not stop the agent; the next run heals
+                log.exception("release command %s failed", command.get("type"))
+
+    @app.crontab(settings.release_cron, timezone=tz, on_leader=True)
+    async def nightly_release() -> None:
+        await service.request_release(service.today(), "nightly")
+
+    @app.crontab(settings.expiry_check_cron, timezone=tz, on_leader=True)
+    async def expiry_check() -> None:
+        await service.request_expiry("hourly")
+
+    @app.crontab(settings.export_cron, timezone=tz, on_leader=True)
+    async def nightly_export() -> None:
+        if not settings.s3_bucket:
+            return
+        try:
+            await service_export(runtime)
+        except Exception:
+            log.exception("scheduled S3 export failed")
+
+    @app.task
+    async def leader_start_up() -> None:
+        """Catch up a missed night when this worker is (or becomes) the leader."""
+        from stream_app.web.views import is_ready
+
+        was_leader = False
+        while True:
+            await asyncio.sleep(1.0)
+            if not is_ready(app):
+                continue
+            leader = app.is_leader()
+            if leader and not was_leader:
+                try:
+                    await service.start_up_checks()
+                except Exception:
+                    log.exception("start-up release catch-up failed (retried on next leadership)")
+                    continue
+            was_leader = leader
+
+
+async def service_export(runtime: Runtime) -> Json:
+    """Gather and export (the web module owns the gathering over HTTP)."""
+    from stream_app.web.release_views import export_now
+
+    return await export_now(runtime)
+
+
+def days_ago(now: datetime, days: int) -> str:
+    return iso(now - timedelta(days=days))

@@ -87,7 +87,7 @@ class ResultWaiters:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=5,
         )
         await consumer.start()
         try:
