@@ -80,7 +80,7 @@ def register(runtime: Runtime) -> None:
 
     @app.agent(source, name="inventory-ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(
+        async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.ingest_batch_max, settings.ingest_batch_within
         ):
             records: list[InventoryRecord] = []

@@ -200,7 +200,7 @@ class SyncService:
             self.next_allowed_us = 0
             if full:
                 self.full_resync_requested = False
-        except (FluentError, OSError, asyncio.TimeoutError) as exc:
+        except (FluentError, OSError, TimeoutError) as exc:
             self._fail(run, exc, client)
         finally:
             self.current = None
@@ -300,20 +300,9 @@ def register(runtime: Runtime) -> None:
     async def acks(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:
-                msg = orjson.loads(event.value)
-                at, batch_id = int(msg["at"]), str(msg["batchId"])
-                ok = {key: int(qty) for key, qty in msg.get("accepted", []) if qty is not None}
-                bad = {key: str(err) for key, err in msg.get("failed", [])}
-            except Exception:
+                record_acknowledgement(accepted, orjson.loads(event.value), backoff)
+            except (ValueError, KeyError, TypeError):
                 log.exception("unreadable sync acknowledgement skipped")
-                continue
-
-            def change(key: str, entry: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
-                if key in ok:
-                    return apply_ack(entry, ok[key], at, batch_id)
-                return apply_failure(entry, bad[key], at, batch_id, backoff)
-
-            accepted.update(list(ok) + list(bad), change)
 
     @app.task
     async def flush_loop() -> None:
@@ -337,6 +326,22 @@ def register(runtime: Runtime) -> None:
     async def full_resync() -> None:
         log.info("scheduled full resync: every key will be sent with pre-processing")
         service.request_full_resync()
+
+
+def record_acknowledgement(
+    accepted: BucketedTable, msg: dict[str, Any], backoff: Callable[[int], int]
+) -> list[str]:
+    """Apply one acknowledgement message (agent context); returns the keys that changed."""
+    at, batch_id = int(msg["at"]), str(msg["batchId"])
+    ok = {key: int(qty) for key, qty in msg.get("accepted", []) if qty is not None}
+    bad = {key: str(err) for key, err in msg.get("failed", [])}
+
+    def change(key: str, entry: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
+        if key in ok:
+            return apply_ack(entry, ok[key], at, batch_id)
+        return apply_failure(entry, bad[key], at, batch_id, backoff)
+
+    return accepted.update([*ok, *bad], change)
 
 
 def _note_changes_hook(service: SyncService) -> Callable[[int, int, list[str]], Any]:

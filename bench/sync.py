@@ -430,6 +430,7 @@ def main() -> None:
 
     app_id = f"bench-sync-{uuid.uuid4().hex[:6]}"
     began = time.monotonic()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
         workdir = Path(tmp)
         broker = EmbeddedBroker(port=free_port(), log_path=workdir / "broker.log").start()
@@ -448,11 +449,12 @@ def main() -> None:
             )
             status, batches = http_json(sim.url + "/_sim/batches")
             runs = flush_runs(worker.url)
-            worker_log = worker.tail(400)
+            worker_log = worker.log_path.read_text(errors="replace")
         finally:
             for proc in reversed(procs):
                 proc.stop()
             broker.stop()
+    load_after = os.getloadavg()[0]
     if status != 200 or not isinstance(batches, list):
         raise SystemExit(f"could not read the simulator's batches ({status})")
 
@@ -470,7 +472,8 @@ def main() -> None:
     converged = not wrong and missing == 0
     runs_summary = summarize_runs(runs)
     regressions = sum(s.regressions for s in obs.held.values())
-    errors_in_log = sum(1 for line in worker_log.splitlines() if " ERROR " in line)
+    errors_in_log = sum(1 for line in worker_log.splitlines() if "ERROR" in line)
+    buffer_full = worker_log.count("producer buffer full")
 
     ratio_ok, latency_ok = ratio <= RATIO_TARGET, p99 <= latency_target
     rows = [
@@ -504,8 +507,12 @@ def main() -> None:
           f"(mean {gap['mean']:.2f}), run duration {dur['min']:.2f}–{dur['max']:.2f} s (mean {dur['mean']:.2f})")
     conv = "never" if obs.converged_after_s is None else f"{obs.converged_after_s:.2f} s"
     print(f"converged {conv} after the last event; {obs.polls} simulator polls ({obs.poll_errors} failed), "
-          f"{regressions} quantity regressions seen, {errors_in_log} ERROR lines in the worker log; "
+          f"{regressions} quantity regressions seen, {errors_in_log} ERROR lines and {buffer_full} "
+          f"'producer buffer full' warnings in the worker log; "
           f"whole run {time.monotonic() - began:.0f} s")
+    print(f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs"
+          + ("  (the machine was busy before the run: the figures may not be representative)"
+             if load_before >= (os.cpu_count() or 1) / 2 else ""))
     print(json.dumps({
         "profile": {"rate": profile.rate, "seconds": profile.seconds, "keys": profile.keys,
                     "flush_interval_s": profile.flush_interval, "partitions": PARTITIONS},
@@ -518,6 +525,8 @@ def main() -> None:
         "ingest_lag_p50_by_third_s": lag_trend,
         "converged": converged, "converged_after_s": obs.converged_after_s,
         "flush_runs": runs_summary, "quantity_regressions": regressions,
+        "load_avg_1m": {"before": load_before, "after": load_after, "cpus": os.cpu_count()},
+        "worker_log": {"errors": errors_in_log, "producer_buffer_full": buffer_full},
         "pass": {"ratio": ratio_ok, "latency": latency_ok, "converged": converged},
     }))
     if not converged:

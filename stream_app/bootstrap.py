@@ -37,11 +37,11 @@ async def ensure_topics(
     names: list[str],
     partitions: int,
     replication_factor: int = 1,
-    timeout: float = 30.0,
+    connect_within: float = 30.0,
 ) -> list[str]:
     """Create missing topics; returns the names created. Raises TopicMismatchError."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10000)
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + connect_within
     while True:
         try:
             await admin.start()

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     oversell_protection: bool = True
     max_event_bytes: int = Field(1_000_000, ge=1024)
     ingest_batch_max: int = Field(2000, ge=1, description="events grouped per repartition step")
-    ingest_batch_within: float = Field(0.05, gt=0, description="seconds to wait filling a group")
+    ingest_batch_within: float = Field(0.2, gt=0, description="seconds to wait filling a group")
     apply_chunk_records: int = Field(1000, ge=1, le=20000, description="records per internal message")
     buckets_per_partition: int = Field(16, ge=1, le=4096)
 

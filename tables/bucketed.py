@@ -21,7 +21,7 @@ Json = dict[str, Any]
 
 
 class BucketedTable:
-    def __init__(self, table: faust.Table, partitions: int, buckets: int) -> None:
+    def __init__(self, table: faust.types.TableT, partitions: int, buckets: int) -> None:
         self.table = table
         self.partitions = partitions
         self.buckets = buckets

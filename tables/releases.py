@@ -21,7 +21,7 @@ from typing import Any
 
 import faust
 import orjson
-from faust.types import TP
+from faust.types import TP, TableT
 
 Json = dict[str, Any]
 
@@ -38,7 +38,7 @@ def last_key(partition: int) -> str:
 
 
 class ReleaseRuns:
-    def __init__(self, app: faust.App, table: faust.Table) -> None:
+    def __init__(self, app: faust.App, table: TableT) -> None:
         self.app = app
         self.table = table
 

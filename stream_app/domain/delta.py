@@ -90,7 +90,9 @@ def apply_failure(
     backoff: Callable[[int], int],
 ) -> tuple[dict[str, Any] | None, bool]:
     """Record a refused record: it stays dirty and waits ``backoff(failures)`` before retrying."""
-    current = dict(entry) if entry is not None else {"qty": None, "acceptedAt": 0, "batchId": None}
+    current: dict[str, Any] = (
+        dict(entry) if entry is not None else {"qty": None, "acceptedAt": 0, "batchId": None}
+    )
     if current.get("lastFailedBatch") == batch_id:
         return entry, False  # redelivered acknowledgement
     failures = int(current.get("failures", 0)) + 1

@@ -27,7 +27,7 @@ DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 def is_ready(app: faust.App) -> bool:
     """Ready: the worker has an assignment and its tables finished recovery."""
-    recovery = app.tables.recovery
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
     return bool(
         app.consumer is not None
         and recovery.completed.is_set()

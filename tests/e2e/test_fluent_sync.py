@@ -147,7 +147,7 @@ def test_coalescing_many_events_few_records(setup: Setup, kafka: KafkaCluster, t
         wait_for(
             lambda: worker.get("/inventory/C-99/DC-1")[1].get("atp") == last["C-99|DC-1"]
             and worker.get("/inventory/C-0/DC-1")[1].get("atp") == last["C-0|DC-1"],
-            60, 0.2, "all events applied",
+            120, 0.2, "all events applied",
         )
         before = len(setup.sim.batches())
         status, _ = worker.post("/sync/flush", headers=ADMIN)

@@ -1,0 +1,406 @@
+"""Nightly release, expiry, admin trigger and S3 export through real processes.
+
+Broker (fixture), the Fluent simulator and ``stream-app worker`` run as real processes; the
+export goes to a moto S3 server on loopback. Reservations come in through the
+``pre-orders`` topic (keyed by SKU so that their arrival order is the order sent).
+Tests of the shared worker use their own SKUs and ship dates; releases are asked for a
+date through the admin endpoint ("ship date ≤ date"), so no test waits for 02:00.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import orjson
+import pytest
+
+from stream_app.domain.reservations import reservation_id
+from tests.e2e.test_fluent_sync import ADMIN, Sim, start_sim, worker_env
+from tests.fixtures.kafka import KafkaCluster, Producer
+from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION, s3_server  # noqa: F401
+
+pytestmark = pytest.mark.e2e
+
+LOC = "DC-1"
+
+
+def today() -> datetime:
+    return datetime.now(UTC)
+
+
+def ship(days: int) -> str:
+    return (today().date() + timedelta(days=days)).isoformat()
+
+
+def preorder(order_id: str, sku: str, tier: str, days: int, quantity: int = 1) -> dict[str, Any]:
+    return {
+        "orderId": order_id, "customerId": f"c-{order_id}", "customerEmail": f"{order_id}@example.com",
+        "customerTier": tier, "shipDate": ship(days), "source": "web",
+        "items": [{"sku": sku, "productName": "Console", "quantity": quantity, "locationRef": LOC}],
+    }
+
+
+def stock(sku: str, on_hand: int) -> dict[str, Any]:
+    return {
+        "eventId": uuid.uuid4().hex, "channel": "WMS", "sku": sku, "location": LOC,
+        "onHand": on_hand, "reserved": 0, "updatedAt": datetime.now(UTC).isoformat(),
+    }
+
+
+def rid(order_id: str, sku: str) -> str:
+    return reservation_id(order_id, sku, LOC, 0)
+
+
+def ref(order_id: str, sku: str) -> str:
+    return "PO-" + rid(order_id, sku)
+
+
+def send_in_order(bootstrap: str, topic: str, values: list[Any], key: str) -> None:
+    """One key → one partition → the app sees them in this order."""
+
+    async def main() -> None:
+        producer = Producer(bootstrap)
+        await producer.start()
+        try:
+            for value in values:
+                await producer.send(topic, value, key=key.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(main())
+
+
+@dataclass
+class App:
+    kafka: KafkaCluster
+    sim: Sim
+    worker: StreamAppProcess
+    app_id: str
+
+    def send(self, name: str, values: list[Any], key: str) -> None:
+        send_in_order(self.kafka.bootstrap, f"{self.app_id}-{name}", values, key)
+
+    def set_stock(self, sku: str, on_hand: int) -> None:
+        self.send("inventory-changes", [stock(sku, on_hand)], sku)
+        wait_for(
+            lambda: self.worker.get(f"/inventory/{sku}/{LOC}")[1].get("totalOnHand") == on_hand,
+            30, 0.1, f"stock of {sku} = {on_hand}",
+        )
+
+    def status(self, reservation: str) -> str | None:
+        code, body = self.worker.get(f"/reservations/{reservation}")
+        return body.get("status") if code == 200 else None
+
+    def reservation(self, reservation: str) -> dict[str, Any]:
+        code, body = self.worker.get(f"/reservations/{reservation}")
+        assert code == 200, body
+        return body  # type: ignore[no-any-return]
+
+    def wait_statuses(self, expected: dict[str, str], timeout: float = 60) -> None:
+        def check() -> bool:
+            return all(self.status(r) == s for r, s in expected.items())
+
+        try:
+            wait_for(check, timeout, 0.2, "reservation statuses")
+        except AssertionError:
+            actual = {r: self.status(r) for r in expected}
+            raise AssertionError(f"expected {expected}\nactual   {actual}") from None
+
+    def release(self, day: str) -> str:
+        code, body = self.worker.post(f"/admin/release?date={day}", headers=ADMIN)
+        assert code == 202, body
+        return str(body["runId"])
+
+    def report(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            code, body = self.worker.get(f"/releases/{run_id}")
+            finished = ("completed", "completed_with_failures", "skipped")
+            return body if code == 200 and body.get("state") in finished else None
+
+        return wait_for(done, timeout, 0.2, f"release {run_id} finished")  # type: ignore[no-any-return]
+
+    def orders(self) -> dict[str, dict[str, Any]]:
+        listed = self.sim.get("/_sim/orders")
+        refs = [o["ref"] for o in listed]
+        assert len(refs) == len(set(refs)), "duplicate order refs in Fluent"
+        return {o["ref"]: o for o in listed}
+
+    def create_order_calls(self) -> int:
+        calls = self.sim.get("/_sim/calls")
+        return sum(calls.get("/graphql", {}).values())
+
+
+def env_for(kafka: KafkaCluster, app_id: str, sim: Sim, **extra: str) -> dict[str, str]:
+    return worker_env(
+        kafka, app_id, sim,
+        STREAM_APP_MIN_DAYS_AHEAD="0",
+        STREAM_APP_EXPIRY_DAYS="0",  # expiresAt = shipDate 00:00 UTC
+        STREAM_APP_FLUSH_INTERVAL_SECONDS="30",
+        **extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(s3_server: str) -> str:  # noqa: F811
+    bucket = f"rel-{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        session = aioboto3.Session(
+            aws_access_key_id=DUMMY_KEY_ID, aws_secret_access_key=DUMMY_SECRET, region_name=REGION
+        )
+        async with session.client("s3", endpoint_url=s3_server) as client:
+            await client.create_bucket(Bucket=bucket)
+
+    asyncio.run(create())
+    return bucket
+
+
+@pytest.fixture(scope="module")
+def app(
+    kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory, s3_server: str, s3_bucket: str  # noqa: F811
+) -> Iterator[App]:
+    factory = ProcessFactory(tmp_path_factory.mktemp("release"))
+    app_id = f"rel-{uuid.uuid4().hex[:6]}"
+    try:
+        sim = start_sim(factory)
+        env = env_for(
+            kafka, app_id, sim,
+            STREAM_APP_S3_ENDPOINT_URL=s3_server, STREAM_APP_S3_BUCKET=s3_bucket,
+            STREAM_APP_S3_REGION=REGION, STREAM_APP_AWS_ACCESS_KEY_ID=DUMMY_KEY_ID,
+            STREAM_APP_AWS_SECRET_ACCESS_KEY=DUMMY_SECRET,
+        )
+        worker = factory.start("worker", factory.env(env))
+        worker.wait_ready(90)
+        yield App(kafka, sim, worker, app_id)
+    finally:
+        factory.stop_all()
+
+
+def test_vip_first_then_arrival_rest_cancelled(app: App) -> None:
+    days = 5
+    a, b = "VIP-A", "VIP-B"
+    app.set_stock(a, 4)  # limit floor(1.05 × 4) = 4 reservable
+    app.set_stock(b, 10)
+    # arrival order S1, S2, V1, S3, V2 (V2 bumps S3 to the waitlist), S4 waitlisted
+    orders_a = [("S1", "STANDARD"), ("S2", "STANDARD"), ("V1", "VIP"), ("S3", "STANDARD"),
+                ("V2", "VIP"), ("S4", "STANDARD")]
+    app.send("pre-orders", [preorder(f"{o}-{a}", a, t, days) for o, t in orders_a], a)
+    app.send("pre-orders", [preorder(f"B{i}", b, "STANDARD", days) for i in range(3)], b)
+    app.wait_statuses({
+        rid("S1-VIP-A", a): "RESERVED", rid("S2-VIP-A", a): "RESERVED", rid("V1-VIP-A", a): "RESERVED",
+        rid("S3-VIP-A", a): "WAITLISTED", rid("V2-VIP-A", a): "RESERVED", rid("S4-VIP-A", a): "WAITLISTED",
+        **{rid(f"B{i}", b): "RESERVED" for i in range(3)},
+    })
+    app.set_stock(a, 3)  # supply shrinks before the release: 4 reserved, 3 units
+
+    run_id = app.release(ship(days))
+    report = app.report(run_id)
+    app.wait_statuses({
+        rid("V1-VIP-A", a): "CONFIRMED", rid("V2-VIP-A", a): "CONFIRMED",  # VIPs first
+        rid("S1-VIP-A", a): "CONFIRMED",  # then by arrival
+        rid("S2-VIP-A", a): "CANCELLED", rid("S3-VIP-A", a): "CANCELLED",
+        rid("S4-VIP-A", a): "CANCELLED",
+        **{rid(f"B{i}", b): "CONFIRMED" for i in range(3)},
+    })
+    assert app.reservation(rid("S2-VIP-A", a))["reason"] == "insufficient_inventory"
+    assert app.reservation(rid("S3-VIP-A", a))["reason"] == "not_allocated"
+    assert app.reservation(rid("S4-VIP-A", a))["reason"] == "not_allocated"
+
+    confirmed = [ref("V1-VIP-A", a), ref("V2-VIP-A", a), ref("S1-VIP-A", a)] + [
+        ref(f"B{i}", b) for i in range(3)
+    ]
+    orders = app.orders()
+    ours = {r for r in orders if r in confirmed or "VIP" in r}
+    assert set(confirmed) <= ours
+    not_confirmed = [ref(o, a) for o in ("S2-VIP-A", "S3-VIP-A", "S4-VIP-A")]
+    assert not set(not_confirmed) & set(orders)
+    assert orders[ref("V1-VIP-A", a)]["items"][0]["quantity"] == 1
+
+    assert report["state"] == "completed", report
+    assert report["releaseDate"] == ship(days) and report["trigger"] == "manual"
+    assert report["byTier"]["VIP"] == {"CONFIRMED": 2}
+    assert report["byTier"]["STANDARD"] == {
+        "CANCELLED_INSUFFICIENT_INVENTORY": 1, "CANCELLED_NOT_ALLOCATED": 2, "CONFIRMED": 4,
+    }
+    assert report["orders"]["created"] == 6 and report["orders"]["failed"] == 0
+    assert report["durationSeconds"] is not None and report["partitionsDone"] == 4
+    assert len(report["partitions"]) == 4
+
+
+def test_release_run_twice_creates_no_duplicates(app: App) -> None:
+    days, sku = 6, "TWICE-1"
+    app.set_stock(sku, 5)
+    app.send("pre-orders", [preorder(f"T{i}", sku, "STANDARD", days) for i in range(4)], sku)
+    app.wait_statuses({rid(f"T{i}", sku): "RESERVED" for i in range(4)})
+    first = app.report(app.release(ship(days)))
+    app.wait_statuses({rid(f"T{i}", sku): "CONFIRMED" for i in range(4)})
+    assert first["orders"]["created"] >= 4
+    orders_before = app.orders()
+    calls_before = app.create_order_calls()
+
+    second = app.report(app.release(ship(days)))
+    assert second["runId"] != first["runId"]
+    assert second["reservations"] == 0 and second["orders"]["toOrder"] == 0, second
+    assert app.orders().keys() == orders_before.keys()
+    assert app.create_order_calls() == calls_before
+    assert all(app.status(rid(f"T{i}", sku)) == "CONFIRMED" for i in range(4))
+    listed = app.worker.get("/releases")[1]["runs"]
+    assert {first["runId"], second["runId"]} <= {r["runId"] for r in listed}
+
+
+def test_admin_trigger_needs_the_key_and_a_date(app: App) -> None:
+    worker = app.worker
+    assert worker.post("/admin/release?date=2030-01-01")[0] == 401
+    assert worker.post("/admin/release?date=2030-01-01", headers={"X-API-Key": "wrong"})[0] == 401
+    assert worker.post("/admin/release?date=tomorrow", headers=ADMIN)[0] == 400
+    assert worker.post("/admin/release?date=2030-02-30", headers=ADMIN)[0] == 400
+    assert worker.post("/admin/release", headers=ADMIN)[0] == 400
+    assert worker.post("/admin/expire")[0] == 401
+    assert worker.post("/admin/export")[0] == 401
+    assert worker.get("/admin/release-state")[0] == 401
+    code, body = worker.post("/admin/release?date=2020-01-01", headers=ADMIN)
+    assert code == 202 and body["releaseDate"] == "2020-01-01"
+    report = app.report(body["runId"])
+    assert report["reservations"] == 0 and report["partitionsDone"] == 4
+    assert worker.get("/releases/rel-20200101-nope")[0] == 404
+    log = worker.log_path.read_text()
+    assert ADMIN["X-API-Key"] not in log
+
+
+def test_expiry_of_uncommitted_reservations_promotes_the_waitlist(app: App) -> None:
+    sku = "EXP-1"
+    app.set_stock(sku, 2)  # limit floor(1.05 × 2) = 2
+    # ship date today: expiresAt (shipDate − 0 days, 00:00 UTC) has passed, nobody committed
+    app.send("pre-orders", [preorder(f"E{i}", sku, "STANDARD", 0) for i in range(2)]
+             + [preorder("LATER", sku, "STANDARD", 12)], sku)
+    app.wait_statuses({rid("E0", sku): "RESERVED", rid("E1", sku): "RESERVED",
+                       rid("LATER", sku): "WAITLISTED"})
+    code, _ = app.worker.post("/admin/expire", headers=ADMIN)
+    assert code == 202
+    app.wait_statuses({rid("E0", sku): "EXPIRED", rid("E1", sku): "EXPIRED",
+                       rid("LATER", sku): "RESERVED"})
+    assert app.reservation(rid("E0", sku))["reason"] == "not_committed"
+
+
+def test_export_writes_reservations_and_reports_to_s3(app: App, s3_server: str, s3_bucket: str) -> None:  # noqa: F811
+    days, sku = 9, "EXPORT-1"
+    app.set_stock(sku, 1)
+    app.send("pre-orders", [preorder("X-VIP", sku, "VIP", days), preorder("X-STD", sku, "STANDARD", days)], sku)
+    app.wait_statuses({rid("X-VIP", sku): "RESERVED", rid("X-STD", sku): "WAITLISTED"})
+    run_id = app.release(ship(days))
+    app.report(run_id)
+    code, summary = app.worker.post("/admin/export", headers=ADMIN)
+    assert code == 200, summary
+    assert summary["complete"] is True
+    latest = f"s3://{s3_bucket}/stream-app/reservations/{ship(days)}/latest.json"
+    report_uri = f"s3://{s3_bucket}/stream-app/releases/{ship(days)}/{run_id}.json"
+    assert latest in summary["objects"] and report_uri in summary["objects"]
+
+    async def read(key: str) -> Any:
+        session = aioboto3.Session(
+            aws_access_key_id=DUMMY_KEY_ID, aws_secret_access_key=DUMMY_SECRET, region_name=REGION
+        )
+        async with session.client("s3", endpoint_url=s3_server) as client:
+            obj = await client.get_object(Bucket=s3_bucket, Key=key)
+            assert obj["ContentType"] == "application/json"
+            return orjson.loads(await obj["Body"].read())
+
+    document = asyncio.run(read(f"stream-app/reservations/{ship(days)}/latest.json"))
+    assert document["shipDate"] == ship(days)
+    by_status = {s: [r["reservationId"] for r in rs] for s, rs in document["byStatus"].items()}
+    assert by_status == {"CANCELLED": [rid("X-STD", sku)], "CONFIRMED": [rid("X-VIP", sku)]}
+    assert document["summary"]["byStatusTier"] == {
+        "CANCELLED": {"STANDARD": {"count": 1, "units": 1}},
+        "CONFIRMED": {"VIP": {"count": 1, "units": 1}},
+    }
+    report = asyncio.run(read(f"stream-app/releases/{ship(days)}/{run_id}.json"))
+    assert report["runId"] == run_id and report["byTier"]["VIP"] == {"CONFIRMED": 1}
+    assert report["byTier"]["STANDARD"] == {"CANCELLED_NOT_ALLOCATED": 1}
+    assert app.worker.get("/releases")[1]["lastExport"]["objects"] == summary["objects"]
+
+
+def test_worker_killed_mid_release_converges_without_duplicates(
+    kafka: KafkaCluster, app: App, tmp_path: Path
+) -> None:
+    factory = ProcessFactory(tmp_path)
+    app_id = f"relkill-{uuid.uuid4().hex[:6]}"
+    try:
+        env = factory.env(env_for(kafka, app_id, app.sim, STREAM_APP_RELEASE_ORDER_CONCURRENCY="2"))
+        worker = factory.start("worker", env)
+        worker.wait_ready(90)
+        mine = App(kafka, app.sim, worker, app_id)
+        days, skus, per_sku = 4, ["KILL-A", "KILL-B", "KILL-C"], 20
+        expected: dict[str, str] = {}
+        for sku in skus:
+            mine.set_stock(sku, 100)
+            mine.send("pre-orders", [preorder(f"K{i}-{sku}", sku, "STANDARD", days) for i in range(per_sku)], sku)
+            expected.update({rid(f"K{i}-{sku}", sku): "CONFIRMED" for i in range(per_sku)})
+        mine.wait_statuses({r: "RESERVED" for r in expected})
+        refs = {"PO-" + r for r in expected}
+        app.sim.post("/_sim/faults", {"latency": 0.25, "count": 100000, "path": "/graphql"})
+        mine.release(ship(days))
+        wait_for(lambda: len(refs & set(app.orders())) >= 6, 60, 0.1, "orders being created")
+        worker.kill()
+        assert len(refs & set(app.orders())) < len(refs), "release finished before the kill"
+        app.sim.clear_faults()
+
+        restarted = factory.start("worker", env)
+        restarted.wait_ready(90)
+        mine.worker = restarted
+        mine.wait_statuses(expected, timeout=90)
+        orders = app.orders()  # asserts unique refs
+        assert refs <= set(orders)
+        runs = restarted.get("/releases")[1]["runs"]
+        manual = [r for r in runs if r["trigger"] == "manual"]
+        assert manual and manual[0]["state"] == "completed", manual
+        assert max(p["attempts"] for p in manual[0]["partitions"]) >= 2
+        assert manual[0]["totals"] == {"CONFIRMED": len(expected)}
+    finally:
+        app.sim.clear_faults()
+        factory.stop_all()
+
+
+def test_missed_night_is_caught_up_at_start_up(kafka: KafkaCluster, app: App, tmp_path: Path) -> None:
+    if today().strftime("%m-%d") == "01-01":
+        pytest.skip("the 'missed' schedule below is 1 January")
+    factory = ProcessFactory(tmp_path)
+    app_id = f"relcatch-{uuid.uuid4().hex[:6]}"
+    try:
+        base = env_for(kafka, app_id, app.sim, STREAM_APP_COMMIT_REQUIRED="false")
+        # first life: the last scheduled release was on 1 January (caught up at start)
+        env = factory.env(base, STREAM_APP_RELEASE_CRON="0 0 1 1 *")
+        worker = factory.start("worker", env)
+        worker.wait_ready(90)
+        mine = App(kafka, app.sim, worker, app_id)
+        first = wait_for(
+            lambda: [r for r in worker.get("/releases")[1]["runs"] if r["trigger"] == "catch-up"
+                     and r["state"] in ("completed", "skipped")],
+            60, 0.2, "start-up catch-up of the first life",
+        )
+        assert first[0]["releaseDate"] == f"{today().year}-01-01"
+        sku = "NIGHT-1"
+        mine.set_stock(sku, 10)
+        mine.send("pre-orders", [preorder(f"N{i}", sku, "STANDARD", 0) for i in range(3)], sku)
+        mine.wait_statuses({rid(f"N{i}", sku): "RESERVED" for i in range(3)})
+        worker.stop()
+
+        # second life: a release was due at 00:00 today and nobody ran it
+        env["STREAM_APP_RELEASE_CRON"] = "0 0 * * *"
+        restarted = factory.start("worker", env)
+        restarted.wait_ready(90)
+        mine.worker = restarted
+        mine.wait_statuses({rid(f"N{i}", sku): "CONFIRMED" for i in range(3)})
+        runs = restarted.get("/releases")[1]["runs"]
+        caught = [r for r in runs if r["trigger"] == "catch-up" and r["releaseDate"] == ship(0)]
+        assert caught and caught[0]["totals"] == {"CONFIRMED": 3}, runs
+        assert {"PO-" + rid(f"N{i}", sku) for i in range(3)} <= set(mine.orders())
+    finally:
+        factory.stop_all()
