@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 
 from stream_app.domain.inventory import apply_change, empty_state
 from stream_app.partitioning import partition_for
@@ -53,6 +55,40 @@ def group_by_partition(
         for partition, items in grouped.items()
         for start in range(0, len(items), chunk)
     ]
+
+
+async def deliver_until_done(
+    apply_topic: faust.TopicT,
+    dlq: faust.TopicT,
+    batches: list[tuple[int, list[list[Any]]]],
+    dead: list[tuple[faust.EventT, Rejected]],
+    max_backoff: float = 30.0,
+) -> None:
+    """Send every forward and dead letter, retrying while the broker refuses: the stream
+    stalls rather than acknowledging events whose records were not delivered."""
+    attempt = 0
+    while True:
+        try:
+            pending = [
+                await apply_topic.send(value=orjson.dumps(items), partition=partition, force=True)
+                for partition, items in batches
+            ]
+            pending += [
+                await dlq.send(
+                    key=event.key,
+                    value=rejected.original,
+                    headers=dead_letter_headers(event, rejected.reason),
+                    force=True,
+                )
+                for event, rejected in dead
+            ]
+            await asyncio.gather(*pending)
+            return
+        except (ProducerSendError, KafkaError) as exc:
+            attempt += 1
+            delay = min(max_backoff, 0.1 * 2**attempt)
+            log.error("delivery failed (attempt %d), retrying in %.1fs: %r", attempt, delay, exc)
+            await asyncio.sleep(delay)
 
 
 def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]:
@@ -94,29 +130,13 @@ def register(runtime: Runtime) -> None:
                 records.extend(good)
                 dead.extend((event, rejected) for rejected in bad)
             runtime.metrics.records_ingested.inc(len(records))
-            pending = []
-            for partition, items in group_by_partition(
-                records, settings.partitions, settings.apply_chunk_records
-            ):
-                pending.append(
-                    await apply_topic.send(
-                        value=orjson.dumps(items), partition=partition, force=True
-                    )
-                )
-            for event, rejected in dead:
+            batches = group_by_partition(records, settings.partitions, settings.apply_chunk_records)
+            for _event, rejected in dead:
                 runtime.metrics.dead_letters.labels(names.inventory_changes).inc()
                 log.warning("dead letter from %s: %s", names.inventory_changes, rejected.reason)
-                pending.append(
-                    await dlq.send(
-                        key=event.key,
-                        value=rejected.original,
-                        headers=dead_letter_headers(event, rejected.reason),
-                        force=True,
-                    )
-                )
-            # Offsets of this group are acknowledged when the loop moves on: only after
-            # every forward and dead letter is on the broker.
-            await asyncio.gather(*pending)
+            # take_events acknowledges this group when the loop moves on, even after an
+            # error: so never move on before every forward and dead letter is on the broker.
+            await deliver_until_done(apply_topic, dlq, batches, dead)
 
     @app.agent(apply_topic, name="inventory-apply")
     async def apply(stream: faust.StreamT[bytes]) -> None:

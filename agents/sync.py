@@ -309,11 +309,17 @@ def register(runtime: Runtime) -> None:
         from stream_app.web.views import is_ready
 
         interval = settings.flush_interval_seconds
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + interval
         while True:
-            try:
-                await asyncio.wait_for(service.trigger.wait(), timeout=interval)
+            try:  # a fixed cadence: the flush time does not stretch the window
+                await asyncio.wait_for(
+                    service.trigger.wait(), timeout=max(0.0, next_tick - loop.time())
+                )
             except TimeoutError:
-                pass
+                next_tick += interval
+                if next_tick < loop.time():  # fell behind (long flush): skip missed ticks
+                    next_tick = loop.time() + interval
             service.trigger.clear()
             if not is_ready(app) or service.clock() < service.next_allowed_us:
                 continue

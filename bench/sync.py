@@ -29,6 +29,7 @@ import asyncio
 import bisect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,8 +84,13 @@ def sku(key: int) -> str:
 def churn_event(i: int, keys: int) -> dict[str, Any]:
     """Event ``i`` of the stream: key ``i % keys``, sellable quantity ``i + 1``."""
     return {
-        "eventId": f"churn-{i}", "channel": "WMS", "sku": sku(i % keys), "location": LOCATION,
-        "onHand": i + 1, "reserved": 0, "updatedAt": BASE_UPDATED_AT_MS + i,
+        "eventId": f"churn-{i}",
+        "channel": "WMS",
+        "sku": sku(i % keys),
+        "location": LOCATION,
+        "onHand": i + 1,
+        "reserved": 0,
+        "updatedAt": BASE_UPDATED_AT_MS + i,
     }
 
 
@@ -116,7 +122,9 @@ class AppProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "stream_app.cli", command],
                 env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=workdir,  # no stray .env from the repository is read
                 start_new_session=True,
             )
@@ -158,15 +166,22 @@ def start_simulator(workdir: Path) -> AppProcess:
     port = free_port()
     sim = AppProcess(
         "fluent-sim",
-        {"STREAM_APP_FLUENT_SIM_PORT": str(port), "STREAM_APP_WEB_PORT": str(port),
-         "STREAM_APP_DATA_DIR": str(workdir), "STREAM_APP_LOG_LEVEL": "WARNING"},
-        workdir, port,
+        {
+            "STREAM_APP_FLUENT_SIM_PORT": str(port),
+            "STREAM_APP_WEB_PORT": str(port),
+            "STREAM_APP_DATA_DIR": str(workdir),
+            "STREAM_APP_LOG_LEVEL": "WARNING",
+        },
+        workdir,
+        port,
     )
     sim.wait_until(lambda: http_json(sim.url + "/_sim/inventory")[0] == 200, 30, "simulator up")
     return sim
 
 
-def start_worker(workdir: Path, bootstrap: str, sim_url: str, app_id: str, profile: Profile) -> AppProcess:
+def start_worker(
+    workdir: Path, bootstrap: str, sim_url: str, app_id: str, profile: Profile
+) -> AppProcess:
     port = free_port()
     env = {
         "STREAM_APP_KAFKA_BROKER": bootstrap,
@@ -243,7 +258,10 @@ class Observed:
 
 
 async def poll_until(
-    session: aiohttp.ClientSession, url: str, stop: asyncio.Event, on_body: Callable[[float, Any], None],
+    session: aiohttp.ClientSession,
+    url: str,
+    stop: asyncio.Event,
+    on_body: Callable[[float, Any], None],
 ) -> tuple[int, int]:
     """GET ``url`` every POLL_SECONDS until ``stop``; returns (polls, errors)."""
     polls = errors = 0
@@ -262,7 +280,9 @@ async def poll_until(
     return polls, errors
 
 
-async def measure(bootstrap: str, topic: str, sim_url: str, worker_url: str, profile: Profile) -> Observed:
+async def measure(
+    bootstrap: str, topic: str, sim_url: str, worker_url: str, profile: Profile
+) -> Observed:
     total, keys = profile.events, profile.keys
     held = {sku(k): Series() for k in range(keys)}
     current: dict[str, int] = {}
@@ -405,16 +425,24 @@ def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(runs),
         "failed": sum(1 for r in runs if r.get("state") == "failed"),
         "records": [int(r.get("recordsSent", 0)) for r in runs],
-        "gap_s": {"min": min(gaps, default=0.0), "max": max(gaps, default=0.0),
-                  "mean": sum(gaps) / len(gaps) if gaps else 0.0},
-        "duration_s": {"min": min(durations, default=0.0), "max": max(durations, default=0.0),
-                       "mean": sum(durations) / len(durations) if durations else 0.0},
+        "gap_s": {
+            "min": min(gaps, default=0.0),
+            "max": max(gaps, default=0.0),
+            "mean": sum(gaps) / len(gaps) if gaps else 0.0,
+        },
+        "duration_s": {
+            "min": min(durations, default=0.0),
+            "max": max(durations, default=0.0),
+            "mean": sum(durations) / len(durations) if durations else 0.0,
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="shorter production (about 1 minute in all)")
+    parser.add_argument(
+        "--quick", action="store_true", help="shorter production (about 1 minute in all)"
+    )
     parser.add_argument("--rate", type=int, help="events per second")
     parser.add_argument("--seconds", type=float, help="seconds of steady production")
     parser.add_argument("--keys", type=int, help="hot keys")
@@ -422,8 +450,10 @@ def main() -> None:
     args = parser.parse_args()
     base = QUICK if args.quick else FULL
     profile = Profile(
-        rate=args.rate or base.rate, seconds=args.seconds or base.seconds,
-        keys=args.keys or base.keys, flush_interval=args.flush_interval or base.flush_interval,
+        rate=args.rate or base.rate,
+        seconds=args.seconds or base.seconds,
+        keys=args.keys or base.keys,
+        flush_interval=args.flush_interval or base.flush_interval,
     )
     if profile.events < profile.keys:
         raise SystemExit("need at least one event per key")
@@ -441,11 +471,16 @@ def main() -> None:
             worker = start_worker(workdir / "worker", broker.bootstrap, sim.url, app_id, profile)
             procs.append(worker)
             ready_s = time.monotonic() - began
-            print(f"broker, simulator and worker ready in {ready_s:.1f}s; producing {profile.events:,} "
-                  f"events on {profile.keys} keys at {profile.rate:,}/s "
-                  f"(flush interval {profile.flush_interval:g}s)", flush=True)
+            print(
+                f"broker, simulator and worker ready in {ready_s:.1f}s; producing {profile.events:,} "
+                f"events on {profile.keys} keys at {profile.rate:,}/s "
+                f"(flush interval {profile.flush_interval:g}s)",
+                flush=True,
+            )
             obs = asyncio.run(
-                measure(broker.bootstrap, f"{app_id}-inventory-changes", sim.url, worker.url, profile)
+                measure(
+                    broker.bootstrap, f"{app_id}-inventory-changes", sim.url, worker.url, profile
+                )
             )
             status, batches = http_json(sim.url + "/_sim/batches")
             runs = flush_runs(worker.url)
@@ -474,24 +509,52 @@ def main() -> None:
     regressions = sum(s.regressions for s in obs.held.values())
     errors_in_log = sum(1 for line in worker_log.splitlines() if "ERROR" in line)
     buffer_full = worker_log.count("producer buffer full")
+    rebalances = max(0, worker_log.count("Worker ready") - 1)  # Faust logs it after each assignment
+    stalled_s = sum(float(m) for m in re.findall(r"producer flush took ([0-9.]+)", worker_log))
 
     ratio_ok, latency_ok = ratio <= RATIO_TARGET, p99 <= latency_target
     rows = [
         ("events ingested", f"{events:,}", "", ""),
         ("records sent to Fluent", f"{records_sent:,} in {len(batches)} batches", "", ""),
-        ("records sent / events", f"{ratio:.2%}", f"<= {RATIO_TARGET:.0%}", "PASS" if ratio_ok else "FAIL"),
+        (
+            "records sent / events",
+            f"{ratio:.2%}",
+            f"<= {RATIO_TARGET:.0%}",
+            "PASS" if ratio_ok else "FAIL",
+        ),
         ("event-to-accepted p50", f"{p50:.2f} s", "", ""),
-        ("event-to-accepted p99", f"{p99:.2f} s", f"<= {latency_target:g} s", "PASS" if latency_ok else "FAIL"),
+        (
+            "event-to-accepted p99",
+            f"{p99:.2f} s",
+            f"<= {latency_target:g} s",
+            "PASS" if latency_ok else "FAIL",
+        ),
         ("event-to-accepted max", f"{worst:.2f} s", "", ""),
-        ("event-to-accepted p50 by third", " / ".join(f"{v:.2f}" for v in lat_trend) + " s", "", ""),
-        ("ingest lag key 0 p50/p99", f"{percentile(lag, 50):.2f} / {percentile(lag, 99):.2f} s", "", ""),
+        (
+            "event-to-accepted p50 by third",
+            " / ".join(f"{v:.2f}" for v in lat_trend) + " s",
+            "",
+            "",
+        ),
+        (
+            "ingest lag key 0 p50/p99",
+            f"{percentile(lag, 50):.2f} / {percentile(lag, 99):.2f} s",
+            "",
+            "",
+        ),
         ("ingest lag key 0 p50 by third", " / ".join(f"{v:.2f}" for v in lag_trend) + " s", "", ""),
-        ("final state converged", "yes" if converged else f"NO ({len(wrong)} keys)", "all keys",
-         "PASS" if converged else "FAIL"),
+        (
+            "final state converged",
+            "yes" if converged else f"NO ({len(wrong)} keys)",
+            "all keys",
+            "PASS" if converged else "FAIL",
+        ),
     ]
     print()
-    print(f"Sync benchmark: {profile.keys} hot keys, {profile.rate:,} events/s for {obs.produce_seconds:.1f} s, "
-          f"flush interval {profile.flush_interval:g} s, {PARTITIONS} partitions, 1 worker")
+    print(
+        f"Sync benchmark: {profile.keys} hot keys, {profile.rate:,} events/s for {obs.produce_seconds:.1f} s, "
+        f"flush interval {profile.flush_interval:g} s, {PARTITIONS} partitions, 1 worker"
+    )
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     header = ("figure", "value", "target", "")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
@@ -502,35 +565,69 @@ def main() -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     print(line)
     gap, dur = runs_summary["gap_s"], runs_summary["duration_s"]
-    print(f"flush runs: {runs_summary['runs']} ({runs_summary['failed']} failed), records per run "
-          f"{runs_summary['records']}, gap between starts {gap['min']:.2f}–{gap['max']:.2f} s "
-          f"(mean {gap['mean']:.2f}), run duration {dur['min']:.2f}–{dur['max']:.2f} s (mean {dur['mean']:.2f})")
+    print(
+        f"flush runs: {runs_summary['runs']} ({runs_summary['failed']} failed), records per run "
+        f"{runs_summary['records']}, gap between starts {gap['min']:.2f}–{gap['max']:.2f} s "
+        f"(mean {gap['mean']:.2f}), run duration {dur['min']:.2f}–{dur['max']:.2f} s (mean {dur['mean']:.2f})"
+    )
     conv = "never" if obs.converged_after_s is None else f"{obs.converged_after_s:.2f} s"
-    print(f"converged {conv} after the last event; {obs.polls} simulator polls ({obs.poll_errors} failed), "
-          f"{regressions} quantity regressions seen, {errors_in_log} ERROR lines and {buffer_full} "
-          f"'producer buffer full' warnings in the worker log; "
-          f"whole run {time.monotonic() - began:.0f} s")
-    print(f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs"
-          + ("  (the machine was busy before the run: the figures may not be representative)"
-             if load_before >= (os.cpu_count() or 1) / 2 else ""))
-    print(json.dumps({
-        "profile": {"rate": profile.rate, "seconds": profile.seconds, "keys": profile.keys,
-                    "flush_interval_s": profile.flush_interval, "partitions": PARTITIONS},
-        "events": events, "records_sent": records_sent, "batches": len(batches),
-        "records_per_event": ratio, "records_per_event_target": RATIO_TARGET,
-        "latency_p50_s": p50, "latency_p99_s": p99, "latency_max_s": worst,
-        "latency_p99_target_s": latency_target, "not_accepted": missing,
-        "latency_p50_by_third_s": lat_trend,
-        "ingest_lag_p50_s": percentile(lag, 50), "ingest_lag_p99_s": percentile(lag, 99),
-        "ingest_lag_p50_by_third_s": lag_trend,
-        "converged": converged, "converged_after_s": obs.converged_after_s,
-        "flush_runs": runs_summary, "quantity_regressions": regressions,
-        "load_avg_1m": {"before": load_before, "after": load_after, "cpus": os.cpu_count()},
-        "worker_log": {"errors": errors_in_log, "producer_buffer_full": buffer_full},
-        "pass": {"ratio": ratio_ok, "latency": latency_ok, "converged": converged},
-    }))
+    print(
+        f"converged {conv} after the last event; {obs.polls} simulator polls ({obs.poll_errors} failed), "
+        f"{regressions} quantity regressions seen, {errors_in_log} ERROR lines and {buffer_full} "
+        f"'producer buffer full' warnings ({stalled_s:.1f} s of waits) and {rebalances} rebalances in the worker log; "
+        f"whole run {time.monotonic() - began:.0f} s"
+    )
+    print(
+        f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after, on {os.cpu_count()} CPUs"
+        + (
+            "  (the machine was busy before the run: the figures may not be representative)"
+            if load_before >= (os.cpu_count() or 1) / 2
+            else ""
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "profile": {
+                    "rate": profile.rate,
+                    "seconds": profile.seconds,
+                    "keys": profile.keys,
+                    "flush_interval_s": profile.flush_interval,
+                    "partitions": PARTITIONS,
+                },
+                "events": events,
+                "records_sent": records_sent,
+                "batches": len(batches),
+                "records_per_event": ratio,
+                "records_per_event_target": RATIO_TARGET,
+                "latency_p50_s": p50,
+                "latency_p99_s": p99,
+                "latency_max_s": worst,
+                "latency_p99_target_s": latency_target,
+                "not_accepted": missing,
+                "latency_p50_by_third_s": lat_trend,
+                "ingest_lag_p50_s": percentile(lag, 50),
+                "ingest_lag_p99_s": percentile(lag, 99),
+                "ingest_lag_p50_by_third_s": lag_trend,
+                "converged": converged,
+                "converged_after_s": obs.converged_after_s,
+                "flush_runs": runs_summary,
+                "quantity_regressions": regressions,
+                "load_avg_1m": {"before": load_before, "after": load_after, "cpus": os.cpu_count()},
+                "worker_log": {
+                    "errors": errors_in_log,
+                    "producer_buffer_full": buffer_full,
+                    "producer_buffer_wait_s": stalled_s,
+                    "rebalances": rebalances,
+                },
+                "pass": {"ratio": ratio_ok, "latency": latency_ok, "converged": converged},
+            }
+        )
+    )
     if not converged:
-        raise SystemExit(f"the simulator did not converge: key -> (held, expected) {dict(list(wrong.items())[:10])}")
+        raise SystemExit(
+            f"the simulator did not converge: key -> (held, expected) {dict(list(wrong.items())[:10])}"
+        )
 
 
 if __name__ == "__main__":
