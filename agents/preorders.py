@@ -6,11 +6,11 @@
   as ONE message per partition to ``<app>-preorder-items``.
 * ``preorder-book`` (``<app>-preorder-items``): decides each item with the partition's
   :class:`ReservationBook` (cached from the ``reservations`` table), writes the changed
-  reservations, emits ``reservation-events`` and the item decisions, grouped per orderId
-  partition, to ``<app>-preorder-decisions``. A single-item order's result is published
-  here at once (one hop less).
-* ``preorder-collector`` (``<app>-preorder-decisions``): keeps ``order_results`` and
-  publishes the order-level ``pre-order-results`` once every item is decided.
+  reservations and emits ``reservation-events``. A single-item order is complete here:
+  its ``pre-order-results`` value is published at once. Items of multi-item orders go,
+  grouped per orderId partition, to ``<app>-preorder-decisions``.
+* ``preorder-collector`` (``<app>-preorder-decisions``): keeps ``order_results`` for
+  multi-item orders and publishes their result once every item is decided.
 * ``reservation-commands`` → ``reservation-command-router``: bad ones → DLQ; by
   reservationId to the book partition named by the id; by orderId to every book partition
   (each cancels/commits what it holds of the order) → ``preorder-book-commands``.
@@ -157,7 +157,9 @@ class Outbox:
 
     messages: list[tuple[str, bytes | None, bytes, int | None]] = field(default_factory=list)
 
-    def add(self, topic: faust.TopicT, key: bytes | None, value: Any, partition: int | None) -> None:
+    def add(
+        self, topic: faust.TopicT, key: bytes | None, value: Any, partition: int | None
+    ) -> None:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
         self.messages.append((topic.get_topic_name(), key, raw, partition))
 
@@ -215,6 +217,7 @@ class Books:
         now = utcnow()
         part = self.store.books(partition)
         decided: list[tuple[ItemRequest, int, str, ReservationBook, Any]] = []
+        supplies: dict[str, Supply] = {}
         for wire in items:
             try:
                 request = ItemRequest.from_dict(wire)
@@ -226,9 +229,19 @@ class Books:
             key = inventory_key(request.sku, request.location)
             book = part.book(key)
             self.heal(part, key, book, now, out)
-            if request.category is not None:
+            if request.category is not None and part.categories.get(key) != request.category:
                 part.categories[key] = request.category
-            outcome = book.place(request, self.supply(part, key, book), self.policy, now)
+                supplies.pop(key, None)
+            supply = supplies.get(key)
+            if supply is None:  # inventory does not change within one event
+                supply = supplies[key] = self.supply(part, key, book)
+            try:
+                outcome = book.place(request, supply, self.policy, now)
+            except Exception:  # one bad item must not cost the others their decision
+                log.exception(
+                    "could not decide item %d of order %s", request.item_index, request.order_id
+                )
+                continue
             if not outcome.duplicate:
                 part.note_order(request.order_id, key)
             self.record(key, partition, outcome, out)
@@ -237,20 +250,22 @@ class Books:
         for request, count, submission, book, reservation in decided:
             decision = book.reservation_dict(reservation)
             decision["itemIndex"] = request.item_index
-            single = count <= 1
-            if single:
+            if count <= 1:
+                # a single-item order is complete here: publish now, no collector hop and
+                # no order_results write (GET /pre-orders finds it through the books'
+                # order index, see tables.reservations.ReservationStore.order_reservations)
                 out.add(
                     self.results_topic,
                     request.order_id.encode(),
                     pre_order_result(request.order_id, [decision]),
                     None,
                 )
+                continue
             by_partition[partition_for(request.order_id, self.partitions)].append(
                 {
                     "orderId": request.order_id,
                     "itemCount": count,
                     "submission": submission,
-                    "published": single,
                     "decision": decision,
                 }
             )
@@ -323,7 +338,8 @@ def collect(orders: OrderResults, decisions: Iterable[Json]) -> list[tuple[str, 
     A result is published once per submission of the order (``submission`` names the
     ``pre-orders`` message the items came from): when the decisions of that submission
     now cover every item. A resubmission re-decides every item (as duplicates), so it
-    gets its own, identical result. Single-item results were published by the book.
+    gets its own, identical result. (Single-item orders never come here: the book
+    publishes their result.)
     """
     by_order: dict[str, list[Json]] = defaultdict(list)
     for message in decisions:
@@ -341,9 +357,7 @@ def collect(orders: OrderResults, decisions: Iterable[Json]) -> list[tuple[str, 
             rounds[index] = submission = str(message.get("submission", ""))
             if message.get("published"):
                 continue
-            if len(rounds) >= count and all(
-                rounds.get(str(i)) == submission for i in range(count)
-            ):
+            if len(rounds) >= count and all(rounds.get(str(i)) == submission for i in range(count)):
                 completed.add(submission)
         if len(entry["decisions"]) >= entry["itemCount"]:
             result = pre_order_result(order_id, entry["decisions"].values())
@@ -354,42 +368,13 @@ def collect(orders: OrderResults, decisions: Iterable[Json]) -> list[tuple[str, 
     return publish
 
 
-def cap_fetch_wait(app: faust.App, max_wait_ms: int) -> None:
-    """Make ``app``'s Faust consumer fetch with at most ``max_wait_ms`` of broker wait.
-
-    Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``; the embedded
-    broker answers a fetch only when that wait is over, even when records arrived
-    meanwhile, so every hop of the pipeline cost up to 1.5 s. This app instance only.
-    """
-    if max_wait_ms <= 0 or getattr(app, "_stream_app_fetch_wait", None) is not None:
-        return
-    setattr(app, "_stream_app_fetch_wait", max_wait_ms)  # noqa: B010
-    original_new_consumer = app._new_consumer
-
-    def _new_consumer() -> Any:
-        consumer = original_new_consumer()
-        thread = getattr(consumer, "_thread", None)
-        create = getattr(thread, "_create_worker_consumer", None)
-        if thread is not None and create is not None:
-
-            def _create_worker_consumer(*args: Any, **kwargs: Any) -> Any:
-                client = create(*args, **kwargs)
-                client._fetch_max_wait_ms = min(client._fetch_max_wait_ms, max_wait_ms)
-                return client
-
-            setattr(thread, "_create_worker_consumer", _create_worker_consumer)  # noqa: B010
-        return consumer
-
-    setattr(app, "_new_consumer", _new_consumer)  # noqa: B010 - this app instance only
-
-
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    cap_fetch_wait(app, settings.consumer_fetch_max_wait_ms)
     store, orders = define_reservation_tables(app, settings.partitions)
     policy = Policy.from_settings(settings)
     books = Books(runtime, store, policy)
     runtime.extras["reservation_store"] = store
+    runtime.extras["reservation_books"] = books  # book operations + writes + events glue
     runtime.extras["order_results"] = orders
     runtime.extras["preorder_policy"] = policy
     runtime.extras["held_units"] = store.held_units

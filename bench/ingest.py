@@ -86,6 +86,9 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
         runtime.extras["after_inventory_apply"].append(count)
         app = runtime.app
     worker = faust.Worker(app, loop=loop, loglevel="warning", quiet=True)
+    from stream_app.cli import pin_library_log_levels
+
+    pin_library_log_levels("warning")
     try:
         worker.execute_from_commandline()
     except SystemExit:

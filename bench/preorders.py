@@ -83,7 +83,9 @@ class Worker:
             "STREAM_APP_WEB_PORT": str(self.port),
             "STREAM_APP_DATA_DIR": str(self.data_dir),
             "STREAM_APP_FLUENT_SIM_PORT": str(free_port()),
-            "STREAM_APP_LOG_LEVEL": "WARNING",
+            # INFO, not WARNING: at WARNING and above the Faust worker's terminal spinner
+            # sets the root logger to DEBUG, and every aiokafka debug line then costs CPU
+            "STREAM_APP_LOG_LEVEL": "INFO",
             "STREAM_APP_PRE_ORDER_WAIT_SECONDS": "5",
             "STREAM_APP_MAX_QUEUE_DEPTH": "100000",
             **{f"STREAM_APP_TOPIC_{name.upper().replace('-', '_')}": f"{prefix}-{name}"

@@ -6,7 +6,11 @@ reservation is decided, then triggers a release through ``POST /admin/release`` 
 measures until the run report says completed: time to finish and orders created per
 second (the report's own duration: first allocation to last order applied).
 
+Pre-orders carry ``--items`` items each (one per SKU/location, default 100) so that the
+intake is not what the benchmark measures; the release itself is per reservation.
+
 Usage: python bench/release.py [--quick] [--reservations N] [--keys N] [--concurrency N]
+                               [--items N] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -59,9 +63,14 @@ def wait(condition: Any, timeout: float, what: str, interval: float = 0.5) -> An
     raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
-def start(command: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    command: str, env: dict[str, str], log: Path, profile: str | None = None
+) -> subprocess.Popen[bytes]:
+    args = ["-m", "stream_app.cli", command]
+    if profile:  # the whole worker under cProfile, written when it stops
+        args = ["-m", "cProfile", "-o", profile, "-m", "stream_app.cli", command]
     return subprocess.Popen(
-        [sys.executable, "-m", "stream_app.cli", command],
+        [sys.executable, *args],
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         cwd=env.get("STREAM_APP_DATA_DIR", str(ROOT)),
@@ -84,6 +93,9 @@ def main() -> None:
     parser.add_argument("--reservations", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=100, help="SKU/locations")
     parser.add_argument("--concurrency", type=int, default=64, help="createOrder calls in flight")
+    parser.add_argument("--items", type=int, default=100,
+                        help="items per pre-order (one per SKU/location): bulk intake")
+    parser.add_argument("--profile", help="write a cProfile of the worker to this file")
     args = parser.parse_args()
     total = 10_000 if args.quick else args.reservations
     per_key = total // args.keys
@@ -106,11 +118,14 @@ def main() -> None:
             "STREAM_APP_FLUENT_BASE_URL": sim_url, "STREAM_APP_WEB_PORT": str(web_port),
             "STREAM_APP_DATA_DIR": str(work), "STREAM_APP_ADMIN_API_KEY": KEY,
             "STREAM_APP_MIN_DAYS_AHEAD": "0", "STREAM_APP_COMMIT_REQUIRED": "false",
-            "STREAM_APP_FLUSH_INTERVAL_SECONDS": "600", "STREAM_APP_LOG_LEVEL": "WARNING",
+            "STREAM_APP_FLUSH_INTERVAL_SECONDS": "600",
+            # INFO, not WARNING: at WARNING, Faust's terminal spinner sets the root logger to
+            # DEBUG and every library debug call builds a log record (~10% of the CPU)
+            "STREAM_APP_LOG_LEVEL": "INFO",
             "STREAM_APP_RELEASE_ORDER_CONCURRENCY": str(args.concurrency),
             "STREAM_APP_RELEASE_CATCH_UP": "false",
         }
-        procs.append(start("worker", env, work / "worker.log"))
+        procs.append(start("worker", env, work / "worker.log", args.profile))
         wait(lambda: get(web + "/health")[1]["ready"], 120, "worker ready")
 
         skus = [f"BENCH-{k:03d}" for k in range(args.keys)]
@@ -122,14 +137,17 @@ def main() -> None:
         asyncio.run(preload(broker.bootstrap, "inventory-changes", stock))
         wait(lambda: all(get(f"{web}/inventory/{s}/{LOC}")[1].get("atp") == per_key
                          for s in (skus[0], skus[-1])), 60, "stock applied")
-        orders = [
-            {"orderId": f"B{n}", "customerId": f"c{n}", "customerEmail": f"c{n}@example.com",
-             "customerTier": "VIP" if n % 10 == 0 else "STANDARD", "shipDate": ship,
-             "source": "bench",
-             "items": [{"sku": skus[n % args.keys], "productName": "Console", "quantity": 1,
-                        "locationRef": LOC}]}
-            for n in range(total)
-        ]
+        items = max(1, min(args.items, args.keys))
+        orders = []
+        for n in range(total // items):
+            first = (n * items) % args.keys
+            orders.append({
+                "orderId": f"B{n}", "customerId": f"c{n}", "customerEmail": f"c{n}@example.com",
+                "customerTier": "VIP" if n % 10 == 0 else "STANDARD", "shipDate": ship,
+                "source": "bench",
+                "items": [{"sku": skus[(first + i) % args.keys], "productName": "Console",
+                           "quantity": 1, "locationRef": LOC} for i in range(items)],
+            })
         started = time.perf_counter()
         asyncio.run(preload(broker.bootstrap, "pre-orders", orders))
 
@@ -143,6 +161,10 @@ def main() -> None:
             )
 
         wait(decided, 1200, "every reservation decided", interval=2.0)
+        # and collected: the pipeline's own writes are (nearly) done before the release
+        last = len(orders)
+        wait(lambda: all(get(f"{web}/pre-orders/B{n}")[0] == 200 for n in range(max(0, last - 20), last)),
+             600, "pre-order results collected", interval=1.0)
         intake_s = time.perf_counter() - started
         print(f"intake: {total:,} pre-orders decided in {intake_s:.1f}s", flush=True)
 
@@ -175,6 +197,7 @@ def main() -> None:
               f"{created / wall:,.0f} orders/s, {len(sim_orders):,} orders in the simulator "
               f"(target <= 60 s)")
         print(json.dumps(figures))
+        print(json.dumps([p.get("timings") for p in report["partitions"]]))
     finally:
         for proc in reversed(procs):
             stop(proc)

@@ -94,6 +94,10 @@ def create_runtime(settings: Settings) -> Runtime:
         buffers=BufferPolicy(settings.default_buffer, dict(settings.channel_buffers)),
         metrics=Metrics(),
     )
+    if settings.embedded or settings.correct_end_offsets:  # the embedded (Tansu) broker
+        from stream_app.tansu_offsets import cap_fetch_wait
+
+        cap_fetch_wait(app, settings.consumer_fetch_max_wait_ms)
     for module in REGISTRY:
         importlib.import_module(module).register(runtime)
     return runtime

@@ -111,14 +111,15 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(256_000, ge=1024)
     preorder_batch_max: int = Field(1000, ge=1, description="pre-orders grouped per intake step")
     preorder_batch_within: float = Field(
-        0.005, gt=0, description="seconds the intake waits filling a group (adds latency)"
+        0.02, gt=0, description="seconds the intake waits filling a group (adds latency)"
     )
     consumer_fetch_max_wait_ms: int = Field(
         10,
         ge=0,
         le=1500,
-        description="cap on the worker consumer's fetch wait (Faust hard-codes 1500 ms and "
-        "the embedded broker holds every fetch that long: one hop = up to 1.5 s); 0 = keep",
+        description="cap on the worker consumer's fetch wait on the embedded broker (Faust "
+        "hard-codes 1500 ms and Tansu holds every fetch that long: one hop = up to 1.5 s); "
+        "0 = keep",
     )
 
     # --- release and export ------------------------------------------------------------

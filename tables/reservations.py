@@ -164,6 +164,21 @@ class ReservationStore:
         found = book.get(rid) if book is not None else None
         return None if found is None or book is None else (book, found)
 
+    def order_reservations(self, order_id: str) -> list[Json]:
+        """Reservations of ``order_id`` in the partitions this worker owns (live state,
+        by item index): how a single-item order is found without an order table."""
+        found: list[Json] = []
+        for partition in range(self.partitions):
+            if not self.owns(partition):
+                continue
+            part = self.books(partition)
+            for key in part.orders.get(order_id, ()):
+                book = part.books[key]
+                for reservation in book.order_reservations(order_id):
+                    data = book.reservation_dict(reservation)
+                    found.append(data)
+        return sorted(found, key=lambda r: int(r.get("itemIndex", 0)))
+
     def held_units(self, key: str) -> int:
         """Units held by active reservations of ``key`` (0 when unknown or not owned)."""
         partition = self.partition_of(key)

@@ -369,7 +369,7 @@ def merge_run_reports(
             {
                 key: part.get(key)
                 for key in (
-                    "partition", "state", "books", "attempts", "orders", "startedAt",
+                    "partition", "state", "books", "attempts", "orders", "timings", "startedAt",
                     "finishedAt", "worker",
                 )
             }

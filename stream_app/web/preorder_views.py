@@ -5,7 +5,9 @@
   else 202 with a status link. Every worker runs ONE background consumer of
   ``pre-order-results`` (no group, every partition, from the end) that resolves the
   futures of waiting requests: a registry of waiting requests, not state.
-* ``GET /pre-orders/{orderId}``: the stored result, from the order collector's partition.
+* ``GET /pre-orders/{orderId}``: a multi-item order's stored result, from the order
+  collector's partition; a single-item order from the books' order index (this worker's,
+  then every other worker's).
 * ``GET /atp/…``, ``GET /reservations/{id}``, ``POST /reservations/{id}/cancel|commit``,
   ``GET /queues/…``: forwarded to the worker owning the SKU/location (a reservation id
   names its SKU/location), answered from the reservation books there.
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from datetime import UTC, date, datetime
@@ -24,10 +27,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from faust.web import Request, Response, View
+from yarl import URL
 
 from agents.preorders import supply_for
 from stream_app.domain.future_atp import atp_response
-from stream_app.domain.preorders import Policy, validate_pre_order
+from stream_app.domain.preorders import Policy, pre_order_result, validate_pre_order
 from stream_app.domain.reservations import key_of_reservation_id
 from stream_app.records import inventory_key
 from stream_app.web.views import forward_to_owner
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
+#: asks a worker to answer an order lookup from its own books only (no fan-out)
+LOCAL_ONLY_HEADER = "X-Stream-App-Local-Only"
 QUEUE_PAGE_DEFAULT = 1000
 QUEUE_PAGE_MAX = 10_000
 
@@ -144,7 +150,6 @@ def register(runtime: Runtime) -> None:
     policy: Policy = runtime.extras["preorder_policy"]
     waiters = ResultWaiters()
     runtime.extras["result_waiters"] = waiters
-    pre_orders = runtime.topic(names.pre_orders)
     commands = runtime.topic(names.reservation_commands)
 
     @app.task
@@ -186,41 +191,86 @@ def register(runtime: Runtime) -> None:
             wait = settings.pre_order_wait_seconds
             future = waiters.expect(order_id)
             try:
-                if wait > 0 and not waiters.ready.is_set():
-                    await asyncio.wait_for(waiters.ready.wait(), wait)
-                await pre_orders.send(key=order_id.encode(), value=orjson.dumps(raw), force=True)
+                if wait > 0 and not waiters.ready.is_set():  # results follower starting
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiters.ready.wait(), wait)
+                try:
+                    delivered = await app.producer.send(
+                        names.pre_orders, order_id.encode(), orjson.dumps(raw), None, None, None
+                    )
+                    await delivered  # on the broker before we answer (even 202 = accepted)
+                except Exception as exc:
+                    log.warning("could not publish pre-order %s: %r", order_id, exc)
+                    return self.json(
+                        {"error": "unavailable", "message": "the pre-order was not accepted"},
+                        status=503,
+                    )
                 if wait > 0:
-                    result = await asyncio.wait_for(asyncio.shield(future), wait)
-                    return self.json(result)
-            except TimeoutError:
-                pass
+                    with contextlib.suppress(TimeoutError):
+                        result = await asyncio.wait_for(asyncio.shield(future), wait)
+                        return self.json(result)
             finally:
                 waiters.forget(order_id, future)
             return self.json(pending, status=202)
 
+    def other_workers() -> list[URL]:
+        own = URL(str(app.conf.canonical_url))
+        urls = {URL(url) for url in app.assignor._tps_url.values()}  # type: ignore[attr-defined]
+        return sorted(
+            (url for url in urls if (url.host, url.port) != (own.host, own.port)), key=str
+        )
+
+    async def ask_other_workers(request: Request) -> Json | None:
+        """A single-item order lives only in its book: ask every other worker's books."""
+        for url in other_workers():
+            target = request.url.with_host(url.host or "127.0.0.1").with_port(url.port)
+            try:
+                async with app.http_client.get(
+                    target, headers={LOCAL_ONLY_HEADER: "1"}
+                ) as response:
+                    if response.status == 200:
+                        body: Json = await response.json()
+                        return body
+            except Exception as exc:  # a worker that is going away: ask the next
+                log.warning("order lookup on %s failed: %r", url, exc)
+        return None
+
     @app.page("/pre-orders/{order_id}")
     class PreOrderStatus(View):
         async def get(self, request: Request, order_id: str) -> Response:
-            forwarded = await forward_to_owner(
-                runtime, orders.changelog_topic, orders.partition_of(order_id), self.web, request
-            )
-            if forwarded is not None:
-                return forwarded
-            entry = orders.get(order_id)
-            if entry is None:
-                return self.json(
-                    {"error": "not_found", "message": f"no pre-order {order_id}"}, status=404
+            local_only = bool(request.headers.get(LOCAL_ONLY_HEADER))
+            if not local_only:
+                forwarded = await forward_to_owner(
+                    runtime,
+                    orders.changelog_topic,
+                    orders.partition_of(order_id),
+                    self.web,
+                    request,
                 )
-            if "result" in entry:
-                return self.json(entry["result"])
+                if forwarded is not None:
+                    return forwarded
+                entry = orders.get(order_id)  # multi-item orders: the collector's entry
+                if entry is not None:
+                    if "result" in entry:
+                        return self.json(entry["result"])
+                    return self.json(
+                        {
+                            "status": "pending",
+                            "orderId": order_id,
+                            "itemCount": entry.get("itemCount"),
+                            "decided": len(entry.get("decisions", {})),
+                        },
+                        status=202,
+                    )
+            found = store.order_reservations(order_id)
+            if found:
+                return self.json(pre_order_result(order_id, found))
+            if not local_only:
+                remote = await ask_other_workers(request)
+                if remote is not None:
+                    return self.json(remote)
             return self.json(
-                {
-                    "status": "pending",
-                    "orderId": order_id,
-                    "itemCount": entry.get("itemCount"),
-                    "decided": len(entry.get("decisions", {})),
-                },
-                status=202,
+                {"error": "not_found", "message": f"no pre-order {order_id}"}, status=404
             )
 
     @app.page("/atp/{sku}/{location}")

@@ -256,6 +256,28 @@ def test_release_run_twice_creates_no_duplicates(app: App) -> None:
     assert {first["runId"], second["runId"]} <= {r["runId"] for r in listed}
 
 
+def test_fluent_failures_stay_release_failed_and_the_next_run_confirms(app: App) -> None:
+    days, sku = 7, "FAIL-1"
+    app.set_stock(sku, 5)
+    app.send("pre-orders", [preorder(f"F{i}", sku, "STANDARD", days) for i in range(2)], sku)
+    app.wait_statuses({rid(f"F{i}", sku): "RESERVED" for i in range(2)})
+    app.sim.post("/_sim/faults", {"status": 503, "count": 100000, "path": "/graphql"})
+    try:
+        failed = app.report(app.release(ship(days)))
+    finally:
+        app.sim.clear_faults()
+    assert failed["state"] == "completed_with_failures", failed
+    assert failed["orders"]["failed"] == 2 and failed["totals"] == {"RELEASE_FAILED": 2}
+    assert all("503" in f["error"] or "Unavailable" in f["error"] for f in failed["failures"])
+    app.wait_statuses({rid(f"F{i}", sku): "RELEASE_FAILED" for i in range(2)})
+    assert not {ref(f"F{i}", sku) for i in range(2)} & set(app.orders())
+
+    retried = app.report(app.release(ship(days)))
+    app.wait_statuses({rid(f"F{i}", sku): "CONFIRMED" for i in range(2)})
+    assert retried["state"] == "completed" and retried["totals"] == {"CONFIRMED": 2}
+    assert {ref(f"F{i}", sku) for i in range(2)} <= set(app.orders())
+
+
 def test_admin_trigger_needs_the_key_and_a_date(app: App) -> None:
     worker = app.worker
     assert worker.post("/admin/release?date=2030-01-01")[0] == 401
@@ -402,5 +424,58 @@ def test_missed_night_is_caught_up_at_start_up(kafka: KafkaCluster, app: App, tm
         caught = [r for r in runs if r["trigger"] == "catch-up" and r["releaseDate"] == ship(0)]
         assert caught and caught[0]["totals"] == {"CONFIRMED": 3}, runs
         assert {"PO-" + rid(f"N{i}", sku) for i in range(3)} <= set(mine.orders())
+    finally:
+        factory.stop_all()
+
+
+def test_two_workers_release_all_partitions_and_either_shows_the_report(
+    kafka: KafkaCluster, app: App, tmp_path: Path, s3_server: str, s3_bucket: str  # noqa: F811
+) -> None:
+    factory = ProcessFactory(tmp_path)
+    app_id = f"reltwo-{uuid.uuid4().hex[:6]}"
+    try:
+        base = env_for(
+            kafka, app_id, app.sim, STREAM_APP_COMMIT_REQUIRED="false",
+            STREAM_APP_S3_ENDPOINT_URL=s3_server, STREAM_APP_S3_BUCKET=s3_bucket,
+            STREAM_APP_S3_REGION=REGION, STREAM_APP_AWS_ACCESS_KEY_ID=DUMMY_KEY_ID,
+            STREAM_APP_AWS_SECRET_ACCESS_KEY=DUMMY_SECRET, STREAM_APP_S3_PREFIX=f"{app_id}/",
+        )
+        w1 = factory.start("worker", factory.env(base))
+        w1.wait_ready(90)
+        w2 = factory.start("worker", factory.env(base))
+        wait_for(lambda: w2.health()[0] == 200 and len(w1.health()[1]["partitions"]) < 4,
+                 90, 0.3, "the second worker took partitions")
+        w1.wait_ready(90)
+        mine = App(kafka, app.sim, w1, app_id)
+        days, skus = 3, [f"TWO-{i}" for i in range(8)]
+        expected: dict[str, str] = {}
+        for sku in skus:
+            mine.set_stock(sku, 2)
+            mine.send("pre-orders", [preorder(f"{sku}-{i}", sku, "STANDARD", days) for i in range(2)], sku)
+            expected.update({rid(f"{sku}-{i}", sku): "CONFIRMED" for i in range(2)})
+        mine.wait_statuses({r: "RESERVED" for r in expected})
+        run_id = mine.release(ship(days))
+        mine.wait_statuses(expected)
+        owners = {w.url: set(w.health()[1]["partitions"]) for w in (w1, w2)}
+        assert all(owners.values()), owners  # both workers own partitions
+        reports = []
+        for worker in (w1, w2):
+            mine.worker = worker
+            reports.append(mine.report(run_id))
+        for report in reports:
+            assert report["state"] == "completed" and report["partitionsDone"] == 4, report
+            assert report["totals"] == {"CONFIRMED": len(expected)}
+            assert len({p["worker"] for p in report["partitions"]}) == 2
+        code, summary = w2.post("/admin/export", headers=ADMIN)
+        assert code == 200 and summary["complete"] is True, summary
+        assert summary["reservations"] == len(expected)
+        assert {"PO-" + r for r in expected} <= set(app.orders())
+
+        # the release's bulk writes recover from the changelog on another worker
+        w1.stop()
+        wait_for(lambda: len(w2.health()[1]["partitions"]) == 4, 90, 0.3, "w2 owns everything")
+        w2.wait_ready(90)
+        mine.worker = w2
+        mine.wait_statuses(expected)
     finally:
         factory.stop_all()

@@ -270,6 +270,7 @@ def test_duplicate_submission_same_result_no_new_reservation(cluster: Cluster) -
     assert all(r == first for r in same)
     assert cluster.queue(sku)["depth"] == 1
     assert cluster.queue("EXACT-DUP2")["depth"] == 1
+    assert cluster.worker.get("/pre-orders/DUP-1") == (200, first)  # the collector's entry
 
 
 def test_invalid_orders_with_every_reason(cluster: Cluster) -> None:

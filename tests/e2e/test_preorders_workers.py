@@ -1,0 +1,114 @@
+"""Two real workers: either answers every pre-order endpoint for any key (forwarding to the
+owner), and a worker SIGKILLed during a burst then restarted loses no reservation,
+duplicates none and keeps queue positions consistent."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from stream_app.partitioning import partition_for
+from tests.fixtures.kafka import KafkaCluster, consume, produce
+from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.integration.test_preorders import (
+    LOC,
+    assert_queue_consistent,
+    order,
+    ship,
+    stock,
+    worker_env,
+)
+
+pytestmark = pytest.mark.e2e
+
+PARTITIONS = 4
+BURST = 2000
+
+
+def partitions_of(worker: StreamAppProcess) -> list[int]:
+    status, body = worker.health()
+    return list(body["partitions"]) if status == 200 else []
+
+
+def sharing(w1: StreamAppProcess, w2: StreamAppProcess) -> bool:
+    p1, p2 = partitions_of(w1), partitions_of(w2)
+    return bool(p1) and bool(p2) and sorted(p1 + p2) == list(range(PARTITIONS))
+
+
+def owner(workers: list[StreamAppProcess], key: str) -> StreamAppProcess:
+    partition = partition_for(key, PARTITIONS)
+    return next(w for w in workers if partition in partitions_of(w))
+
+
+def queue(worker: StreamAppProcess, sku: str) -> dict:
+    status, body = worker.get(f"/queues/{sku}/{LOC}/{ship(30)}?limit=10000")
+    assert status == 200, body
+    return body
+
+
+def test_any_worker_answers_and_a_killed_worker_loses_nothing(
+    kafka: KafkaCluster, processes: ProcessFactory
+) -> None:
+    prefix = f"poe-{uuid.uuid4().hex[:6]}"
+    base = worker_env(kafka, prefix)
+    w1 = processes.start("worker", processes.env(base))
+    w1.wait_ready(90)
+    skus = [f"FWD-{i}" for i in range(8)]
+    produce(kafka.bootstrap, f"{prefix}-inventory-changes",
+            [stock(sku, 2) for sku in skus] + [stock("BURST", 500)])
+    wait_for(lambda: all(w1.get(f"/inventory/{s}/{LOC}")[0] == 200 for s in [*skus, "BURST"]),
+             30, 0.2, "stock applied")
+
+    w2 = processes.start("worker", processes.env(base))
+    wait_for(lambda: sharing(w1, w2), 90, 0.3, "two workers sharing the partitions")
+    workers = [w1, w2]
+    assert {partition_for(f"{s}|{LOC}", PARTITIONS) for s in skus} == set(range(PARTITIONS))
+
+    # --- every endpoint on both workers, for keys of both ------------------------------
+    rids = {}
+    for i, sku in enumerate(skus):
+        via = workers[i % 2]
+        status, result = via.post("/pre-orders", order(f"F-{sku}", sku, "VIP"))
+        assert status == 200 and result["reservations"], result
+        rids[sku] = result["reservations"][0]["reservationId"]
+    for sku in skus:
+        views = [queue(w, sku) for w in workers]
+        assert views[0] == views[1] and views[0]["entries"][0]["reservationId"] == rids[sku]
+        got = [w.get(f"/reservations/{rids[sku]}") for w in workers]
+        assert got[0] == got[1] and got[0][0] == 200
+        atp = [w.get(f"/atp/{sku}/{LOC}?shipDate={ship(30)}&quantity=1") for w in workers]
+        assert atp[0] == atp[1] and atp[0][1]["existingReservations"] == 1
+        stored = [wait_for(lambda w=w, path=f"/pre-orders/F-{sku}": (lambda r: r if r[0] == 200 else None)(w.get(path)),
+                           30, 0.1, "stored result") for w in workers]
+        assert stored[0] == stored[1]
+    # a command through the worker that does NOT own the key
+    sku = skus[0]
+    other = next(w for w in workers if w is not owner(workers, f"{sku}|{LOC}"))
+    status, body = other.post(f"/reservations/{rids[sku]}/commit")
+    assert status == 200 and body["reservation"]["committed"] is True, body
+
+    # --- a burst, the burst owner SIGKILLed mid-way, then restarted ---------------------
+    victim = owner(workers, f"BURST|{LOC}")
+    survivor = w1 if victim is w2 else w2
+    orders = [order(f"B-{i}", "BURST", "VIP" if i % 7 == 0 else "STANDARD") for i in range(BURST)]
+    produce(kafka.bootstrap, f"{prefix}-pre-orders", orders)
+    consume(kafka.bootstrap, f"{prefix}-pre-order-results",
+            lambda rs: sum(str(r.get("orderId", "")).startswith("B-") for r in rs) >= 150, 60)
+    victim.kill()
+    restarted = processes.start("worker", dict(victim.env))  # same data dir: a restart
+    wait_for(lambda: sharing(survivor, restarted), 120, 0.3, "the restarted worker rejoins")
+
+    ids = {o["orderId"] for o in orders}
+    consume(kafka.bootstrap, f"{prefix}-pre-order-results",
+            lambda rs: ids <= {r.get("orderId") for r in rs}, 120)
+    body = wait_for(lambda: (lambda q: q if q["depth"] == BURST else None)(queue(survivor, "BURST")),
+                    60, 0.3, "every burst order queued once")
+    entries = body["entries"]
+    assert_queue_consistent(entries)
+    assert {e["orderId"] for e in entries} == ids  # none lost, none twice
+    assert sorted(e["sequence"] for e in entries) == list(range(1, BURST + 1))
+    assert sum(e["quantity"] for e in entries if e["status"] == "RESERVED") == 525
+    assert queue(restarted, "BURST") == body  # same answer on both workers
+    for proc in (survivor, restarted):
+        assert proc.proc is not None and proc.proc.poll() is None, proc.tail()
