@@ -88,6 +88,7 @@ Json = dict[str, Any]
 FAILURES_KEPT = 20
 #: order results applied (written, events queued) per group while orders are created
 APPLY_GROUP = 500
+BULK = False
 #: seconds between progress writes of a partition report while orders are created
 PROGRESS_EVERY = 1.0
 
@@ -122,8 +123,15 @@ class Step:
     async def flush(self) -> None:
         writes, self.writes = self.writes, {}
         messages, self.messages = self.messages, []
-        await self.writer.put_many(self.partition, list(writes.items()))
         producer = self.app.producer
+        if BULK:
+            await self.writer.put_many(self.partition, list(writes.items()))
+        else:
+            for key, value in writes.items():
+                self.writer.table[key] = value
+            while producer.buffer.size:
+                await producer.buffer.flush()
+            await producer.flush()
         pending = [
             await producer.send(self.events_topic, key, value, self.partition, None, None)
             for key, value in messages
@@ -298,6 +306,8 @@ class ReleaseService:
         report["attempts"] = int(report.get("attempts", 0)) + 1
         started = parse_iso(str(report["startedAt"]))
         self.runs.put_part(report)
+        log.info("release %s partition %d: attempt %d of %s", run_id, partition,
+                 report["attempts"], release_date)
 
         # step 1: allocation, written before any order exists
         out = self._step(partition)
@@ -319,6 +329,8 @@ class ReleaseService:
         report["counts"] = self._counts(partition, release_date, started)
         self.runs.put_part(report)
         await out.flush()  # CONFIRMING is on the broker: now orders may exist
+        log.info("release %s partition %d: allocation stored, %d orders to create",
+                 run_id, partition, len(to_order))
 
         # step 2: orders
         timings["persistedAfterSeconds"] = round((self.clock() - now).total_seconds(), 3)

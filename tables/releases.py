@@ -26,6 +26,8 @@ from faust.types import TP, TableT
 
 Json = dict[str, Any]
 
+#: longest wait for Faust's producer buffer before a bulk write
+DRAIN_SECONDS = 2.0
 #: run reports kept per partition (older ones are deleted when a new run starts)
 RUNS_KEPT = 200
 
@@ -140,8 +142,11 @@ class BulkTableWriter:
         store: Any = self.table.data
         topic = str(self.table.changelog_topic.get_topic_name())
         producer = self.app.producer
-        # writes queued earlier through Faust's buffer go first (same order as issued)
-        while producer.buffer.size:
+        # writes queued earlier through Faust's buffer go first (same order as issued);
+        # bounded: a buffer that does not drain must not stall the caller forever
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_SECONDS
+        while producer.buffer.size and loop.time() < deadline:
             await producer.buffer.flush()
         pending = []
         for key, value in entries:
