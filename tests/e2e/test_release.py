@@ -23,7 +23,7 @@ import pytest
 
 from stream_app.domain.reservations import reservation_id
 from tests.e2e.test_fluent_sync import ADMIN, Sim, start_sim, worker_env
-from tests.fixtures.kafka import KafkaCluster, Producer
+from tests.fixtures.kafka import KafkaCluster, Producer, consume
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
 from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION, s3_server  # noqa: F401
 
@@ -385,6 +385,13 @@ def test_worker_killed_mid_release_converges_without_duplicates(
         assert manual and manual[0]["state"] == "completed", manual
         assert max(p["attempts"] for p in manual[0]["partitions"]) >= 2
         assert manual[0]["totals"] == {"CONFIRMED": len(expected)}
+        # every CONFIRMED event was published at least once, whatever the kill interrupted
+        consume(
+            kafka.bootstrap, f"{app_id}-reservation-events",
+            until=lambda got: {e["reservationId"] for e in got if e["eventType"] == "CONFIRMED"}
+            >= set(expected),
+            timeout=30,
+        )
     finally:
         app.sim.clear_faults()
         factory.stop_all()
