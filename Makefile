@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/preorders.py
+	$(BIN)/python bench/release.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

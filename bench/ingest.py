@@ -88,6 +88,7 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
     worker = faust.Worker(app, loop=loop, loglevel="warning", quiet=True)
     from stream_app.cli import pin_library_log_levels
 
+    worker.spinner = None
     pin_library_log_levels("warning")
     try:
         worker.execute_from_commandline()

@@ -91,6 +91,9 @@ def run_worker(settings: Settings) -> int:
     worker = faust.Worker(
         runtime.app, loop=loop, loglevel=settings.log_level.lower(), quiet=True
     )
+    # Faust's terminal spinner lowers the root logger to DEBUG at WARNING levels (and costs
+    # CPU formatting every debug line); start-up progress is in the log anyway.
+    worker.spinner = None
     pin_library_log_levels(settings.log_level)
     try:
         worker.execute_from_commandline()
