@@ -10,66 +10,11 @@ from typing import Any
 
 import pytest
 
-from stream_app.embedded import free_port
-from tests.fixtures.kafka import KafkaCluster, produce, topic_settings_env
-from tests.fixtures.procs import ProcessFactory, StreamAppProcess, http, wait_for
+from tests.fixtures.kafka import KafkaCluster, produce
+from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.simproc import ADMIN, Sim, start_sim, worker_env
 
 pytestmark = pytest.mark.e2e
-
-ADMIN = {"X-API-Key": "test-admin-key"}
-
-
-@dataclass
-class Sim:
-    url: str
-
-    def get(self, path: str) -> Any:
-        status, body = http("GET", self.url + path)
-        assert status == 200, body
-        return body
-
-    def post(self, path: str, body: Any) -> Any:
-        return http("POST", self.url + path, body)
-
-    def clear_faults(self) -> None:
-        http("DELETE", self.url + "/_sim/faults")
-
-    def inventory(self) -> dict[str, int]:
-        return {f"{r['skuRef']}|{r['locationRef']}": r["qty"] for r in self.get("/_sim/inventory")}
-
-    def batches(self) -> list[dict[str, Any]]:
-        return self.get("/_sim/batches")  # type: ignore[no-any-return]
-
-    def token_calls(self) -> int:
-        calls = self.get("/_sim/calls")
-        return sum(sum(v.values()) for k, v in calls.items() if k.startswith("/oauth/token"))
-
-
-def start_sim(processes: ProcessFactory, **env: str) -> Sim:
-    port = free_port()
-    base = processes.env({"STREAM_APP_FLUENT_SIM_PORT": str(port), "STREAM_APP_WEB_PORT": str(port), **env})
-    processes.start("fluent-sim", base)
-    sim = Sim(f"http://127.0.0.1:{port}")
-    wait_for(lambda: http("GET", sim.url + "/_sim/inventory")[0] == 200, 30, 0.1, "simulator up")
-    return sim
-
-
-def worker_env(kafka: KafkaCluster, app_id: str, sim: Sim, **extra: str) -> dict[str, str]:
-    return {
-        "STREAM_APP_KAFKA_BROKER": kafka.bootstrap,
-        "STREAM_APP_APP_ID": app_id,
-        "STREAM_APP_PARTITIONS": "4",
-        "STREAM_APP_CORRECT_END_OFFSETS": "true" if kafka.embedded else "false",
-        "STREAM_APP_FLUENT_BASE_URL": sim.url,
-        "STREAM_APP_FLUSH_INTERVAL_SECONDS": "1",
-        "STREAM_APP_FLUENT_BACKOFF_BASE": "0.05",
-        "STREAM_APP_FLUENT_BACKOFF_MAX": "1",
-        "STREAM_APP_FLUENT_POLL_INTERVAL": "0.05",
-        "STREAM_APP_ADMIN_API_KEY": ADMIN["X-API-Key"],
-        **topic_settings_env(app_id),
-        **extra,
-    }
-
 
 def stock(i: int, sku: str, on_hand: int, reserved: int = 0, loc: str = "DC-1", minute: int = 0) -> dict[str, Any]:
     return {

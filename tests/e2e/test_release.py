@@ -22,10 +22,10 @@ import orjson
 import pytest
 
 from stream_app.domain.reservations import reservation_id
-from tests.e2e.test_fluent_sync import ADMIN, Sim, start_sim, worker_env
 from tests.fixtures.kafka import KafkaCluster, Producer, consume
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
 from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION, s3_server  # noqa: F401
+from tests.fixtures.simproc import ADMIN, Sim, start_sim, worker_env
 
 pytestmark = pytest.mark.e2e
 
