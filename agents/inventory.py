@@ -43,6 +43,16 @@ def dead_letter_headers(event: faust.EventT, reason: str) -> dict[str, bytes]:
     }
 
 
+async def dead_letter(dlq: faust.TopicT, event: faust.EventT, reason: str) -> None:
+    """Send an event's original bytes to a dead-letter topic, the reason in its headers."""
+    await dlq.send(
+        key=event.key,
+        value=event.value or b"",
+        headers=dead_letter_headers(event, reason),
+        force=True,
+    )
+
+
 def group_by_partition(
     records: list[InventoryRecord], partitions: int, chunk: int
 ) -> list[tuple[int, list[list[Any]]]]:
@@ -145,11 +155,7 @@ def register(runtime: Runtime) -> None:
                 records = [from_wire(item) for item in orjson.loads(event.value)]
             except Exception as exc:
                 log.exception("bad message on %s", names.inventory_apply)
-                await dlq.send(
-                    value=event.value,
-                    headers=dead_letter_headers(event, f"internal record: {exc!r}"),
-                    force=True,
-                )
+                await dead_letter(dlq, event, f"internal record: {exc!r}")
                 continue
             changed = apply_records(runtime, records)
             runtime.metrics.records_applied.inc(len(records))

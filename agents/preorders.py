@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 
-from agents.inventory import dead_letter_headers
+from agents.inventory import dead_letter
 from stream_app.domain.future_atp import Supply, overbooking_rate_for
 from stream_app.domain.inventory import aggregate, expected_arrivals
 from stream_app.domain.preorders import (
@@ -408,21 +408,11 @@ def register(runtime: Runtime) -> None:
                     )
                 except BadMessage as exc:
                     log.warning("dead letter from %s: %s", names.pre_orders, exc)
-                    await pre_orders_dlq.send(
-                        key=event.key,
-                        value=event.value or b"",
-                        headers=dead_letter_headers(event, str(exc)),
-                        force=True,
-                    )
+                    await dead_letter(pre_orders_dlq, event, str(exc))
                     continue
                 except Exception as exc:  # never let one message stop the stream
                     log.exception("unexpected error on a pre-order")
-                    await pre_orders_dlq.send(
-                        key=event.key,
-                        value=event.value or b"",
-                        headers=dead_letter_headers(event, f"internal error: {exc!r}"),
-                        force=True,
-                    )
+                    await dead_letter(pre_orders_dlq, event, f"internal error: {exc!r}")
                     continue
                 if isinstance(parsed, dict):
                     out.add(results_topic, str(parsed["orderId"]).encode(), parsed, None)
@@ -471,12 +461,7 @@ def register(runtime: Runtime) -> None:
                 command = parse_command(event.value)
             except BadMessage as exc:
                 log.warning("dead letter from %s: %s", names.reservation_commands, exc)
-                await commands_dlq.send(
-                    key=event.key,
-                    value=event.value or b"",
-                    headers=dead_letter_headers(event, str(exc)),
-                    force=True,
-                )
+                await dead_letter(commands_dlq, event, str(exc))
                 continue
             out = Outbox()
             rid = command.get("reservationId")
