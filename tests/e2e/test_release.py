@@ -24,7 +24,7 @@ import pytest
 from stream_app.domain.reservations import reservation_id
 from tests.fixtures.kafka import KafkaCluster, Producer, consume
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
-from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION, s3_server  # noqa: F401
+from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION
 from tests.fixtures.simproc import ADMIN, Sim, start_sim, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -149,7 +149,7 @@ def env_for(kafka: KafkaCluster, app_id: str, sim: Sim, **extra: str) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def s3_bucket(s3_server: str) -> str:  # noqa: F811
+def s3_bucket(s3_server: str) -> str:
     bucket = f"rel-{uuid.uuid4().hex[:8]}"
 
     async def create() -> None:
@@ -165,7 +165,7 @@ def s3_bucket(s3_server: str) -> str:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def app(
-    kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory, s3_server: str, s3_bucket: str  # noqa: F811
+    kafka: KafkaCluster, tmp_path_factory: pytest.TempPathFactory, s3_server: str, s3_bucket: str
 ) -> Iterator[App]:
     factory = ProcessFactory(tmp_path_factory.mktemp("release"))
     app_id = f"rel-{uuid.uuid4().hex[:6]}"
@@ -312,7 +312,7 @@ def test_expiry_of_uncommitted_reservations_promotes_the_waitlist(app: App) -> N
     assert app.reservation(rid("E0", sku))["reason"] == "not_committed"
 
 
-def test_export_writes_reservations_and_reports_to_s3(app: App, s3_server: str, s3_bucket: str) -> None:  # noqa: F811
+def test_export_writes_reservations_and_reports_to_s3(app: App, s3_server: str, s3_bucket: str) -> None:
     days, sku = 9, "EXPORT-1"
     app.set_stock(sku, 1)
     app.send("pre-orders", [preorder("X-VIP", sku, "VIP", days), preorder("X-STD", sku, "STANDARD", days)], sku)
@@ -436,7 +436,7 @@ def test_missed_night_is_caught_up_at_start_up(kafka: KafkaCluster, app: App, tm
 
 
 def test_two_workers_release_all_partitions_and_either_shows_the_report(
-    kafka: KafkaCluster, app: App, tmp_path: Path, s3_server: str, s3_bucket: str  # noqa: F811
+    kafka: KafkaCluster, app: App, tmp_path: Path, s3_server: str, s3_bucket: str
 ) -> None:
     factory = ProcessFactory(tmp_path)
     app_id = f"reltwo-{uuid.uuid4().hex[:6]}"

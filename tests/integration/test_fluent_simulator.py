@@ -28,14 +28,7 @@ from stream_app.fluent.simulator import (
     UNAUTHORIZED_MESSAGE,
     serve_simulator,
 )
-from tests.fixtures.fluent import (  # noqa: F401
-    FakeTime,
-    FluentClientFactory,
-    RunningSimulator,
-    fake_time,
-    fluent_client_factory,
-    fluent_sim,
-)
+from tests.fixtures.fluent import FakeTime, FluentClientFactory, RunningSimulator
 
 PASSWORD_GRANT = {
     "grant_type": "password",
@@ -79,7 +72,7 @@ def entity(sku: str, qty: int, location: str = "LOC-1") -> dict[str, Any]:
 # --- authentication -------------------------------------------------------------------------
 
 
-async def test_password_grant_as_form_body_or_query_string(fluent_sim: RunningSimulator) -> None:  # noqa: F811
+async def test_password_grant_as_form_body_or_query_string(fluent_sim: RunningSimulator) -> None:
     status, body = await call(fluent_sim, "POST", "/oauth/token", data=PASSWORD_GRANT)
     assert status == 200
     assert body["token_type"] == "bearer" and body["scope"] == "api"
@@ -100,7 +93,7 @@ async def test_password_grant_as_form_body_or_query_string(fluent_sim: RunningSi
     assert status == 200 and "refresh_token" not in body
 
 
-async def test_refresh_tokens_are_single_use_and_expire(fluent_sim: RunningSimulator) -> None:  # noqa: F811
+async def test_refresh_tokens_are_single_use_and_expire(fluent_sim: RunningSimulator) -> None:
     _, issued = await call(fluent_sim, "POST", "/oauth/token", data=PASSWORD_GRANT)
     refresh = {
         "grant_type": "refresh_token",
@@ -119,7 +112,7 @@ async def test_refresh_tokens_are_single_use_and_expire(fluent_sim: RunningSimul
 
 
 async def test_fluent_calls_need_a_valid_unexpired_bearer_token(
-    fluent_sim: RunningSimulator,  # noqa: F811
+    fluent_sim: RunningSimulator,
 ) -> None:
     unauthorized = (401, {"errors": [{"code": "401", "message": UNAUTHORIZED_MESSAGE}]})
     assert await call(fluent_sim, "GET", "/api/v4.1/job") == unauthorized
@@ -135,7 +128,7 @@ async def test_fluent_calls_need_a_valid_unexpired_bearer_token(
 # --- jobs and batches over raw HTTP -----------------------------------------------------------
 
 
-async def test_job_validation_listing_and_detail(fluent_sim: RunningSimulator) -> None:  # noqa: F811
+async def test_job_validation_listing_and_detail(fluent_sim: RunningSimulator) -> None:
     token = await get_token(fluent_sim)
     assert await call(
         fluent_sim, "POST", "/api/v4.1/job", token=token, json={"retailerId": "1"}
@@ -169,7 +162,7 @@ async def test_job_validation_listing_and_detail(fluent_sim: RunningSimulator) -
     assert (await call(fluent_sim, "GET", "/api/v4.1/job/999", token=token))[0] == 404
 
 
-async def test_batch_validation(fluent_sim: RunningSimulator) -> None:  # noqa: F811
+async def test_batch_validation(fluent_sim: RunningSimulator) -> None:
     token = await get_token(fluent_sim)
     _, job = await call(
         fluent_sim, "POST", "/api/v4.1/job", token=token, json={"name": "j", "retailerId": "1"}
@@ -196,7 +189,7 @@ async def test_batch_validation(fluent_sim: RunningSimulator) -> None:  # noqa: 
 
 
 async def test_batch_goes_pending_running_complete_and_applies_on_complete(
-    fluent_sim: RunningSimulator,  # noqa: F811
+    fluent_sim: RunningSimulator,
 ) -> None:
     token = await get_token(fluent_sim)
     _, job = await call(
@@ -225,7 +218,7 @@ async def test_batch_goes_pending_running_complete_and_applies_on_complete(
     assert detail["batch"][0]["status"] == "COMPLETE"
 
 
-async def test_graphql_body_over_2mb_is_413(fluent_sim: RunningSimulator) -> None:  # noqa: F811
+async def test_graphql_body_over_2mb_is_413(fluent_sim: RunningSimulator) -> None:
     token = await get_token(fluent_sim)
     query = "query { inventoryPositions { edges { cursor } } } #" + "x" * (2 * 1024 * 1024)
     body = io.BytesIO(orjson.dumps({"query": query}))
@@ -236,7 +229,7 @@ async def test_graphql_body_over_2mb_is_413(fluent_sim: RunningSimulator) -> Non
         assert resp.status == 413
 
 
-async def test_timed_faults_follow_the_simulator_clock(fluent_sim: RunningSimulator) -> None:  # noqa: F811
+async def test_timed_faults_follow_the_simulator_clock(fluent_sim: RunningSimulator) -> None:
     await fluent_sim.fault(status=429, retryAfter=3, seconds=2, path="/oauth/token")
     async with fluent_sim.session.post(
         fluent_sim.url + "/oauth/token", data=PASSWORD_GRANT
@@ -250,8 +243,8 @@ async def test_timed_faults_follow_the_simulator_clock(fluent_sim: RunningSimula
 
 
 async def test_reset_forgets_data_but_not_tokens(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     job = await client.ensure_job(DAY, preprocessing=False)
@@ -269,8 +262,8 @@ async def test_reset_forgets_data_but_not_tokens(
 
 
 async def test_send_and_wait_applies_absolute_quantities(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     for qty in (5, 3):
@@ -289,8 +282,8 @@ async def test_send_and_wait_applies_absolute_quantities(
 
 
 async def test_delta_and_full_jobs_are_distinct(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     delta = await client.ensure_job(DAY, preprocessing=False)
@@ -304,8 +297,8 @@ async def test_delta_and_full_jobs_are_distinct(
 
 
 async def test_job_is_reused_across_client_restarts(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     async with fluent_client_factory() as first:
         job = await first.ensure_job(DAY, preprocessing=False)
@@ -317,8 +310,8 @@ async def test_job_is_reused_across_client_restarts(
 
 
 async def test_day_rollover_closes_the_old_job_and_a_new_one_is_created(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     fluent_sim.clock.set(datetime(2026, 11, 22, 23, 59, 0, tzinfo=UTC))
     client = fluent_client_factory()
@@ -339,8 +332,8 @@ async def test_day_rollover_closes_the_old_job_and_a_new_one_is_created(
 
 
 async def test_closed_cached_job_is_replaced_once(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     records = [InventoryRecord("SKU-1", "LOC-1", 1)]
@@ -355,8 +348,8 @@ async def test_closed_cached_job_is_replaced_once(
 
 
 async def test_simulator_rejects_more_than_5000_records(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     token = await get_token(fluent_sim)
     client = fluent_client_factory()
@@ -374,8 +367,8 @@ async def test_simulator_rejects_more_than_5000_records(
 
 
 async def test_per_record_errors_are_reported_and_not_applied(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     await fluent_sim.fault(recordErrors={"SKU-1": "404", "SKU-3:LOC-2": "500"})
     client = fluent_client_factory()
@@ -405,9 +398,9 @@ async def test_per_record_errors_are_reported_and_not_applied(
 
 
 async def test_wait_batch_gives_up_after_poll_timeout(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     fluent_sim.state.config.batch_polls = 10_000
     client = fluent_client_factory(fake_time=fake_time, poll_interval=0.5, poll_timeout=10)
@@ -421,8 +414,8 @@ async def test_wait_batch_gives_up_after_poll_timeout(
 
 
 async def test_create_order_duplicate_ref_is_success_without_a_second_order(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     order = {
@@ -439,8 +432,8 @@ async def test_create_order_duplicate_ref_is_success_without_a_second_order(
 
 
 async def test_create_order_reports_graphql_errors(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     with pytest.raises(FluentGraphQLError, match="items"):
@@ -453,8 +446,8 @@ async def test_create_order_reports_graphql_errors(
 
 
 async def test_inventory_positions_follow_cursor_pagination(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     records = [InventoryRecord(f"SKU-{i:03d}", "LOC-1", i) for i in range(120)]

@@ -19,7 +19,6 @@ from stream_app.exports import (
     export_reservations,
     write_json,
 )
-from tests.fixtures.s3 import s3_config, s3_server  # noqa: F401
 
 GENERATED = datetime(2025, 3, 1, 3, 0, 5, tzinfo=UTC)
 SECRET = "sup3r-s3cret-KEY-do-not-print"
@@ -66,7 +65,7 @@ async def list_keys(cfg: S3Config) -> list[str]:
 
 
 async def test_export_reservations_writes_one_object_per_ship_date_plus_latest(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
 ) -> None:
     reservations = [
         res("r1", "2025-04-01", "RESERVED", "VIP", 1),
@@ -106,7 +105,7 @@ async def test_export_reservations_writes_one_object_per_ship_date_plus_latest(
 
 
 async def test_a_later_export_replaces_latest_and_keeps_history(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
 ) -> None:
     await export_reservations(
         s3_config, [res("r1", "2025-04-01", "RESERVED", "VIP", 1)], generated_at=GENERATED
@@ -126,14 +125,14 @@ async def test_a_later_export_replaces_latest_and_keeps_history(
 
 
 async def test_export_without_reservations_writes_nothing(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
 ) -> None:
     assert await export_reservations(s3_config, [], generated_at=GENERATED) == []
     assert await list_keys(s3_config) == []
 
 
 async def test_release_report_is_written_under_date_and_run_id(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
 ) -> None:
     report = {
         "runId": "run-20250401-0200",
@@ -150,7 +149,7 @@ async def test_release_report_is_written_under_date_and_run_id(
     assert doc == report
 
 
-async def test_write_json_uses_key_as_given(s3_config: S3Config) -> None:  # noqa: F811
+async def test_write_json_uses_key_as_given(s3_config: S3Config) -> None:
     uri = await write_json(s3_config, "misc/x.json", {"a": [1, 2], "when": GENERATED})
     assert uri == f"s3://{s3_config.bucket}/misc/x.json"
     doc, _ = await get_object(s3_config, "misc/x.json")
@@ -159,7 +158,7 @@ async def test_write_json_uses_key_as_given(s3_config: S3Config) -> None:  # noq
 
 @pytest.mark.parametrize("missing", ["runId", "releaseDate"])
 async def test_release_report_needs_date_and_run_id(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
     missing: str,
 ) -> None:
     report = {"runId": "r1", "releaseDate": "2025-04-01"}
@@ -168,7 +167,7 @@ async def test_release_report_needs_date_and_run_id(
         await export_release_report(s3_config, report)
 
 
-async def test_release_report_rejects_path_tricks(s3_config: S3Config) -> None:  # noqa: F811
+async def test_release_report_rejects_path_tricks(s3_config: S3Config) -> None:
     with pytest.raises(ExportError, match="runId"):
         await export_release_report(s3_config, {"runId": "../x", "releaseDate": "2025-04-01"})
 
@@ -191,7 +190,7 @@ def assert_no_credentials(exc: ExportError) -> None:
 
 
 async def test_missing_bucket_raises_export_error_without_secret(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
 ) -> None:
     cfg = with_secret(s3_config, bucket=f"{s3_config.bucket}-missing")
     with pytest.raises(ExportError) as info:
@@ -211,7 +210,7 @@ def free_port() -> int:
 
 
 async def test_bad_endpoint_raises_export_error_without_secret(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
 ) -> None:
     cfg = with_secret(s3_config, endpoint_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ExportError) as info:
@@ -221,7 +220,7 @@ async def test_bad_endpoint_raises_export_error_without_secret(
 
 
 async def test_malformed_endpoint_raises_export_error_without_secret(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
 ) -> None:
     cfg = with_secret(s3_config, endpoint_url="not a url")
     with pytest.raises(ExportError) as info:
@@ -239,14 +238,14 @@ async def test_disabled_config_raises_export_error() -> None:
 
 
 async def test_unserialisable_payload_raises_export_error(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
 ) -> None:
     with pytest.raises(ExportError, match="serialise"):
         await write_json(s3_config, "k.json", {"x": object()})
 
 
 async def test_successful_export_logs_uri_but_never_credentials(
-    s3_config: S3Config,  # noqa: F811
+    s3_config: S3Config,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cfg = with_secret(s3_config)  # moto accepts any credentials

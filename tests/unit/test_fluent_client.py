@@ -27,14 +27,7 @@ from stream_app.fluent.client import (
     parse_retry_after,
 )
 from stream_app.settings import load_settings
-from tests.fixtures.fluent import (  # noqa: F401
-    FakeTime,
-    FluentClientFactory,
-    RunningSimulator,
-    fake_time,
-    fluent_client_factory,
-    fluent_sim,
-)
+from tests.fixtures.fluent import FakeTime, FluentClientFactory, RunningSimulator
 
 TODAY = date(2026, 11, 22)
 
@@ -130,8 +123,8 @@ def test_config_from_settings_keeps_secrets_masked() -> None:
 
 
 async def test_token_is_issued_once_and_reused(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     async with fluent_client_factory() as client:
         first = await client.ensure_job(TODAY, preprocessing=False)
@@ -143,8 +136,8 @@ async def test_token_is_issued_once_and_reused(
 
 
 async def test_expired_tokens_mid_run_are_refreshed_and_the_run_continues(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     job = await client.ensure_job(TODAY, preprocessing=False)
@@ -159,8 +152,8 @@ async def test_expired_tokens_mid_run_are_refreshed_and_the_run_continues(
 
 
 async def test_expired_tokens_without_refresh_tokens_reauthenticate(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     fluent_sim.state.config.refresh_enabled = False
     client = fluent_client_factory()
@@ -171,8 +164,8 @@ async def test_expired_tokens_without_refresh_tokens_reauthenticate(
 
 
 async def test_refused_refresh_token_falls_back_to_password(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     await client.ensure_job(TODAY, preprocessing=False)
@@ -183,9 +176,9 @@ async def test_refused_refresh_token_falls_back_to_password(
 
 
 async def test_token_is_refreshed_ahead_of_expiry(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     fluent_sim.state.config.token_ttl = 100
     client = fluent_client_factory(fake_time=fake_time)
@@ -198,9 +191,9 @@ async def test_token_is_refreshed_ahead_of_expiry(
 
 
 async def test_bad_credentials_fail_at_once_without_retry(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     client = fluent_client_factory(fake_time=fake_time, password=SecretStr("wrong-password"))
     with pytest.raises(FluentAuthError, match="Bad credentials"):
@@ -210,9 +203,9 @@ async def test_bad_credentials_fail_at_once_without_retry(
 
 
 async def test_401_right_after_a_fresh_token_fails_instead_of_looping(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     client = fluent_client_factory(fake_time=fake_time)
     await client.ensure_job(TODAY, preprocessing=False)  # holds a token now
@@ -229,9 +222,9 @@ async def test_401_right_after_a_fresh_token_fails_instead_of_looping(
 
 
 async def test_503_three_times_then_success(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     events: list[RetryEvent] = []
     client = fluent_client_factory(fake_time=fake_time, rng=lambda: 1.0, on_retry=events.append)
@@ -248,9 +241,9 @@ async def test_503_three_times_then_success(
 
 
 async def test_429_retry_after_is_a_minimum_wait(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     client = fluent_client_factory(fake_time=fake_time, rng=lambda: 0.0)
     await fluent_sim.fault(status=429, retryAfter=2, count=2)
@@ -261,9 +254,9 @@ async def test_429_retry_after_is_a_minimum_wait(
 
 
 async def test_max_attempts_exhausted_raises_unavailable(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     client = fluent_client_factory(fake_time=fake_time, max_attempts=3)
     await client.ensure_job(TODAY, preprocessing=False)
@@ -276,9 +269,9 @@ async def test_max_attempts_exhausted_raises_unavailable(
 
 
 async def test_timeouts_are_retried(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     client = fluent_client_factory(fake_time=fake_time, timeout_seconds=0.1)
     await fluent_sim.fault(latency=0.4, count=1, path="/oauth/token")
@@ -287,7 +280,7 @@ async def test_timeouts_are_retried(
     assert client.last_error is not None and "Timeout" in client.last_error
 
 
-async def test_connection_errors_are_retried_then_unavailable(fake_time: FakeTime) -> None:  # noqa: F811
+async def test_connection_errors_are_retried_then_unavailable(fake_time: FakeTime) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -309,9 +302,9 @@ async def test_connection_errors_are_retried_then_unavailable(fake_time: FakeTim
 
 
 async def test_client_errors_are_not_retried(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
 ) -> None:
     client = fluent_client_factory(fake_time=fake_time)
     await fluent_sim.fault(status=403, path="/api/v4.1/job")
@@ -322,8 +315,8 @@ async def test_client_errors_are_not_retried(
 
 
 async def test_batch_over_5000_records_is_refused_locally(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
 ) -> None:
     client = fluent_client_factory()
     records = [InventoryRecord(f"SKU-{i}", "LOC", 1) for i in range(5001)]
@@ -335,9 +328,9 @@ async def test_batch_over_5000_records_is_refused_locally(
 
 
 async def test_secrets_never_reach_logs_errors_or_reprs(
-    fluent_sim: RunningSimulator,  # noqa: F811
-    fluent_client_factory: FluentClientFactory,  # noqa: F811
-    fake_time: FakeTime,  # noqa: F811
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+    fake_time: FakeTime,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
