@@ -46,6 +46,7 @@ from stream_app.domain.preorders import (
 )
 from stream_app.domain.reservations import (
     Outcome,
+    Reservation,
     ReservationBook,
     key_of_reservation_id,
 )
@@ -156,6 +157,8 @@ class Outbox:
     """
 
     messages: list[tuple[str, bytes | None, bytes, int | None]] = field(default_factory=list)
+    #: reservations changed by this event (last state per id), saved once at its end
+    changed: dict[str, Reservation] = field(default_factory=dict)
 
     def add(
         self, topic: faust.TopicT, key: bytes | None, value: Any, partition: int | None
@@ -193,10 +196,18 @@ class Books:
         return supply_for(self.runtime, key, book.sku, part.categories.get(key))
 
     def record(self, key: str, partition: int, outcome: Outcome, out: Outbox) -> None:
-        """Write what an operation changed and queue its events (in causal order)."""
-        self.store.save(outcome.changed)
+        """Note what an operation changed and queue its events (in causal order)."""
+        for reservation in outcome.changed:
+            out.changed[reservation.reservation_id] = reservation
         for event in outcome.events:
             out.add(self.events_topic, key.encode(), event, partition)
+
+    def save(self, out: Outbox) -> None:
+        """Write the reservations the event changed (each touched chunk once), before
+        any of its messages is sent."""
+        if out.changed:
+            self.store.save(out.changed.values())
+            out.changed.clear()
 
     def heal(
         self, part: PartitionBooks, key: str, book: ReservationBook, now: datetime, out: Outbox
@@ -273,6 +284,7 @@ class Books:
             for start in range(0, len(decisions), ITEMS_PER_MESSAGE):
                 chunk = decisions[start : start + ITEMS_PER_MESSAGE]
                 out.add(self.decisions_topic, None, {"decisions": chunk}, target)
+        self.save(out)
         return len(decided)
 
     def command(self, partition: int, command: Json, out: Outbox) -> Json:
@@ -314,6 +326,7 @@ class Books:
                 touched.extend(book.reservation_dict(r) for r in book.order_reservations(order_id))
             if not touched:
                 error = "not_found"
+        self.save(out)
         return {"ok": error is None, "error": error, "reservations": touched}
 
     def promote(self, partition: int, keys: Iterable[str], out: Outbox) -> int:
@@ -328,6 +341,7 @@ class Books:
             part.unhealed.discard(key)
             outcome = book.promote(self.supply(part, key, book), self.policy, now)
             self.record(key, partition, outcome, out)
+        self.save(out)
         return len(out.messages) - before
 
 

@@ -79,7 +79,7 @@ from stream_app.fluent.client import (
     FluentError,
     FluentUnavailable,
 )
-from tables.releases import BulkTableWriter, ReleaseRuns, define_release_table
+from tables.releases import ReleaseRuns, define_release_table
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -110,30 +110,25 @@ def utcnow() -> datetime:
 class Step:
     """What one step of a release changes: reservation writes and ``reservation-events``.
 
-    :meth:`flush` writes the reservations (last state per id) and returns only when the
+    :meth:`flush` writes the reservations (last state per id; each touched chunk of the
+    reservations table once, see :mod:`tables.reservations`) and returns only when the
     broker has them, then sends the events straight through the producer and waits for
     them too (Faust's per-message ``topic.send`` costs more than the release itself at
-    100,000 events). Writes go through the table (``table[key] = …``) unless
-    ``release_bulk_writes`` (experimental) sends them with a
-    :class:`tables.releases.BulkTableWriter`: ~2.5x faster at 100,000 reservations, but
-    a worker restarted after a SIGKILL mid-release stalled in 2 of ~8 runs on the embedded
-    broker, not understood yet."""
+    100,000 events)."""
 
     def __init__(
-        self, app: faust.App, writer: BulkTableWriter, events_topic: str, partition: int,
-        bulk: bool = False,
+        self, app: faust.App, store: ReservationStore, events_topic: str, partition: int
     ) -> None:
         self.app = app
-        self.bulk = bulk
-        self.writer = writer
+        self.store = store
         self.events_topic = events_topic
         self.partition = partition
-        self.writes: dict[str, bytes] = {}
+        self.writes: dict[str, Reservation] = {}
         self.messages: list[tuple[bytes, bytes]] = []
 
     def record(self, key: str, outcome: Outcome | Any) -> None:
         for reservation in outcome.changed:
-            self.writes[reservation.reservation_id] = orjson.dumps(reservation.to_dict())
+            self.writes[reservation.reservation_id] = reservation
         raw_key = key.encode()
         self.messages.extend((raw_key, orjson.dumps(event)) for event in outcome.events)
 
@@ -162,16 +157,12 @@ class Step:
     async def _write(self) -> None:
         writes, self.writes = self.writes, {}
         producer = self.app.producer
-        if self.bulk:
-            await self.writer.put_many(self.partition, list(writes.items()))
-        else:
-            # the reservations table's own path (one changelog message per write through
-            # Faust's buffer), then wait until the broker has everything queued so far
-            for key, value in writes.items():
-                self.writer.table[key] = value
-            while producer.buffer.size:
-                await producer.buffer.flush()
-            await producer.flush()
+        self.store.save(writes.values())
+        # wait until the broker has everything queued so far (Faust's buffer, then the
+        # producer's batches)
+        while producer.buffer.size:
+            await producer.buffer.flush()
+        await producer.flush()
 
     def replay(self, key: str, reservations: Iterable[Reservation], now: datetime) -> int:
         """Queue again the events of release outcomes already stored (a resumed run: the
@@ -216,7 +207,6 @@ class ReleaseService:
         self.tz = ZoneInfo(self.settings.release_timezone)
         self.commands = runtime.topic(runtime.names.release_commands)
         self.client: FluentClient | None = None
-        self.writer = BulkTableWriter(runtime.app, store.table)
         #: runs requested through this worker that no partition reported yet
         self.requested: dict[str, Json] = {}
         self.last_export: Json | None = None
@@ -407,10 +397,7 @@ class ReleaseService:
         )
 
     def _step(self, partition: int) -> Step:
-        return Step(
-            self.runtime.app, self.writer, self.runtime.names.reservation_events, partition,
-            bulk=self.settings.release_bulk_writes,
-        )
+        return Step(self.runtime.app, self.store, self.runtime.names.reservation_events, partition)
 
     def _client(self) -> FluentClient:
         if self.client is None:

@@ -10,7 +10,7 @@ Pre-orders carry ``--items`` items each (one per SKU/location, default 100) so t
 intake is not what the benchmark measures; the release itself is per reservation.
 
 Usage: python bench/release.py [--quick] [--reservations N] [--keys N] [--concurrency N]
-                               [--items N] [--profile FILE] [--bulk]
+                               [--items N] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -97,8 +97,6 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100,
                         help="items per pre-order (one per SKU/location): bulk intake")
     parser.add_argument("--profile", help="write a cProfile of the worker to this file")
-    parser.add_argument("--bulk", action="store_true",
-                        help="STREAM_APP_RELEASE_BULK_WRITES=true (experimental)")
     args = parser.parse_args()
     total = 10_000 if args.quick else args.reservations
     per_key = total // args.keys
@@ -127,7 +125,6 @@ def main() -> None:
             "STREAM_APP_LOG_LEVEL": "INFO",
             "STREAM_APP_RELEASE_ORDER_CONCURRENCY": str(args.concurrency),
             "STREAM_APP_RELEASE_CATCH_UP": "false",
-            "STREAM_APP_RELEASE_BULK_WRITES": "true" if args.bulk else "false",
         }
         procs.append(start("worker", env, work / "worker.log", args.profile))
         wait(lambda: get(web + "/health")[1]["ready"], 120, "worker ready")

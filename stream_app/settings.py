@@ -141,10 +141,6 @@ class Settings(BaseSettings):
     release_order_concurrency: int = Field(
         32, ge=1, le=512, description="Fluent createOrder calls in flight per release run"
     )
-    release_bulk_writes: bool = Field(
-        False, description="experimental: release writes reservations in bulk, straight to"
-        " the changelog (faster; a stall after crash-restart is under investigation)",
-    )
     release_fail_fast_after: int = Field(
         20, ge=1, description="consecutive Fluent outages after which a release stops calling"
         " Fluent for this run (the rest become RELEASE_FAILED, retried by the next run)",

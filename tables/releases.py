@@ -15,7 +15,6 @@ A view that shows a whole run asks every worker for the reports of its partition
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -26,8 +25,6 @@ from faust.types import TP, TableT
 
 Json = dict[str, Any]
 
-#: longest wait for Faust's producer buffer before a bulk write
-DRAIN_SECONDS = 2.0
 #: run reports kept per partition (older ones are deleted when a new run starts)
 RUNS_KEPT = 200
 
@@ -114,44 +111,3 @@ def define_release_table(app: faust.App, partitions: int) -> ReleaseRuns:
         help="Release run reports per partition and the last scheduled release per partition",
     )
     return ReleaseRuns(app, table)
-
-
-class BulkTableWriter:
-    """Writes many entries of one table from an agent and waits until the broker has them.
-
-    Equivalent to ``table[key] = value`` for each entry (the local store put, then the
-    changelog message of the event's partition, same key bytes), but the changelog
-    messages go straight to the producer and their delivery futures are awaited: one
-    ``await`` covers thousands of writes, and the caller KNOWS they are durable (the
-    release creates a Fluent order only after its CONFIRMING write is on the broker).
-    Faust's own path queues every write through a per-message buffer, which bounds a
-    worker to a few thousand table writes per second (FAUST-NOTES).
-
-    The persisted changelog offset is left to Faust's own writes: after a crash, recovery
-    replays from an earlier offset and re-applies these values in order (idempotent).
-    """
-
-    def __init__(self, app: faust.App, table: TableT) -> None:
-        self.app = app
-        self.table = table
-
-    async def put_many(self, partition: int, entries: list[tuple[str, bytes]]) -> int:
-        """Agent context only: ``partition`` must be the current event's partition."""
-        if not entries:
-            return 0
-        store: Any = self.table.data
-        topic = str(self.table.changelog_topic.get_topic_name())
-        producer = self.app.producer
-        # writes queued earlier through Faust's buffer go first (same order as issued);
-        # bounded: a buffer that does not drain must not stall the caller forever
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DRAIN_SECONDS
-        while producer.buffer.size and loop.time() < deadline:
-            await producer.buffer.flush()
-        pending = []
-        for key, value in entries:
-            raw_key = store._encode_key(key)
-            store._set(raw_key, value)  # the current event's partition
-            pending.append(await producer.send(topic, raw_key, value, partition, None, None))
-        await asyncio.gather(*pending)
-        return len(entries)

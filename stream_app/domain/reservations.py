@@ -112,11 +112,12 @@ def reservation_id(order_id: str, sku: str, location: str, item_index: int) -> s
         f"{len(order_id)}:{order_id}|{len(sku)}:{sku}|{len(location)}:{location}|{item_index}"
     )
     digest = hashlib.sha256(material.encode()).hexdigest()[:16]
-    return f"R-{_encode_key(f'{sku}|{location}')}-{digest}"
+    return f"R-{encode_key(f'{sku}|{location}')}-{digest}"
 
 
 @lru_cache(maxsize=65536)
-def _encode_key(key: str) -> str:
+def encode_key(key: str) -> str:
+    """``sku|location`` as URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
@@ -134,7 +135,7 @@ def key_of_reservation_id(rid: str) -> str | None:
         key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
         return None
-    if _encode_key(key) != encoded or key.count("|") != 1 or key.startswith("|") or key.endswith("|"):
+    if encode_key(key) != encoded or key.count("|") != 1 or key.startswith("|") or key.endswith("|"):
         return None
     return key
 
