@@ -19,8 +19,9 @@
      those writes are on the broker, so no Fluent order ever exists for a reservation the
      table does not hold as CONFIRMING;
   2. ``createOrder`` for every CONFIRMING / RELEASE_FAILED reservation (deterministic ref
-     ``PO-<reservationId>``; "already exists" is success), ``release_order_concurrency``
-     at a time, the client retrying 429/5xx/timeouts with backoff; results are applied in
+     ``PO-<reservationId>``; "already exists" is success), ``release_orders_per_request``
+     aliased mutations per GraphQL request and ``release_order_concurrency`` requests at a
+     time, the client retrying 429/5xx/timeouts with backoff; results are applied in
      small groups: CONFIRMED (+ event) or RELEASE_FAILED (retried by the next run). After
      ``release_fail_fast_after`` consecutive outages the run stops calling Fluent.
 
@@ -36,6 +37,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -419,25 +421,40 @@ class ReleaseService:
 
         async def call_fluent() -> None:
             nonlocal outages
-            for key, reservation in todo:
-                rid = reservation.reservation_id
+            while True:
+                batch = list(itertools.islice(todo, per_request))
+                if not batch:
+                    return
                 if outages >= threshold:
-                    results.put_nowait(
-                        OrderResult(key, rid, error="not attempted: Fluent unavailable")
-                    )
+                    for key, reservation in batch:
+                        results.put_nowait(
+                            OrderResult(
+                                key,
+                                reservation.reservation_id,
+                                error="not attempted: Fluent unavailable",
+                            )
+                        )
                     continue
+                inputs = [create_order_input(r, retailer) for _, r in batch]
                 try:
-                    _, created = await client.create_order(create_order_input(reservation, retailer))
+                    answers = await client.create_orders(inputs)
                 except (FluentUnavailable, FluentAuthError) as exc:
                     outages += 1
-                    results.put_nowait(OrderResult(key, rid, error=f"{type(exc).__name__}: {exc}"))
+                    answers = [(i["ref"], f"{type(exc).__name__}: {exc}") for i in inputs]
                 except (FluentError, ValueError, OSError, TimeoutError) as exc:
-                    results.put_nowait(OrderResult(key, rid, error=f"{type(exc).__name__}: {exc}"))
+                    answers = [(i["ref"], f"{type(exc).__name__}: {exc}") for i in inputs]
                 else:
                     outages = 0
-                    results.put_nowait(OrderResult(key, rid, created_now=created))
+                for (key, reservation), (_, answer) in zip(batch, answers, strict=True):
+                    rid = reservation.reservation_id
+                    if isinstance(answer, str):
+                        results.put_nowait(OrderResult(key, rid, error=answer))
+                    else:
+                        results.put_nowait(OrderResult(key, rid, created_now=answer))
 
-        workers = min(self.settings.release_order_concurrency, len(to_order))
+        per_request = self.settings.release_orders_per_request
+        requests = -(-len(to_order) // per_request)
+        workers = min(self.settings.release_order_concurrency, requests)
         calls = asyncio.ensure_future(asyncio.gather(*(call_fluent() for _ in range(workers))))
         last_progress = 0.0
         loop = asyncio.get_running_loop()

@@ -9,7 +9,7 @@ second (the report's own duration: first allocation to last order applied).
 Pre-orders carry ``--items`` items each (one per SKU/location, default 100) so that the
 intake is not what the benchmark measures; the release itself is per reservation.
 
-Usage: python bench/release.py [--quick] [--reservations N] [--keys N] [--concurrency N]
+Usage: python bench/release.py [--quick] [--reservations N] [--keys N] [--concurrency N] [--per-request N]
                                [--items N] [--profile FILE]
 """
 
@@ -93,7 +93,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10,000 reservations")
     parser.add_argument("--reservations", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=100, help="SKU/locations")
-    parser.add_argument("--concurrency", type=int, default=64, help="createOrder calls in flight")
+    parser.add_argument("--concurrency", type=int, default=8,
+                        help="createOrder requests in flight")
+    parser.add_argument("--per-request", type=int, default=50,
+                        help="createOrder mutations per GraphQL request")
     parser.add_argument("--items", type=int, default=100,
                         help="items per pre-order (one per SKU/location): bulk intake")
     parser.add_argument("--profile", help="write a cProfile of the worker to this file")
@@ -124,6 +127,7 @@ def main() -> None:
             # DEBUG and every library debug call builds a log record (~10% of the CPU)
             "STREAM_APP_LOG_LEVEL": "INFO",
             "STREAM_APP_RELEASE_ORDER_CONCURRENCY": str(args.concurrency),
+            "STREAM_APP_RELEASE_ORDERS_PER_REQUEST": str(args.per_request),
             "STREAM_APP_RELEASE_CATCH_UP": "false",
         }
         procs.append(start("worker", env, work / "worker.log", args.profile))

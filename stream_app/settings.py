@@ -139,7 +139,14 @@ class Settings(BaseSettings):
         True, description="at start-up the leader releases a scheduled night that was missed"
     )
     release_order_concurrency: int = Field(
-        32, ge=1, le=512, description="Fluent createOrder calls in flight per release run"
+        8, ge=1, le=512, description="Fluent createOrder requests in flight per release run"
+    )
+    release_orders_per_request: int = Field(
+        50,
+        ge=1,
+        le=200,
+        description="createOrder mutations per GraphQL request (aliased fields; 1 = one "
+        "order per request). Bounded by Fluent's 2 MB body and query complexity limits",
     )
     release_fail_fast_after: int = Field(
         20, ge=1, description="consecutive Fluent outages after which a release stops calling"

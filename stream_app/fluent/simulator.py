@@ -11,6 +11,8 @@ and faults are counted or bounded by the same clock.
 
 GraphQL is not parsed: the operation is recognised by name (``inventoryPositions`` or
 ``createOrder``) in the query text and **all arguments must be passed as ``variables``**.
+A mutation may hold several aliased ``createOrder(input: $var)`` fields (run in order, each
+failure reported with its ``path``), as a GraphQL server runs them.
 """
 
 from __future__ import annotations
@@ -924,12 +926,36 @@ async def _graphql(request: web.Request) -> web.Response:
         if re.search(r"\binventoryPositions\b", query):
             return _json({"data": {"inventoryPositions": state.inventory_positions(variables)}})
         if re.search(r"\bcreateOrder\b", query):
-            return _json({"data": {"createOrder": state.create_order(variables.get("input"))}})
+            return _json(_create_orders(state, query, variables))
         raise GraphQLError("The simulator supports only inventoryPositions and createOrder")
     except GraphQLError as exc:
         name = "createOrder" if re.search(r"\bcreateOrder\b", query) else None
         data = {name: None} if name else None
         return _json({"data": data, "errors": [exc.as_dict()]})
+
+
+_CREATE_ORDER_FIELD = re.compile(
+    r"(?:\b(\w+)\s*:\s*)?\bcreateOrder\s*\(\s*input\s*:\s*\$(\w+)\s*\)"
+)
+
+
+def _create_orders(
+    state: SimulatorState, query: str, variables: dict[str, Any]
+) -> dict[str, Any]:
+    """One or more (aliased) ``createOrder`` fields, executed in document order as a
+    GraphQL server runs the fields of a mutation: each field's error goes to ``errors[]``
+    with its ``path`` (the alias) and that field's data is null; the others still run."""
+    fields = _CREATE_ORDER_FIELD.findall(query) or [("", "input")]
+    data: dict[str, Any] = {}
+    errors: list[dict[str, Any]] = []
+    for alias, variable in fields:
+        name = alias or "createOrder"
+        try:
+            data[name] = state.create_order(variables.get(variable))
+        except GraphQLError as exc:
+            data[name] = None
+            errors.append({**exc.as_dict(), "path": [name]})
+    return {"data": data, "errors": errors} if errors else {"data": data}
 
 
 # --- /_sim/ inspection and faults ------------------------------------------------------

@@ -355,7 +355,15 @@ def test_worker_killed_mid_release_converges_without_duplicates(
     factory = ProcessFactory(tmp_path)
     app_id = f"relkill-{uuid.uuid4().hex[:6]}"
     try:
-        env = factory.env(env_for(kafka, app_id, app.sim, STREAM_APP_RELEASE_ORDER_CONCURRENCY="2"))
+        env = factory.env(
+            env_for(
+                kafka,
+                app_id,
+                app.sim,
+                STREAM_APP_RELEASE_ORDER_CONCURRENCY="2",
+                STREAM_APP_RELEASE_ORDERS_PER_REQUEST="2",
+            )
+        )
         worker = factory.start("worker", env)
         worker.wait_ready(90)
         mine = App(kafka, app.sim, worker, app_id)

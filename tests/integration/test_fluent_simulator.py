@@ -445,6 +445,56 @@ async def test_create_order_reports_graphql_errors(
     assert await fluent_sim.get("/_sim/orders") == []
 
 
+def order_input(ref: str, **changes: Any) -> dict[str, Any]:
+    base = {
+        "ref": ref,
+        "type": "HD",
+        "retailer": {"id": "1"},
+        "customer": {"id": "7"},
+        "items": [{"ref": f"{ref}-1", "productRef": "SKU-1", "quantity": 1}],
+    }
+    return {**base, **changes}
+
+
+async def test_create_orders_in_one_request_reports_each_order(
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+) -> None:
+    client = fluent_client_factory()
+    assert await client.create_orders([order_input("PO-1")]) == [("PO-1", True)]
+    calls_before = sum((await fluent_sim.get("/_sim/calls")).get("/graphql", {}).values())
+    answers = await client.create_orders(
+        [
+            order_input("PO-2"),
+            order_input("PO-1"),  # exists: success, not created again
+            order_input("PO-3", items=None),  # invalid: fails alone
+            order_input("PO-4"),
+        ]
+    )
+    assert answers[0] == ("PO-2", True) and answers[1] == ("PO-1", False)
+    assert answers[2][0] == "PO-3" and isinstance(answers[2][1], str)
+    assert "items" in answers[2][1]
+    assert answers[3] == ("PO-4", True)
+    calls = sum((await fluent_sim.get("/_sim/calls")).get("/graphql", {}).values())
+    assert calls == calls_before + 1
+    orders = await fluent_sim.get("/_sim/orders")
+    assert sorted(o["ref"] for o in orders) == ["PO-1", "PO-2", "PO-4"]
+    assert await client.create_orders([]) == []
+    with pytest.raises(ValueError):
+        await client.create_orders([order_input("PO-5"), {"type": "HD"}])
+
+
+async def test_create_orders_whole_request_failure_raises(
+    fluent_sim: RunningSimulator,
+    fluent_client_factory: FluentClientFactory,
+) -> None:
+    client = fluent_client_factory(max_attempts=2)
+    await fluent_sim.fault(status=503, path="/graphql", count=2)
+    with pytest.raises(FluentUnavailable):
+        await client.create_orders([order_input("PO-9"), order_input("PO-10")])
+    assert await fluent_sim.get("/_sim/orders") == []
+
+
 async def test_inventory_positions_follow_cursor_pagination(
     fluent_sim: RunningSimulator,
     fluent_client_factory: FluentClientFactory,
