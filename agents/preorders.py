@@ -2,8 +2,14 @@
 
 * ``preorder-intake`` (``pre-orders``, raw bytes, in groups): undecodable or non-object
   messages → ``pre-orders-dlq``; invalid orders → ``pre-order-results`` with every reason;
-  valid ones are split into items, grouped by the partition of ``sku|location`` and sent
-  as ONE message per partition to ``<app>-preorder-items``.
+  valid ones are split into items. An item whose ``sku|location`` partition is the
+  partition the pre-order arrived on is decided right here (Faust assigns partition *p*
+  of every topic and table of the app to one worker, so this worker owns that book;
+  see :func:`writing_as`): no repartition hop, which is most of the decision latency.
+  The others are grouped by partition and sent as ONE message per partition to
+  ``<app>-preorder-items``. ``POST /pre-orders`` publishes each order to the partition of
+  its first item, and upstream producers get the same by keying pre-orders by
+  ``sku|location`` of the first item (Kafka's default partitioner is ours).
 * ``preorder-book`` (``<app>-preorder-items``): decides each item with the partition's
   :class:`ReservationBook` (cached from the ``reservations`` table), writes the changed
   reservations and emits ``reservation-events``. A single-item order is complete here:
@@ -23,14 +29,17 @@ or resubmitted item a duplicate that re-emits its decision without changing anyt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import faust
+import faust.streams as faust_streams
 import orjson
 
 from agents.inventory import dead_letter
@@ -73,6 +82,22 @@ COMMANDS = ("cancel", "commit")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def writing_as(event: faust.types.EventT) -> Iterator[None]:
+    """Table writes in this block go to ``event``'s partition, as while processing it.
+
+    Faust routes a table write (store and changelog) by the *current event* of the
+    stream, and ``take_events`` leaves none in the agent body. The intake decides the
+    items of partition *p* under an event it took from partition *p* of ``pre-orders``:
+    Faust's co-partitioned assignment gives this worker the books of *p* with it.
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
 
 
 class BadMessage(ValueError):
@@ -191,9 +216,24 @@ class Books:
         self.results_topic = runtime.topic(names.pre_order_results)
         self.decisions_topic = runtime.topic(names.preorder_decisions)
         self.partitions = runtime.settings.partitions
+        #: key → (category, supply): reading the inventory table costs more than a decision
+        self._supplies: dict[str, tuple[str | None, Supply]] = {}
+        self._supply_generation = -1
 
     def supply(self, part: PartitionBooks, key: str, book: ReservationBook) -> Supply:
-        return supply_for(self.runtime, key, book.sku, part.categories.get(key))
+        """The key's supply, cached until its inventory changes (:meth:`promote` is told
+        of every change by the inventory agent) or the partitions move."""
+        generation = self.runtime.app.rebalancing_count
+        if generation != self._supply_generation:
+            self._supplies.clear()
+            self._supply_generation = generation
+        category = part.categories.get(key)
+        cached = self._supplies.get(key)
+        if cached is not None and cached[0] == category:
+            return cached[1]
+        supply = supply_for(self.runtime, key, book.sku, category)
+        self._supplies[key] = (category, supply)
+        return supply
 
     def record(self, key: str, partition: int, outcome: Outcome, out: Outbox) -> None:
         """Note what an operation changed and queue its events (in causal order)."""
@@ -228,7 +268,6 @@ class Books:
         now = utcnow()
         part = self.store.books(partition)
         decided: list[tuple[ItemRequest, int, str, ReservationBook, Any]] = []
-        supplies: dict[str, Supply] = {}
         for wire in items:
             try:
                 request = ItemRequest.from_dict(wire)
@@ -242,10 +281,7 @@ class Books:
             self.heal(part, key, book, now, out)
             if request.category is not None and part.categories.get(key) != request.category:
                 part.categories[key] = request.category
-                supplies.pop(key, None)
-            supply = supplies.get(key)
-            if supply is None:  # inventory does not change within one event
-                supply = supplies[key] = self.supply(part, key, book)
+            supply = self.supply(part, key, book)
             try:
                 outcome = book.place(request, supply, self.policy, now)
             except Exception:  # one bad item must not cost the others their decision
@@ -335,6 +371,7 @@ class Books:
         part = self.store.books(partition)
         before = len(out.messages)
         for key in keys:
+            self._supplies.pop(key, None)
             book = part.books.get(key)
             if book is None:
                 continue
@@ -415,6 +452,7 @@ def register(runtime: Runtime) -> None:
             today = utcnow().date()
             out = Outbox()
             grouped: dict[int, list[Json]] = defaultdict(list)
+            local: dict[int, tuple[faust.types.EventT, list[Json]]] = {}
             for event in events:
                 try:
                     parsed = parse_pre_order_message(
@@ -432,13 +470,24 @@ def register(runtime: Runtime) -> None:
                     out.add(results_topic, str(parsed["orderId"]).encode(), parsed, None)
                     continue
                 requests = parsed.item_requests()
-                submission = f"{event.message.partition}:{event.message.offset}"
+                source = event.message.partition
+                submission = f"{source}:{event.message.offset}"
                 for request in requests:
                     wire = request.to_dict()
                     wire["itemCount"] = len(requests)
                     wire["submission"] = submission
                     key = inventory_key(request.sku, request.location)
-                    grouped[partition_for(key, settings.partitions)].append(wire)
+                    target = partition_for(key, settings.partitions)
+                    if target == source:
+                        local.setdefault(target, (event, []))[1].append(wire)
+                    else:
+                        grouped[target].append(wire)
+            for partition, (anchor, items) in local.items():
+                try:
+                    with writing_as(anchor):
+                        books.decide(partition, items, out)
+                except Exception:  # decide() isolates bad items; this is a bug
+                    log.exception("pre-order decisions at intake failed")
             for partition, items in grouped.items():
                 for start in range(0, len(items), ITEMS_PER_MESSAGE):
                     chunk = items[start : start + ITEMS_PER_MESSAGE]

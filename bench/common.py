@@ -18,8 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-async def preload(bootstrap: str, topic: str, values: list[Any]) -> float:
-    """Produce values as fast as possible; returns seconds taken."""
+async def preload(
+    bootstrap: str,
+    topic: str,
+    values: list[Any],
+    key: Callable[[Any], bytes | None] | None = None,
+) -> float:
+    """Produce values as fast as possible (``key(value)`` as message key, else none);
+    returns seconds taken."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=1_000_000,
         max_request_size=8_000_000,
@@ -30,7 +36,7 @@ async def preload(bootstrap: str, topic: str, values: list[Any]) -> float:
         batch = []
         for value in values:
             raw = value if isinstance(value, bytes) else orjson.dumps(value)
-            batch.append(await producer.send(topic, raw))
+            batch.append(await producer.send(topic, raw, key=key(value) if key else None))
             if len(batch) >= 5000:
                 await asyncio.gather(*batch)
                 batch.clear()

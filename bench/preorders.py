@@ -3,7 +3,10 @@
 Starts its own embedded broker and ONE real ``stream-app worker`` process, then measures:
 
 (a) ``POST /pre-orders`` → 200: p50/p99 at a steady 200/s and 500/s (open loop);
-(b) topic to result (``pre-orders`` → ``pre-order-results``): p50/p99 at 200/s and 500/s;
+(b) topic to result (``pre-orders`` → ``pre-order-results``): p50/p99 at 200/s and 500/s,
+    with pre-orders keyed by ``sku|location`` (the documented way: decided where they
+    arrive) and, as the baseline in the same run, keyed by orderId (7 in 8 then take the
+    repartition hop to the partition of their SKU);
 (c) the launch burst: N single-item pre-orders for ONE SKU against U units (default
     50,000 vs 5,000; 2% PLATINUM, 10% VIP, the rest STANDARD, shuffled), produced as fast
     as possible: time from the first send to the last decision, oversell (reserved units
@@ -211,7 +214,7 @@ async def steady_http(session: aiohttp.ClientSession, worker: Worker, rate: int,
 
 
 async def steady_topic(producer: AIOKafkaProducer, clock: ResultClock, worker: Worker, rate: int,
-                       seconds: float, tag: str) -> dict[str, Any]:
+                       seconds: float, tag: str, by_sku: bool = True) -> dict[str, Any]:
     sent: dict[str, float] = {}
     total = int(rate * seconds)
     start = time.perf_counter()
@@ -221,8 +224,10 @@ async def steady_topic(producer: AIOKafkaProducer, clock: ResultClock, worker: W
             await asyncio.sleep(delay)
         order_id = f"{tag}-{i}"
         sent[order_id] = time.perf_counter()
-        await producer.send(worker.topic("pre-orders"), orjson.dumps(pre_order(order_id, f"LAT-{i % 16}")),
-                            key=order_id.encode())
+        sku = f"LAT-{i % 16}"
+        key = f"{sku}|{LOC}" if by_sku else order_id
+        await producer.send(worker.topic("pre-orders"), orjson.dumps(pre_order(order_id, sku)),
+                            key=key.encode())
     await clock.wait_for(set(sent), 60)
     latencies = [(clock.seen[o][0] - t) * 1000 for o, t in sent.items() if o in clock.seen]
     return {"rate": rate, "orders": total, "decided": len(latencies),
@@ -246,8 +251,8 @@ def priority(entry: dict[str, Any]) -> tuple[int, int]:
 
 
 async def burst(session: aiohttp.ClientSession, clock: ResultClock, worker: Worker, bootstrap: str,
-                orders: int, units: int, rate: float) -> dict[str, Any]:
-    sku = "LAUNCH-BURST"
+                orders: int, units: int, rate: float, by_sku: bool) -> dict[str, Any]:
+    sku = f"LAUNCH-{'SKU' if by_sku else 'ORDER'}-KEYED"
     await preload(bootstrap, worker.topic("inventory-changes"), [stock(sku, units)])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -259,10 +264,15 @@ async def burst(session: aiohttp.ClientSession, clock: ResultClock, worker: Work
     tiers = ["PLATINUM"] * (orders // 50) + ["VIP"] * (orders // 10)
     tiers += ["STANDARD"] * (orders - len(tiers))
     rng.shuffle(tiers)
-    values = [pre_order(f"B-{i}", sku, tier) for i, tier in enumerate(tiers)]
+    prefix = "BS" if by_sku else "BO"
+    values = [pre_order(f"{prefix}-{i}", sku, tier) for i, tier in enumerate(tiers)]
     ids = {v["orderId"] for v in values}
+    key = f"{sku}|{LOC}".encode()
     started = time.perf_counter()
-    produce_s = await preload(bootstrap, worker.topic("pre-orders"), values)
+    produce_s = await preload(
+        bootstrap, worker.topic("pre-orders"), values,
+        key=(lambda _v: key) if by_sku else (lambda v: v["orderId"].encode()),
+    )
     complete = await clock.wait_for(ids, 600)
     last = max(clock.seen[o][0] for o in ids if o in clock.seen)
     decide_s = last - started
@@ -312,16 +322,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     out[f"http_{rate}"] = await steady_http(session, worker, rate, args.seconds, f"h{rate}")
                     print(f"(a) POST /pre-orders at {rate}/s : p50 {out[f'http_{rate}']['p50_ms']:.1f} ms  "
                           f"p99 {out[f'http_{rate}']['p99_ms']:.1f} ms  statuses {out[f'http_{rate}']['statuses']}", flush=True)
-                    out[f"topic_{rate}"] = await steady_topic(producer, clock, worker, rate, args.seconds, f"t{rate}")
-                    print(f"(b) topic to result at {rate}/s: p50 {out[f'topic_{rate}']['p50_ms']:.1f} ms  "
-                          f"p99 {out[f'topic_{rate}']['p99_ms']:.1f} ms  decided {out[f'topic_{rate}']['decided']}/{out[f'topic_{rate}']['orders']}", flush=True)
-                result = await burst(session, clock, worker, broker.bootstrap, args.burst, args.units, 1.05)
-                out["burst"] = result
-                print(f"(c) burst {result['orders']:,} orders vs {result['units']:,} units: decided "
-                      f"{result['decided']:,} in {result['decide_seconds']:.1f} s ({result['per_second']:,.0f}/s, target <= 60 s); "
-                      f"reserved {result['reserved_units']} of limit {result['limit']}, oversell {result['oversell']}, "
-                      f"tier order exact: {result['tier_order_exact']}", flush=True)
-                print(f"    by tier: {result['by_tier']}")
+                    for name, by_sku in ((f"topic_{rate}", True), (f"topic_{rate}_by_order", False)):
+                        out[name] = got = await steady_topic(
+                            producer, clock, worker, rate, args.seconds, f"{name}-", by_sku)
+                        print(f"(b) topic to result at {rate}/s, keyed by {'sku|location' if by_sku else 'orderId (baseline)'}: "
+                              f"p50 {got['p50_ms']:.1f} ms  p99 {got['p99_ms']:.1f} ms  "
+                              f"decided {got['decided']}/{got['orders']}", flush=True)
+                    ratio = out[f"topic_{rate}_by_order"]["p99_ms"] / out[f"topic_{rate}"]["p99_ms"]
+                    print(f"    p99 keyed by orderId / keyed by sku|location = {ratio:.2f}", flush=True)
+                for name, by_sku in (("burst", False), ("burst_by_sku", True)):
+                    out[name] = result = await burst(session, clock, worker, broker.bootstrap,
+                                                     args.burst, args.units, 1.05, by_sku)
+                    print(f"(c) burst {result['orders']:,} orders vs {result['units']:,} units, keyed by "
+                          f"{'sku|location' if by_sku else 'orderId'}: decided "
+                          f"{result['decided']:,} in {result['decide_seconds']:.1f} s ({result['per_second']:,.0f}/s, target <= 60 s); "
+                          f"reserved {result['reserved_units']} of limit {result['limit']}, oversell {result['oversell']}, "
+                          f"tier order exact: {result['tier_order_exact']}", flush=True)
+                    print(f"    by tier: {result['by_tier']}")
             finally:
                 await producer.stop()
                 await clock.stop()

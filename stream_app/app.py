@@ -61,7 +61,7 @@ def create_faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         table_standby_replicas=settings.table_standby_replicas,
-        producer_linger=0.005,
+        producer_linger=settings.producer_linger_ms / 1000,
         producer_max_batch_size=262144,
         stream_wait_empty=False,
     )
@@ -97,7 +97,9 @@ def create_runtime(settings: Settings) -> Runtime:
     if settings.embedded or settings.correct_end_offsets:  # the embedded (Tansu) broker
         from stream_app.tansu_offsets import cap_fetch_wait
 
-        cap_fetch_wait(app, settings.consumer_fetch_max_wait_ms)
+        cap_fetch_wait(
+            app, settings.consumer_fetch_max_wait_ms, settings.consumer_prefetch_backoff_ms
+        )
     for module in REGISTRY:
         importlib.import_module(module).register(runtime)
     return runtime

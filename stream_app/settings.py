@@ -113,6 +113,21 @@ class Settings(BaseSettings):
     preorder_batch_within: float = Field(
         0.02, gt=0, description="seconds the intake waits filling a group (adds latency)"
     )
+    producer_linger_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="how long the worker's producer waits to fill a batch (throughput vs "
+        "per-hop latency)",
+    )
+    consumer_prefetch_backoff_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="embedded broker: how long fetched-but-unconsumed records of one "
+        "partition may hold back fetches of the others (aiokafka's fixed default is "
+        "100 ms); 0 = keep",
+    )
     consumer_fetch_max_wait_ms: int = Field(
         10,
         ge=0,

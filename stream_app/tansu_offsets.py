@@ -242,12 +242,18 @@ def install_end_offset_correction(
     log.info("end-offset correction for the embedded broker installed (%s)", servers)
 
 
-def cap_fetch_wait(app: faust.App, max_wait_ms: int) -> None:
+def cap_fetch_wait(app: faust.App, max_wait_ms: int, prefetch_backoff_ms: float = 0) -> None:
     """Make ``app``'s Faust consumer fetch with at most ``max_wait_ms`` of broker wait.
 
     Faust creates its aiokafka consumer with ``fetch_max_wait_ms=1500``; the embedded
     broker answers a fetch only when that wait is over, even when records arrived
     meanwhile, so every hop of the pipeline cost up to 1.5 s. This app instance only.
+
+    ``prefetch_backoff_ms`` (> 0) replaces aiokafka's fixed 100 ms prefetch backoff: while
+    one partition's fetched records wait to be consumed, aiokafka sends no fetch to that
+    broker — for ANY partition — for up to that long. With one broker holding every
+    topic, a partition Faust is slow to drain then delays all the others (measured here:
+    per-hop p99 ~130 ms with 100 ms, ~60 ms with 2 ms).
     """
     if max_wait_ms <= 0 or getattr(app, "_stream_app_fetch_wait", None) is not None:
         return
@@ -263,6 +269,16 @@ def cap_fetch_wait(app: faust.App, max_wait_ms: int) -> None:
             def _create_worker_consumer(*args: Any, **kwargs: Any) -> Any:
                 client = create(*args, **kwargs)
                 client._fetch_max_wait_ms = min(client._fetch_max_wait_ms, max_wait_ms)
+                if prefetch_backoff_ms > 0:
+                    original_start = client.start
+
+                    async def start() -> None:
+                        await original_start()
+                        fetcher = getattr(client, "_fetcher", None)
+                        if fetcher is not None and hasattr(fetcher, "_prefetch_backoff"):
+                            fetcher._prefetch_backoff = prefetch_backoff_ms / 1000
+
+                    client.start = start
                 return client
 
             setattr(thread, "_create_worker_consumer", _create_worker_consumer)  # noqa: B010

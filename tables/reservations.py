@@ -45,7 +45,7 @@ Json = dict[str, Any]
 
 #: reservations per stored chunk (part of the storage format: a chunk's key is derived
 #: from it, so it must not change under existing data)
-CHUNK_SIZE = 128
+CHUNK_SIZE = 16
 
 
 @dataclass

@@ -33,6 +33,7 @@ from agents.preorders import supply_for
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.preorders import Policy, pre_order_result, validate_pre_order
 from stream_app.domain.reservations import key_of_reservation_id
+from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
 from stream_app.web.views import forward_to_owner
 from tables.reservations import OrderResults, ReservationStore
@@ -151,6 +152,7 @@ def register(runtime: Runtime) -> None:
     waiters = ResultWaiters()
     runtime.extras["result_waiters"] = waiters
     commands = runtime.topic(names.reservation_commands)
+    partitions = settings.partitions
 
     @app.task
     async def follow_pre_order_results() -> None:
@@ -194,9 +196,18 @@ def register(runtime: Runtime) -> None:
                 if wait > 0 and not waiters.ready.is_set():  # results follower starting
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(waiters.ready.wait(), wait)
+                # the partition of the first item: the intake decides the items of that
+                # SKU/location where the order arrives (no repartition hop)
+                first = checked.items[0]
+                partition = partition_for(inventory_key(first.sku, first.location), partitions)
                 try:
                     delivered = await app.producer.send(
-                        names.pre_orders, order_id.encode(), orjson.dumps(raw), None, None, None
+                        names.pre_orders,
+                        order_id.encode(),
+                        orjson.dumps(raw),
+                        partition,
+                        None,
+                        None,
                     )
                     await delivered  # on the broker before we answer (even 202 = accepted)
                 except Exception as exc:

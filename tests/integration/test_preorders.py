@@ -5,6 +5,7 @@ Each test uses its own SKUs, so the tests share the worker without sharing state
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ import pytest
 from stream_app.domain.priority import DEFAULT_TIER_SCORES
 from stream_app.domain.reservations import reservation_id
 from stream_app.embedded import free_port
-from tests.fixtures.kafka import KafkaCluster, consume, produce, topic_settings_env
+from stream_app.partitioning import partition_for
+from tests.fixtures.kafka import KafkaCluster, Producer, consume, produce, topic_settings_env
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -376,3 +378,72 @@ def test_result_payload_shape(cluster: Cluster) -> None:
     assert set(reserved) >= {"eventType", "reservationId", "orderId", "customerId", "sku", "location",
                              "shipDate", "quantity", "tier", "sequence", "queuePosition", "at"}
     assert orjson.loads(orjson.dumps(reserved))["eventType"] == "RESERVED"
+
+
+# --- where decisions happen and are stored ------------------------------------------------
+
+
+def test_items_decided_where_they_arrive_and_stored_in_their_own_partition(
+    cluster: Cluster,
+) -> None:
+    """An order arriving on the partition of its SKU is decided by the intake (no
+    repartition hop); one arriving elsewhere is forwarded. Either way the reservation is
+    stored in the changelog partition of its SKU/location (the intake writes under an
+    event of that partition: a wrong partition would be lost on recovery)."""
+    sku = "LOCAL-1"
+    cluster.set_stock(sku, 10)
+    own = partition_for(f"{sku}|{LOC}", 4)
+    orders = [order(f"LOCAL-{p}", sku) for p in range(4)]  # one order per partition
+
+    async def send() -> None:
+        producer = Producer(cluster.bootstrap)
+        await producer.start()
+        try:
+            for partition, body in enumerate(orders):
+                key = str(body["orderId"]).encode()
+                await producer.send(cluster.topic("pre-orders"), body, key, partition)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    ids = {str(o["orderId"]) for o in orders}
+    results = cluster.results(ids)
+    assert all(r["success"] and len(r["reservations"]) == 1 for r in results.values()), results
+    entries = cluster.wait_queue(sku, lambda q: len(q["entries"]) == 4, "4 reservations")[
+        "entries"
+    ]
+    assert_queue_consistent(entries)
+
+    def forwarded(records: list[Any]) -> set[str]:
+        return {
+            item["orderId"]
+            for record in records
+            for item in orjson.loads(record.value)["items"]
+            if item["orderId"] in ids
+        }
+
+    items = consume(
+        cluster.bootstrap,
+        f"{cluster.prefix}-preorder-items",
+        lambda rs: len(forwarded(rs)) == 3,
+        raw=True,
+    )
+    assert forwarded(items) == ids - {f"LOCAL-{own}"}
+
+    rids = {e["reservationId"] for e in entries}
+
+    def stored(records: list[Any]) -> dict[str, set[int]]:
+        where: dict[str, set[int]] = {}
+        for record in records:
+            for rid in orjson.loads(record.value or b"{}"):
+                if rid in rids:
+                    where.setdefault(rid, set()).add(record.partition)
+        return where
+
+    chunks = consume(
+        cluster.bootstrap,
+        f"{cluster.prefix}-reservations-changelog",
+        lambda rs: stored(rs).keys() == rids,
+        raw=True,
+    )
+    assert all(partitions == {own} for partitions in stored(chunks).values()), stored(chunks)

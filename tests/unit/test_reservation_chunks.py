@@ -1,0 +1,51 @@
+"""How reservations are grouped into stored chunks (tables.reservations)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_app.domain.reservations import Reservation, Status
+from tables.reservations import CHUNK_SIZE, chunk_key, encode_chunk, owner_of_chunk
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+def reservation(sku: str, location: str, sequence: int, ship: date = date(2027, 1, 5)) -> Reservation:
+    return Reservation(
+        reservation_id=f"R-{sku}-{sequence}", order_id=f"O{sequence}", item_index=0,
+        customer_id="c", customer_email="", sku=sku, location=location, ship_date=ship,
+        quantity=1, tier="VIP", tier_score=100, sequence=sequence, status=Status.RESERVED,
+        expires_at=NOW, created_at=NOW, updated_at=NOW,
+    )
+
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(
+    lambda t: "|" not in t
+)
+
+
+@given(sku=text, location=text, sequence=st.integers(1, 10**6))
+def test_a_chunk_key_names_its_sku_and_location(sku: str, location: str, sequence: int) -> None:
+    key = chunk_key(reservation(sku, location, sequence), CHUNK_SIZE)
+    assert owner_of_chunk(key) == f"{sku}|{location}"
+
+
+def test_consecutive_arrivals_share_a_chunk_and_queues_do_not() -> None:
+    first = [chunk_key(reservation("S", "L", n), 16) for n in range(16, 32)]
+    assert len(set(first)) == 1
+    assert chunk_key(reservation("S", "L", 32), 16) != first[0]
+    other_date = chunk_key(reservation("S", "L", 16, date(2027, 2, 1)), 16)
+    assert other_date != first[0]
+    assert owner_of_chunk("R-abc-0123456789abcdef") is None and owner_of_chunk("C-x") is None
+
+
+def test_encoded_chunk_is_the_json_object_of_its_reservations() -> None:
+    items = {f"R-{n}": orjson.dumps(reservation("S", "L", n).to_dict()) for n in range(3)}
+    decoded = orjson.loads(encode_chunk(items))
+    assert list(decoded) == list(items)
+    assert decoded["R-1"]["sequence"] == 1
+    assert orjson.loads(encode_chunk({})) == {}
