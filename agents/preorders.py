@@ -483,11 +483,12 @@ def register(runtime: Runtime) -> None:
                     else:
                         grouped[target].append(wire)
             for partition, (anchor, items) in local.items():
-                try:
-                    with writing_as(anchor):
+                with writing_as(anchor):
+                    try:
                         books.decide(partition, items, out)
-                except Exception:  # decide() isolates bad items; this is a bug
-                    log.exception("pre-order decisions at intake failed")
+                    except Exception:  # decide() isolates bad items: this is a bug
+                        log.exception("pre-order decisions at intake failed")
+                        books.save(out)  # what the books changed in memory is stored
             for partition, items in grouped.items():
                 for start in range(0, len(items), ITEMS_PER_MESSAGE):
                     chunk = items[start : start + ITEMS_PER_MESSAGE]
@@ -501,8 +502,10 @@ def register(runtime: Runtime) -> None:
             try:
                 items = orjson.loads(event.value)["items"]
                 books.decide(event.message.partition, items, out)
-            except Exception:
-                log.exception("pre-order item message failed (skipped)")
+            except Exception as exc:  # decide() isolates bad items: a bug or a bad message
+                log.exception("pre-order item message failed (dead-lettered)")
+                books.save(out)  # what the books changed in memory is stored all the same
+                await dead_letter(pre_orders_dlq, event, f"internal item message: {exc!r}")
             await out.flush(app)
 
     @app.agent(decisions_topic, name="preorder-collector")
@@ -513,8 +516,9 @@ def register(runtime: Runtime) -> None:
                 decisions = orjson.loads(event.value)["decisions"]
                 for order_id, result in collect(orders, decisions):
                     out.add(results_topic, order_id.encode(), result, None)
-            except Exception:
-                log.exception("pre-order decision message failed (skipped)")
+            except Exception as exc:
+                log.exception("pre-order decision message failed (dead-lettered)")
+                await dead_letter(pre_orders_dlq, event, f"internal decision message: {exc!r}")
             await out.flush(app)
 
     @app.agent(commands, name="reservation-command-router")
@@ -546,10 +550,13 @@ def register(runtime: Runtime) -> None:
             try:
                 command = orjson.loads(event.value)
                 response = books.command(event.message.partition, command, out)
-            except Exception:
-                log.exception("book command failed (skipped)")
+            except Exception as exc:
+                log.exception("book command failed (dead-lettered)")
+                books.save(out)
+                await dead_letter(commands_dlq, event, f"internal book command: {exc!r}")
             await out.flush(app)
-            store.command_done(command.get("requestId"), response)
+            request_id = command.get("requestId") if isinstance(command, dict) else None
+            store.command_done(request_id, response)
 
     async def promote_after_supply(partition: int, n_records: int, changed: list[str]) -> None:
         if not changed:

@@ -289,14 +289,14 @@ def test_invalid_orders_with_every_reason(cluster: Cluster) -> None:
     assert status == 413
 
     late = order("BAD-2", "SKU-X", days=400)
-    cluster.send("pre-orders", late, b"not json at all", b"[1,2]")
+    cluster.send("pre-orders", late, b"internal: not json", b"[1,2]")
     result = cluster.results({"BAD-2"})["BAD-2"]
     assert result["success"] is False and result["reservations"] == []
     assert "too late" in result["failedItems"][0]["reason"] and "too late" in result["message"]
     dead = consume(cluster.bootstrap, cluster.topic("pre-orders-dlq"),
-                   lambda rs: {r.value for r in rs} >= {b"not json at all", b"[1,2]"}, raw=True)
+                   lambda rs: {r.value for r in rs} >= {b"internal: not json", b"[1,2]"}, raw=True)
     reasons = {r.value: dict(r.headers)["dlq-reason"].decode() for r in dead}
-    assert reasons[b"not json at all"].startswith("not JSON")
+    assert reasons[b"internal: not json"].startswith("not JSON")
     assert reasons[b"[1,2]"] == "not a JSON object"
 
     cluster.send("reservation-commands", {"command": "explode", "orderId": "X"},
@@ -447,3 +447,23 @@ def test_items_decided_where_they_arrive_and_stored_in_their_own_partition(
         raw=True,
     )
     assert all(partitions == {own} for partitions in stored(chunks).values()), stored(chunks)
+
+
+def test_unreadable_internal_messages_are_dead_lettered(cluster: Cluster) -> None:
+    """Internal topics are written by the app only, but a message it cannot read keeps
+    its evidence in the dead-letter topic and the agents go on."""
+    produce(cluster.bootstrap, f"{cluster.prefix}-preorder-items", [b"internal: not json"])
+    produce(cluster.bootstrap, f"{cluster.prefix}-preorder-decisions", [{"unexpected": 1}])
+    dead = consume(
+        cluster.bootstrap,
+        cluster.topic("pre-orders-dlq"),
+        lambda rs: {r.value for r in rs} >= {b"internal: not json", b'{"unexpected":1}'},
+        raw=True,
+    )
+    reasons = {r.value: dict(r.headers)["dlq-reason"] for r in dead}
+    assert b"internal item message" in reasons[b"internal: not json"]
+    assert b"internal decision message" in reasons[b'{"unexpected":1}']
+    sku = "AFTER-DLQ-1"  # and the agents still decide
+    cluster.set_stock(sku, 5)
+    status, body = cluster.post_order(order("AFTER-DLQ-O1", sku))
+    assert status == 200 and body["success"] is True, body
