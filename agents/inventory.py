@@ -4,11 +4,12 @@ Two steps, both at-least-once and idempotent:
 
 * ``ingest`` reads raw messages in groups (``take_events``), parses them (batch envelopes
   are split), sends bad parts to ``inventory-changes-dlq`` and forwards the good records,
-  grouped per target partition, as ONE message per partition to the internal
-  ``<app>-inventory-apply`` topic. The group's offsets are acknowledged only after
-  every forward and dead letter was delivered.
-* ``apply`` owns partition *p* of the table: it applies a group of records with last
-  writer wins and writes each touched bucket once.
+  grouped per target partition, as ONE message per partition to the internal topic
+  (kind ``inventory-apply``, :mod:`agents.internal`). The group's offsets are
+  acknowledged only after every forward and dead letter was delivered.
+* ``apply`` (the internal agent's handler for that kind) owns partition *p* of the
+  table: it applies a group of records with last writer wins and writes each touched
+  bucket once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import orjson
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
+from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_headers
+from agents.internal import handlers as internal_handlers
 from stream_app.domain.inventory import apply_change, empty_state
 from stream_app.partitioning import partition_for
 from stream_app.records import InventoryRecord, Rejected, from_wire, parse_message, to_wire
@@ -31,26 +34,6 @@ if TYPE_CHECKING:
     from stream_app.app import Runtime
 
 log = logging.getLogger(__name__)
-
-
-def dead_letter_headers(event: faust.EventT, reason: str) -> dict[str, bytes]:
-    message = event.message
-    return {
-        "dlq-reason": reason.encode()[:1000],
-        "dlq-source-topic": str(message.topic).encode(),
-        "dlq-source-partition": str(message.partition).encode(),
-        "dlq-source-offset": str(message.offset).encode(),
-    }
-
-
-async def dead_letter(dlq: faust.TopicT, event: faust.EventT, reason: str) -> None:
-    """Send an event's original bytes to a dead-letter topic, the reason in its headers."""
-    await dlq.send(
-        key=event.key,
-        value=event.value or b"",
-        headers=dead_letter_headers(event, reason),
-        force=True,
-    )
 
 
 def group_by_partition(
@@ -80,7 +63,9 @@ async def deliver_until_done(
     while True:
         try:
             pending = [
-                await apply_topic.send(value=orjson.dumps(items), partition=partition, force=True)
+                await apply_topic.send(
+                    key=INVENTORY_APPLY, value=orjson.dumps(items), partition=partition, force=True
+                )
                 for partition, items in batches
             ]
             pending += [
@@ -120,7 +105,7 @@ def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
     source = runtime.topic(names.inventory_changes)
-    apply_topic = runtime.topic(names.inventory_apply)
+    apply_topic = runtime.topic(names.internal)
     dlq = runtime.topic(names.inventory_changes_dlq)
     after_apply = runtime.extras.setdefault("after_inventory_apply", [])
 
@@ -148,16 +133,16 @@ def register(runtime: Runtime) -> None:
             # error: so never move on before every forward and dead letter is on the broker.
             await deliver_until_done(apply_topic, dlq, batches, dead)
 
-    @app.agent(apply_topic, name="inventory-apply")
-    async def apply(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            try:
-                records = [from_wire(item) for item in orjson.loads(event.value)]
-            except Exception as exc:
-                log.exception("bad message on %s", names.inventory_apply)
-                await dead_letter(dlq, event, f"internal record: {exc!r}")
-                continue
-            changed = apply_records(runtime, records)
-            runtime.metrics.records_applied.inc(len(records))
-            for hook in after_apply:
-                await hook(event.message.partition, len(records), changed)
+    async def apply(event: faust.EventT) -> None:
+        try:
+            records = [from_wire(item) for item in orjson.loads(event.value)]
+        except Exception as exc:
+            log.exception("bad inventory-apply message on %s", names.internal)
+            await dead_letter(dlq, event, f"internal record: {exc!r}")
+            return
+        changed = apply_records(runtime, records)
+        runtime.metrics.records_applied.inc(len(records))
+        for hook in after_apply:
+            await hook(event.message.partition, len(records), changed)
+
+    internal_handlers(runtime)[INVENTORY_APPLY] = apply

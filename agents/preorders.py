@@ -6,20 +6,21 @@
   partition the pre-order arrived on is decided right here (Faust assigns partition *p*
   of every topic and table of the app to one worker, so this worker owns that book;
   see :func:`writing_as`): no repartition hop, which is most of the decision latency.
-  The others are grouped by partition and sent as ONE message per partition to
-  ``<app>-preorder-items``. ``POST /pre-orders`` publishes each order to the partition of
-  its first item, and upstream producers get the same by keying pre-orders by
-  ``sku|location`` of the first item (Kafka's default partitioner is ours).
-* ``preorder-book`` (``<app>-preorder-items``): decides each item with the partition's
+  The others are grouped by partition and sent as ONE message per partition to the
+  internal topic (kind ``preorder-items``, :mod:`agents.internal`). ``POST /pre-orders``
+  publishes each order to the partition of its first item, and upstream producers get
+  the same by keying pre-orders by ``sku|location`` of the first item (Kafka's default
+  partitioner is ours).
+* ``preorder-items`` handler: decides each item with the partition's
   :class:`ReservationBook` (cached from the ``reservations`` table), writes the changed
   reservations and emits ``reservation-events``. A single-item order is complete here:
   its ``pre-order-results`` value is published at once. Items of multi-item orders go,
-  grouped per orderId partition, to ``<app>-preorder-decisions``.
-* ``preorder-collector`` (``<app>-preorder-decisions``): keeps ``order_results`` for
-  multi-item orders and publishes their result once every item is decided.
+  grouped per orderId partition, to the internal topic (kind ``preorder-decisions``).
+* ``preorder-decisions`` handler: keeps ``order_results`` for multi-item orders and
+  publishes their result once every item is decided.
 * ``reservation-commands`` → ``reservation-command-router``: bad ones → DLQ; by
   reservationId to the book partition named by the id; by orderId to every book partition
-  (each cancels/commits what it holds of the order) → ``preorder-book-commands``.
+  (each cancels/commits what it holds of the order) → internal kind ``book-command``.
 * the ``after_inventory_apply`` hook promotes waitlisted items when supply changes.
 
 Everything is at-least-once and idempotent: deterministic reservation ids make a replayed
@@ -42,7 +43,13 @@ import faust
 import faust.streams as faust_streams
 import orjson
 
-from agents.inventory import dead_letter
+from agents.internal import (
+    BOOK_COMMAND,
+    PREORDER_DECISIONS,
+    PREORDER_ITEMS,
+    dead_letter,
+)
+from agents.internal import handlers as internal_handlers
 from stream_app.domain.future_atp import Supply, overbooking_rate_for
 from stream_app.domain.inventory import aggregate, expected_arrivals
 from stream_app.domain.preorders import (
@@ -214,7 +221,7 @@ class Books:
         names = runtime.names
         self.events_topic = runtime.topic(names.reservation_events)
         self.results_topic = runtime.topic(names.pre_order_results)
-        self.decisions_topic = runtime.topic(names.preorder_decisions)
+        self.internal_topic = runtime.topic(names.internal)
         self.partitions = runtime.settings.partitions
         #: key → (category, supply): reading the inventory table costs more than a decision
         self._supplies: dict[str, tuple[str | None, Supply]] = {}
@@ -319,7 +326,7 @@ class Books:
         for target, decisions in by_partition.items():
             for start in range(0, len(decisions), ITEMS_PER_MESSAGE):
                 chunk = decisions[start : start + ITEMS_PER_MESSAGE]
-                out.add(self.decisions_topic, None, {"decisions": chunk}, target)
+                out.add(self.internal_topic, PREORDER_DECISIONS, {"decisions": chunk}, target)
         self.save(out)
         return len(decided)
 
@@ -437,12 +444,10 @@ def register(runtime: Runtime) -> None:
 
     pre_orders = runtime.topic(names.pre_orders)
     pre_orders_dlq = runtime.topic(names.pre_orders_dlq)
-    items_topic = runtime.topic(names.preorder_items)
-    decisions_topic = runtime.topic(names.preorder_decisions)
+    internal_topic = runtime.topic(names.internal)
     results_topic = runtime.topic(names.pre_order_results)
     commands = runtime.topic(names.reservation_commands)
     commands_dlq = runtime.topic(names.reservation_commands_dlq)
-    book_commands = runtime.topic(names.book_commands)
 
     @app.agent(pre_orders, name="preorder-intake")
     async def intake(stream: faust.StreamT[bytes]) -> None:
@@ -492,34 +497,30 @@ def register(runtime: Runtime) -> None:
             for partition, items in grouped.items():
                 for start in range(0, len(items), ITEMS_PER_MESSAGE):
                     chunk = items[start : start + ITEMS_PER_MESSAGE]
-                    out.add(items_topic, None, {"items": chunk}, partition)
+                    out.add(internal_topic, PREORDER_ITEMS, {"items": chunk}, partition)
             await out.flush(app)
 
-    @app.agent(items_topic, name="preorder-book")
-    async def book_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            out = Outbox()
-            try:
-                items = orjson.loads(event.value)["items"]
-                books.decide(event.message.partition, items, out)
-            except Exception as exc:  # decide() isolates bad items: a bug or a bad message
-                log.exception("pre-order item message failed (dead-lettered)")
-                books.save(out)  # what the books changed in memory is stored all the same
-                await dead_letter(pre_orders_dlq, event, f"internal item message: {exc!r}")
-            await out.flush(app)
+    async def book_items(event: faust.EventT) -> None:
+        out = Outbox()
+        try:
+            items = orjson.loads(event.value)["items"]
+            books.decide(event.message.partition, items, out)
+        except Exception as exc:  # decide() isolates bad items: a bug or a bad message
+            log.exception("pre-order item message failed (dead-lettered)")
+            books.save(out)  # what the books changed in memory is stored all the same
+            await dead_letter(pre_orders_dlq, event, f"internal item message: {exc!r}")
+        await out.flush(app)
 
-    @app.agent(decisions_topic, name="preorder-collector")
-    async def collector(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            out = Outbox()
-            try:
-                decisions = orjson.loads(event.value)["decisions"]
-                for order_id, result in collect(orders, decisions):
-                    out.add(results_topic, order_id.encode(), result, None)
-            except Exception as exc:
-                log.exception("pre-order decision message failed (dead-lettered)")
-                await dead_letter(pre_orders_dlq, event, f"internal decision message: {exc!r}")
-            await out.flush(app)
+    async def collector(event: faust.EventT) -> None:
+        out = Outbox()
+        try:
+            decisions = orjson.loads(event.value)["decisions"]
+            for order_id, result in collect(orders, decisions):
+                out.add(results_topic, order_id.encode(), result, None)
+        except Exception as exc:
+            log.exception("pre-order decision message failed (dead-lettered)")
+            await dead_letter(pre_orders_dlq, event, f"internal decision message: {exc!r}")
+        await out.flush(app)
 
     @app.agent(commands, name="reservation-command-router")
     async def command_router(stream: faust.StreamT[bytes]) -> None:
@@ -538,25 +539,28 @@ def register(runtime: Runtime) -> None:
             else:
                 targets = list(range(settings.partitions))
             for partition in targets:
-                out.add(book_commands, None, command, partition)
+                out.add(internal_topic, BOOK_COMMAND, command, partition)
             await out.flush(app)
 
-    @app.agent(book_commands, name="preorder-book-commands")
-    async def book_command_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            out = Outbox()
-            response: Json = {"ok": False, "error": "internal_error", "reservations": []}
-            command: Json = {}
-            try:
-                command = orjson.loads(event.value)
-                response = books.command(event.message.partition, command, out)
-            except Exception as exc:
-                log.exception("book command failed (dead-lettered)")
-                books.save(out)
-                await dead_letter(commands_dlq, event, f"internal book command: {exc!r}")
-            await out.flush(app)
-            request_id = command.get("requestId") if isinstance(command, dict) else None
-            store.command_done(request_id, response)
+    async def book_command(event: faust.EventT) -> None:
+        out = Outbox()
+        response: Json = {"ok": False, "error": "internal_error", "reservations": []}
+        command: Json = {}
+        try:
+            command = orjson.loads(event.value)
+            response = books.command(event.message.partition, command, out)
+        except Exception as exc:
+            log.exception("book command failed (dead-lettered)")
+            books.save(out)
+            await dead_letter(commands_dlq, event, f"internal book command: {exc!r}")
+        await out.flush(app)
+        request_id = command.get("requestId") if isinstance(command, dict) else None
+        store.command_done(request_id, response)
+
+    registry = internal_handlers(runtime)
+    registry[PREORDER_ITEMS] = book_items
+    registry[PREORDER_DECISIONS] = collector
+    registry[BOOK_COMMAND] = book_command
 
     async def promote_after_supply(partition: int, n_records: int, changed: list[str]) -> None:
         if not changed:

@@ -4,9 +4,10 @@
   changes since the last flush reach ``batch_size``) reads the inventory and
   ``fluent_accepted`` tables of the partitions this worker owns, sends the dirty keys to
   Fluent in batches, polls them to COMPLETE, and publishes what Fluent accepted or refused
-  to the internal ``<app>-sync-commands`` topic, one message per partition.
-* The ``sync-acks`` agent applies those acknowledgements to ``fluent_accepted`` (timers
-  cannot write tables). A key leaves the dirty set only once Fluent accepted it; a crash
+  to the internal topic (kind ``sync-ack``, :mod:`agents.internal`), one message per
+  partition.
+* The ``sync-ack`` handler of the internal agent applies those acknowledgements to
+  ``fluent_accepted`` (timers cannot write tables). A key leaves the dirty set only once Fluent accepted it; a crash
   anywhere loses nothing because the dirty set is derived from the tables again.
 """
 
@@ -25,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 
+from agents.internal import SYNC_ACK, dead_letter
+from agents.internal import handlers as internal_handlers
 from stream_app.domain.delta import (
     SyncRun,
     apply_ack,
@@ -238,10 +241,11 @@ class SyncService:
             key = inventory_key(*sku_loc)
             part = by_partition.setdefault(self.accepted.partition_of(key), {"a": [], "f": []})
             part["f"].append([key, message])
-        topic = self.runtime.topic(self.runtime.names.sync_commands)
+        topic = self.runtime.topic(self.runtime.names.internal)
         at = self.clock()
         pending = [
             await topic.send(
+                key=SYNC_ACK,
                 value=orjson.dumps(
                     {"type": "ack", "batchId": outcome.batch_id, "at": at,
                      "accepted": body["a"], "failed": body["f"]}
@@ -288,7 +292,6 @@ def register(runtime: Runtime) -> None:
         _note_changes_hook(service)
     )
     runtime.extras.setdefault("inventory_view_enrichers", []).append(service.key_status)
-    acks_topic = runtime.topic(names.sync_commands)
 
     def backoff(failures: int) -> int:
         return failure_backoff_us(
@@ -296,13 +299,16 @@ def register(runtime: Runtime) -> None:
             random.random,
         )
 
-    @app.agent(acks_topic, name="sync-acks")
-    async def acks(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            try:
-                record_acknowledgement(accepted, orjson.loads(event.value), backoff)
-            except (ValueError, KeyError, TypeError):
-                log.exception("unreadable sync acknowledgement skipped")
+    internal_dlq = runtime.topic(names.internal_dlq)
+
+    async def acks(event: faust.EventT) -> None:
+        try:
+            record_acknowledgement(accepted, orjson.loads(event.value), backoff)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.exception("unreadable sync acknowledgement dead-lettered")
+            await dead_letter(internal_dlq, event, f"sync acknowledgement: {exc!r}")
+
+    internal_handlers(runtime)[SYNC_ACK] = acks
 
     @app.task
     async def flush_loop() -> None:

@@ -107,6 +107,7 @@ def create_runtime(settings: Settings) -> Runtime:
 
 #: Modules that register agents, timers and views, in order (explicit, no autodiscovery).
 REGISTRY = (
+    "agents.internal",
     "agents.inventory",
     "agents.preorders",
     "agents.sync",

@@ -22,12 +22,9 @@ class TopicNames:
     reservation_events: str
     pre_order_results: str
     # internal
-    inventory_apply: str
-    sync_commands: str
-    preorder_items: str
+    internal: str  # repartition and command messages, kind in the key (agents.internal)
+    internal_dlq: str
     release_commands: str
-    book_commands: str  # per SKU/location commands for the reservation books (issue 4)
-    preorder_decisions: str  # item decisions repartitioned by orderId (issue 4)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -41,12 +38,9 @@ class TopicNames:
             reservation_commands_dlq=settings.dlq(settings.topic_reservation_commands),
             reservation_events=settings.topic_reservation_events,
             pre_order_results=settings.topic_pre_order_results,
-            inventory_apply=f"{internal}-inventory-apply",
-            sync_commands=f"{internal}-sync-commands",
-            preorder_items=f"{internal}-preorder-items",
+            internal=f"{internal}-internal",
+            internal_dlq=f"{internal}-internal-dlq",
             release_commands=f"{internal}-release-commands",
-            book_commands=f"{internal}-book-commands",
-            preorder_decisions=f"{internal}-preorder-decisions",
         )
 
     def all(self) -> list[str]:

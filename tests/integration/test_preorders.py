@@ -289,14 +289,14 @@ def test_invalid_orders_with_every_reason(cluster: Cluster) -> None:
     assert status == 413
 
     late = order("BAD-2", "SKU-X", days=400)
-    cluster.send("pre-orders", late, b"internal: not json", b"[1,2]")
+    cluster.send("pre-orders", late, b"not json at all", b"[1,2]")
     result = cluster.results({"BAD-2"})["BAD-2"]
     assert result["success"] is False and result["reservations"] == []
     assert "too late" in result["failedItems"][0]["reason"] and "too late" in result["message"]
     dead = consume(cluster.bootstrap, cluster.topic("pre-orders-dlq"),
-                   lambda rs: {r.value for r in rs} >= {b"internal: not json", b"[1,2]"}, raw=True)
+                   lambda rs: {r.value for r in rs} >= {b"not json at all", b"[1,2]"}, raw=True)
     reasons = {r.value: dict(r.headers)["dlq-reason"].decode() for r in dead}
-    assert reasons[b"internal: not json"].startswith("not JSON")
+    assert reasons[b"not json at all"].startswith("not JSON")
     assert reasons[b"[1,2]"] == "not a JSON object"
 
     cluster.send("reservation-commands", {"command": "explode", "orderId": "X"},
@@ -418,13 +418,14 @@ def test_items_decided_where_they_arrive_and_stored_in_their_own_partition(
         return {
             item["orderId"]
             for record in records
+            if record.key == b"preorder-items"
             for item in orjson.loads(record.value)["items"]
             if item["orderId"] in ids
         }
 
     items = consume(
         cluster.bootstrap,
-        f"{cluster.prefix}-preorder-items",
+        f"{cluster.prefix}-internal",
         lambda rs: len(forwarded(rs)) == 3,
         raw=True,
     )
@@ -452,8 +453,18 @@ def test_items_decided_where_they_arrive_and_stored_in_their_own_partition(
 def test_unreadable_internal_messages_are_dead_lettered(cluster: Cluster) -> None:
     """Internal topics are written by the app only, but a message it cannot read keeps
     its evidence in the dead-letter topic and the agents go on."""
-    produce(cluster.bootstrap, f"{cluster.prefix}-preorder-items", [b"internal: not json"])
-    produce(cluster.bootstrap, f"{cluster.prefix}-preorder-decisions", [{"unexpected": 1}])
+    async def send() -> None:
+        producer = Producer(cluster.bootstrap)
+        await producer.start()
+        try:
+            internal = f"{cluster.prefix}-internal"
+            await producer.send(internal, b"internal: not json", b"preorder-items", 0)
+            await producer.send(internal, {"unexpected": 1}, b"preorder-decisions", 1)
+            await producer.send(internal, b"internal: what kind", b"no-such-kind", 2)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
     dead = consume(
         cluster.bootstrap,
         cluster.topic("pre-orders-dlq"),
@@ -463,6 +474,13 @@ def test_unreadable_internal_messages_are_dead_lettered(cluster: Cluster) -> Non
     reasons = {r.value: dict(r.headers)["dlq-reason"] for r in dead}
     assert b"internal item message" in reasons[b"internal: not json"]
     assert b"internal decision message" in reasons[b'{"unexpected":1}']
+    unknown = consume(
+        cluster.bootstrap,
+        f"{cluster.prefix}-internal-dlq",
+        lambda rs: b"internal: what kind" in {r.value for r in rs},
+        raw=True,
+    )
+    assert any(b"unknown internal message kind" in dict(r.headers)["dlq-reason"] for r in unknown)
     sku = "AFTER-DLQ-1"  # and the agents still decide
     cluster.set_stock(sku, 5)
     status, body = cluster.post_order(order("AFTER-DLQ-O1", sku))

@@ -1,0 +1,80 @@
+"""The app's internal topic: one topic, one agent, handlers chosen by message kind.
+
+Repartition and command messages the app writes to itself (inventory records to apply,
+pre-order items to decide, item decisions to collect, book commands, Fluent sync
+acknowledgements) share ``<app>-internal``; the message KEY names the kind and the
+partition is always chosen by the sender (the partition of the state the handler
+changes). One topic instead of five because of what a fetch costs here: every fetch of
+the worker's consumer lists every assigned partition, and encoding/decoding that request
+in aiokafka's pure-Python protocol code costs per partition — with 9 topics × 8
+partitions it was ~27 % of a core for an idle worker and the bound on decisions per
+second at small batches (docs/benchmarks.md). The release commands keep their own topic
+and agent: a release runs for minutes and must not hold up the other kinds.
+
+A handler runs inside the agent for one event (table writes go to the event's
+partition) and must not raise; a message of an unknown kind is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import faust
+
+if TYPE_CHECKING:
+    from stream_app.app import Runtime
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[faust.EventT], Awaitable[None]]
+
+#: message kinds (message keys) on the internal topic
+INVENTORY_APPLY = b"inventory-apply"
+SYNC_ACK = b"sync-ack"
+PREORDER_ITEMS = b"preorder-items"
+PREORDER_DECISIONS = b"preorder-decisions"
+BOOK_COMMAND = b"book-command"
+
+
+def dead_letter_headers(event: faust.EventT, reason: str) -> dict[str, bytes]:
+    message = event.message
+    return {
+        "dlq-reason": reason.encode()[:1000],
+        "dlq-source-topic": str(message.topic).encode(),
+        "dlq-source-partition": str(message.partition).encode(),
+        "dlq-source-offset": str(message.offset).encode(),
+    }
+
+
+async def dead_letter(dlq: faust.TopicT, event: faust.EventT, reason: str) -> None:
+    """Send an event's original bytes to a dead-letter topic, the reason in its headers."""
+    await dlq.send(
+        key=event.key,
+        value=event.value or b"",
+        headers=dead_letter_headers(event, reason),
+        force=True,
+    )
+
+
+def handlers(runtime: Runtime) -> dict[bytes, Handler]:
+    """The registry modules add their handlers to (at register time)."""
+    found: dict[bytes, Handler] = runtime.extras.setdefault("internal_handlers", {})
+    return found
+
+
+def register(runtime: Runtime) -> None:
+    app, names = runtime.app, runtime.names
+    registry = handlers(runtime)
+    dlq = runtime.topic(names.internal_dlq)
+
+    @app.agent(runtime.topic(names.internal), name="internal")
+    async def internal(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            handler = registry.get(event.key) if isinstance(event.key, bytes) else None
+            if handler is None:
+                log.warning("internal message of unknown kind %r dead-lettered", event.key)
+                await dead_letter(dlq, event, f"unknown internal message kind {event.key!r}")
+                continue
+            await handler(event)
