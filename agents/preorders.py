@@ -34,7 +34,7 @@ import contextlib
 import logging
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -191,6 +191,12 @@ class Outbox:
     messages: list[tuple[str, bytes | None, bytes, int | None]] = field(default_factory=list)
     #: reservations changed by this event (last state per id), saved once at its end
     changed: dict[str, Reservation] = field(default_factory=dict)
+    #: order results among the messages (also handed to in-process waiters)
+    results: list[tuple[str, Json]] = field(default_factory=list)
+
+    def add_result(self, topic: faust.TopicT, order_id: str, result: Json) -> None:
+        self.add(topic, order_id.encode(), result, None)
+        self.results.append((order_id, result))
 
     def add(
         self, topic: faust.TopicT, key: bytes | None, value: Any, partition: int | None
@@ -223,6 +229,8 @@ class Books:
         self.results_topic = runtime.topic(names.pre_order_results)
         self.internal_topic = runtime.topic(names.internal)
         self.partitions = runtime.settings.partitions
+        #: called with (orderId, result) for every order result this worker publishes
+        self.on_result: Callable[[str, Json], None] | None = None
         #: key → (category, supply): reading the inventory table costs more than a decision
         self._supplies: dict[str, tuple[str | None, Supply]] = {}
         self._supply_generation = -1
@@ -248,6 +256,15 @@ class Books:
             out.changed[reservation.reservation_id] = reservation
         for event in outcome.events:
             out.add(self.events_topic, key.encode(), event, partition)
+
+    async def flush(self, out: Outbox) -> None:
+        """Hand the event's messages to the producer, then its order results to the
+        requests of this worker waiting for them (``POST /pre-orders``)."""
+        await out.flush(self.runtime.app)
+        if out.results and self.on_result is not None:
+            for order_id, result in out.results:
+                self.on_result(order_id, result)
+        out.results.clear()
 
     def save(self, out: Outbox) -> None:
         """Write the reservations the event changed (each touched chunk once), before
@@ -308,11 +325,10 @@ class Books:
                 # a single-item order is complete here: publish now, no collector hop and
                 # no order_results write (GET /pre-orders finds it through the books'
                 # order index, see tables.reservations.ReservationStore.order_reservations)
-                out.add(
+                out.add_result(
                     self.results_topic,
-                    request.order_id.encode(),
+                    request.order_id,
                     pre_order_result(request.order_id, [decision]),
-                    None,
                 )
                 continue
             by_partition[partition_for(request.order_id, self.partitions)].append(
@@ -472,7 +488,7 @@ def register(runtime: Runtime) -> None:
                     await dead_letter(pre_orders_dlq, event, f"internal error: {exc!r}")
                     continue
                 if isinstance(parsed, dict):
-                    out.add(results_topic, str(parsed["orderId"]).encode(), parsed, None)
+                    out.add_result(results_topic, str(parsed["orderId"]), parsed)
                     continue
                 requests = parsed.item_requests()
                 source = event.message.partition
@@ -498,7 +514,7 @@ def register(runtime: Runtime) -> None:
                 for start in range(0, len(items), ITEMS_PER_MESSAGE):
                     chunk = items[start : start + ITEMS_PER_MESSAGE]
                     out.add(internal_topic, PREORDER_ITEMS, {"items": chunk}, partition)
-            await out.flush(app)
+            await books.flush(out)
 
     async def book_items(event: faust.EventT) -> None:
         out = Outbox()
@@ -509,7 +525,7 @@ def register(runtime: Runtime) -> None:
             log.exception("pre-order item message failed (dead-lettered)")
             books.save(out)  # what the books changed in memory is stored all the same
             await dead_letter(pre_orders_dlq, event, f"internal item message: {exc!r}")
-        await out.flush(app)
+        await books.flush(out)
 
     async def collector(event: faust.EventT) -> None:
         out = Outbox()
@@ -520,7 +536,7 @@ def register(runtime: Runtime) -> None:
         except Exception as exc:
             log.exception("pre-order decision message failed (dead-lettered)")
             await dead_letter(pre_orders_dlq, event, f"internal decision message: {exc!r}")
-        await out.flush(app)
+        await books.flush(out)
 
     @app.agent(commands, name="reservation-command-router")
     async def command_router(stream: faust.StreamT[bytes]) -> None:
@@ -540,7 +556,7 @@ def register(runtime: Runtime) -> None:
                 targets = list(range(settings.partitions))
             for partition in targets:
                 out.add(internal_topic, BOOK_COMMAND, command, partition)
-            await out.flush(app)
+            await books.flush(out)
 
     async def book_command(event: faust.EventT) -> None:
         out = Outbox()
@@ -553,7 +569,7 @@ def register(runtime: Runtime) -> None:
             log.exception("book command failed (dead-lettered)")
             books.save(out)
             await dead_letter(commands_dlq, event, f"internal book command: {exc!r}")
-        await out.flush(app)
+        await books.flush(out)
         request_id = command.get("requestId") if isinstance(command, dict) else None
         store.command_done(request_id, response)
 
@@ -567,6 +583,6 @@ def register(runtime: Runtime) -> None:
             return
         out = Outbox()
         books.promote(partition, changed, out)
-        await out.flush(app)
+        await books.flush(out)
 
     runtime.extras.setdefault("after_inventory_apply", []).append(promote_after_supply)

@@ -1,10 +1,13 @@
 """Pre-order web endpoints, answered on any worker.
 
-* ``POST /pre-orders``: validate (400 with every reason, 413 when too big), publish to
-  ``pre-orders`` and wait up to ``pre_order_wait_seconds`` for the order's result (200),
-  else 202 with a status link. Every worker runs ONE background consumer of
-  ``pre-order-results`` (no group, every partition, from the end) that resolves the
-  futures of waiting requests: a registry of waiting requests, not state.
+* ``POST /pre-orders``: validate (400 with every reason, 413 when too big), forward to
+  the worker owning the partition of the order's first item, publish to that partition
+  of ``pre-orders`` and wait up to ``pre_order_wait_seconds`` for the order's result
+  (200), else 202 with a status link. The intake of that same worker decides a
+  single-item order and hands the result to the waiting request in-process. Other
+  results (multi-item orders, a worker that is not the owner during a rebalance) come
+  from a consumer of ``pre-order-results`` (no group, every partition, from the end)
+  that runs only while such requests wait: a registry of waiting requests, not state.
 * ``GET /pre-orders/{orderId}``: a multi-item order's stored result, from the order
   collector's partition; a single-item order from the books' order index (this worker's,
   then every other worker's).
@@ -27,6 +30,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from faust.web import Request, Response, View
+from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
 from agents.preorders import supply_for
@@ -54,14 +58,30 @@ QUEUE_PAGE_MAX = 10_000
 class ResultWaiters:
     """Web requests waiting for the ``pre-order-results`` value of an order."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_seconds: float = 30.0) -> None:
         self._waiting: dict[str, list[asyncio.Future[Json]]] = {}
         self.ready = asyncio.Event()
+        self.idle_seconds = idle_seconds
+        self._wanted = asyncio.Event()
+        self._last_wanted = 0.0
 
     def expect(self, order_id: str) -> asyncio.Future[Json]:
         future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(order_id, []).append(future)
         return future
+
+    def follow(self) -> None:
+        """Make sure the results consumer runs (it stops after ``idle_seconds`` without
+        anyone waiting: fetching costs CPU even when nothing comes)."""
+        self._last_wanted = asyncio.get_running_loop().time()
+        self._wanted.set()
+
+    def resolve_result(self, order_id: str, result: Json) -> None:
+        """An order result published by this worker (in-process, no topic round trip)."""
+        futures = self._waiting.pop(order_id, None)
+        for future in futures or ():
+            if not future.done():
+                future.set_result(result)
 
     def forget(self, order_id: str, future: asyncio.Future[Json]) -> None:
         futures = self._waiting.get(order_id)
@@ -87,8 +107,24 @@ class ResultWaiters:
             if not future.done():
                 future.set_result(result)
 
+    async def serve(self, bootstrap: str, topic: str) -> None:
+        """Run :meth:`run` whenever :meth:`follow` asks for it, until cancelled."""
+        while True:
+            await self._wanted.wait()
+            try:
+                await self.run(bootstrap, topic)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the pre-order results follower failed (restarting)")
+                await asyncio.sleep(1)
+
+    def _idle(self) -> bool:
+        loop = asyncio.get_running_loop()
+        return not self._waiting and loop.time() - self._last_wanted > self.idle_seconds
+
     async def run(self, bootstrap: str, topic: str) -> None:
-        """Follow every partition of ``topic`` from its end until cancelled."""
+        """Follow every partition of ``topic`` from its end until idle."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=None,
@@ -115,7 +151,13 @@ class ResultWaiters:
                 for records in batch.values():
                     for record in records:
                         self.resolve(record.key, record.value)
+                if self._idle():
+                    # no await between this check and the clear: a request that asks
+                    # for the follower from now on finds it stopped and starts it again
+                    self._wanted.clear()
+                    break
         finally:
+            self.ready.clear()
             await consumer.stop()
 
 
@@ -151,13 +193,14 @@ def register(runtime: Runtime) -> None:
     policy: Policy = runtime.extras["preorder_policy"]
     waiters = ResultWaiters()
     runtime.extras["result_waiters"] = waiters
+    runtime.extras["reservation_books"].on_result = waiters.resolve_result
     commands = runtime.topic(names.reservation_commands)
     partitions = settings.partitions
 
     @app.task
     async def follow_pre_order_results() -> None:
         try:
-            await waiters.run(settings.bootstrap_servers, names.pre_order_results)
+            await waiters.serve(settings.bootstrap_servers, names.pre_order_results)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -184,6 +227,14 @@ def register(runtime: Runtime) -> None:
             checked = validate_pre_order(raw, policy, datetime.now(UTC).date())
             if isinstance(checked, list):
                 return _bad(self, checked, error="invalid_pre_order")
+            first = checked.items[0]
+            first_key = inventory_key(first.sku, first.location)
+            try:
+                forwarded = await forward_key(self, request, first_key)
+            except ServiceUnavailable:  # rebalancing: accept it here all the same
+                forwarded = None
+            if forwarded is not None:
+                return forwarded
             order_id = checked.order_id
             pending: Json = {
                 "status": "pending",
@@ -192,14 +243,16 @@ def register(runtime: Runtime) -> None:
             }
             wait = settings.pre_order_wait_seconds
             future = waiters.expect(order_id)
+            # the partition of the first item: the intake decides the items of that
+            # SKU/location where the order arrives (no repartition hop)
+            partition = partition_for(first_key, partitions)
             try:
-                if wait > 0 and not waiters.ready.is_set():  # results follower starting
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(waiters.ready.wait(), wait)
-                # the partition of the first item: the intake decides the items of that
-                # SKU/location where the order arrives (no repartition hop)
-                first = checked.items[0]
-                partition = partition_for(inventory_key(first.sku, first.location), partitions)
+                decided_here = len(checked.items) == 1 and store.owns(partition)
+                if wait > 0 and not decided_here:
+                    waiters.follow()
+                    if not waiters.ready.is_set():  # results follower starting
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(waiters.ready.wait(), wait)
                 try:
                     delivered = await app.producer.send(
                         names.pre_orders,

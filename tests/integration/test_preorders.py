@@ -485,3 +485,26 @@ def test_unreadable_internal_messages_are_dead_lettered(cluster: Cluster) -> Non
     cluster.set_stock(sku, 5)
     status, body = cluster.post_order(order("AFTER-DLQ-O1", sku))
     assert status == 200 and body["success"] is True, body
+
+
+def test_post_of_a_multi_item_order_across_partitions_waits_for_its_result(
+    cluster: Cluster,
+) -> None:
+    """A single-item order is answered in-process by the worker that decides it; an order
+    whose items live on several partitions is answered through the results follower,
+    which starts on demand."""
+    skus = ["MULTI-A"]
+    n = 0
+    while len(skus) < 2:
+        n += 1
+        candidate = f"MULTI-B{n}"
+        if partition_for(f"{candidate}|{LOC}", 4) != partition_for(f"MULTI-A|{LOC}", 4):
+            skus.append(candidate)
+    for sku in skus:
+        cluster.set_stock(sku, 3)
+    body = order("MULTI-O1", skus[0])
+    body["items"].append({"sku": skus[1], "productName": "Pad", "quantity": 1, "locationRef": LOC})
+    status, result = cluster.post_order(body)
+    assert status == 200, result
+    assert result["success"] is True
+    assert sorted(r["sku"] for r in result["reservations"]) == sorted(skus)
