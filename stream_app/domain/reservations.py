@@ -85,8 +85,10 @@ def require_aware(now: datetime) -> datetime:
     return now
 
 
+@lru_cache(maxsize=4096)
 def iso(moment: datetime) -> str:
-    """UTC ISO 8601 with a ``Z`` suffix."""
+    """UTC ISO 8601 with a ``Z`` suffix (cached: one decision formats the same few
+    moments — now, the commit deadline — for every reservation it touches)."""
     return require_aware(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
