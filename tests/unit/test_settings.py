@@ -40,6 +40,8 @@ def test_env_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPa
         ("STREAM_APP_WEB_PORT", "not-a-port"),
         ("STREAM_APP_PARTITIONS", "0"),
         ("STREAM_APP_OVERSELL_PROTECTION", "maybe"),
+        ("STREAM_APP_GC_THRESHOLDS", "[700, -1, 10]"),
+        ("STREAM_APP_RELEASE_ORDERS_PER_REQUEST", "0"),
     ],
 )
 def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
@@ -68,3 +70,12 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     dumped = str(s.masked()) + repr(s) + str(s)
     assert "hunter2-very-secret" not in dumped and "admin-key-123" not in dumped
     assert s.fluent_password.get_secret_value() == "hunter2-very-secret"
+
+
+def test_worker_tuning_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings(_env_file=None)
+    assert s.gc_thresholds == (50_000, 20, 1_000) and s.release_orders_per_request == 50
+    monkeypatch.setenv("STREAM_APP_GC_THRESHOLDS", "[700, 10, 10]")
+    monkeypatch.setenv("STREAM_APP_CONSUMER_PREFETCH_BACKOFF_MS", "0")
+    s = load_settings(_env_file=None)
+    assert s.gc_thresholds == (700, 10, 10) and s.consumer_prefetch_backoff_ms == 0
