@@ -35,6 +35,7 @@ import logging
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -100,11 +101,21 @@ def writing_as(event: faust.types.EventT) -> Iterator[None]:
     items of partition *p* under an event it took from partition *p* of ``pre-orders``:
     Faust's co-partitioned assignment gives this worker the books of *p* with it.
     """
-    token = faust_streams._current_event.set(weakref.ref(event))
+    token = _CURRENT_EVENT.set(weakref.ref(event))
     try:
         yield
     finally:
-        faust_streams._current_event.reset(token)
+        _CURRENT_EVENT.reset(token)
+
+
+# Faust's own context variable (faust/streams.py, 0.15.x): looked up at import so that a
+# Faust upgrade without it fails at start-up, not at the first pre-order
+if not isinstance(getattr(faust_streams, "_current_event", None), ContextVar):  # pragma: no cover
+    raise ImportError(
+        "this faust-streaming version has no faust.streams._current_event: "
+        "agents.preorders.writing_as needs it (pinned: faust-streaming 0.15.3)"
+    )
+_CURRENT_EVENT: ContextVar[Any] = faust_streams._current_event
 
 
 class BadMessage(ValueError):
