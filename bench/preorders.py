@@ -41,7 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
 from bench.common import ROOT, preload  # noqa: E402
-from stream_app.embedded import EmbeddedBroker, free_port  # noqa: E402
+from stream_app.embedded import EmbeddedBroker, free_port, stop_process  # noqa: E402
 
 PARTITIONS = 8
 LOC = "DC-1"
@@ -123,11 +123,7 @@ class Worker:
         raise SystemExit("worker not ready in time")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 30)
         self.log.close()
         shutil.rmtree(self.data_dir, ignore_errors=True)
 

@@ -35,7 +35,7 @@ import urllib3
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, preload  # noqa: E402
-from stream_app.embedded import EmbeddedBroker, free_port  # noqa: E402
+from stream_app.embedded import EmbeddedBroker, free_port, stop_process  # noqa: E402
 
 PARTITIONS = 8
 KEY = "bench-admin-key"
@@ -79,13 +79,7 @@ def start(
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    stop_process(proc, 20)
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import NoReturn
 
-from stream_app.embedded import EmbeddedBroker, EmbeddedBrokerError, port_open
+from stream_app.embedded import EmbeddedBroker, EmbeddedBrokerError, port_open, stop_process
 from stream_app.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("stream_app")
@@ -123,12 +123,7 @@ def fluent_simulator_process(settings: Settings) -> Iterator[None]:
         _say(f"fluent simulator: http://{host}:{port}/  (inspect: /_sim/inventory)")
         yield
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc, 10)
 
 
 def cmd_run(settings: Settings) -> int:
