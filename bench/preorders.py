@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
-from aiokafka.structs import TopicPartition  # noqa: E402
 
 from bench.common import ROOT, preload  # noqa: E402
+from stream_app.consumers import assign_from_end  # noqa: E402
 from stream_app.embedded import EmbeddedBroker, free_port, stop_process  # noqa: E402
 
 PARTITIONS = 8
@@ -142,11 +142,7 @@ class ResultClock:
                                     fetch_max_wait_ms=5, max_partition_fetch_bytes=8_000_000)
         await consumer.start()
         try:
-            tps = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            for tp in tps:
-                await consumer.position(tp)
+            await assign_from_end(consumer, self.topic)
             self.ready.set()
             while True:
                 batch = await consumer.getmany(timeout_ms=100, max_records=20_000)

@@ -28,12 +28,12 @@ from urllib.parse import quote
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
 from agents.preorders import supply_for
+from stream_app.consumers import assign_from_end
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.preorders import Policy, pre_order_result, validate_pre_order
 from stream_app.domain.reservations import key_of_reservation_id
@@ -93,19 +93,17 @@ class ResultWaiters:
             del self._waiting[order_id]
 
     def resolve(self, key: bytes | None, value: bytes | None) -> None:
+        """A ``pre-order-results`` record (most have nobody waiting: decode only then)."""
         if key is None or not self._waiting:
             return
         order_id = key.decode(errors="replace")
-        futures = self._waiting.pop(order_id, None)
-        if not futures:
+        if order_id not in self._waiting:
             return
         try:
             result = orjson.loads(value or b"null")
         except orjson.JSONDecodeError:
             return
-        for future in futures:
-            if not future.done():
-                future.set_result(result)
+        self.resolve_result(order_id, result)
 
     async def serve(self, bootstrap: str, topic: str) -> None:
         """Run :meth:`run` whenever :meth:`follow` asks for it, until cancelled."""
@@ -134,17 +132,7 @@ class ResultWaiters:
         )
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(topic)
-            while not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    await asyncio.sleep(0.2)
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
-            for tp in tps:
-                await consumer.position(tp)
+            await assign_from_end(consumer, topic)
             self.ready.set()
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
