@@ -95,9 +95,9 @@ def create_runtime(settings: Settings) -> Runtime:
         metrics=Metrics(),
     )
     if settings.embedded or settings.correct_end_offsets:  # the embedded (Tansu) broker
-        from stream_app.tansu_offsets import cap_fetch_wait
+        from stream_app.tansu_offsets import tune_embedded_consumer
 
-        cap_fetch_wait(
+        tune_embedded_consumer(
             app, settings.consumer_fetch_max_wait_ms, settings.consumer_prefetch_backoff_ms
         )
     for module in REGISTRY:

@@ -35,6 +35,7 @@ from stream_app.tansu_offsets import (
     corrected_end_offsets,
     install_end_offset_correction,
     probe_true_end_offsets,
+    tune_embedded_consumer,
 )
 
 pytestmark = pytest.mark.integration
@@ -231,6 +232,28 @@ def test_install_wraps_this_apps_consumer_once(tmp_path: Path) -> None:
     consumer = late.consumer
     install_end_offset_correction(late, "127.0.0.1:1")
     assert hasattr(consumer._thread.highwaters, "__wrapped__")  # type: ignore[attr-defined]
+
+
+async def test_consumer_tuning_caps_fetch_wait_and_prefetch_backoff(
+    broker: EmbeddedBroker,
+) -> None:
+    import faust
+
+    app = faust.App(unique("tune"), broker=f"kafka://{broker.bootstrap}", store="memory://")
+    tune_embedded_consumer(app, 10, 2)
+    tune_embedded_consumer(app, 500, 50)  # once per app
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    client = thread._create_worker_consumer(app.transport)
+    assert client._fetch_max_wait_ms == 10  # Faust's own: 1500
+    await client.start()
+    try:
+        assert client._fetcher._prefetch_backoff == pytest.approx(0.002)  # aiokafka: 0.1
+    finally:
+        await client.stop()
+    untouched = faust.App(unique("plain"), broker=f"kafka://{broker.bootstrap}", store="memory://")
+    assert untouched.consumer._thread._create_worker_consumer(  # type: ignore[attr-defined]
+        untouched.transport
+    )._fetch_max_wait_ms == 1500
 
 
 # --------------------------------------------------------------------------- Faust recovery
