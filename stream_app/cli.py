@@ -74,6 +74,14 @@ def pin_library_log_levels(level: str) -> None:
         logging.getLogger(name).setLevel(floor if isinstance(floor, int) else logging.INFO)
 
 
+def tune_worker_process(settings: Settings) -> None:
+    """Process-wide settings of a worker: library log levels and GC thresholds (fewer,
+    larger young-generation collections: CPython's default of 700 runs the collector
+    every few hundred allocations, pausing the loop that decides)."""
+    pin_library_log_levels(settings.log_level)
+    gc.set_threshold(*settings.gc_thresholds)
+
+
 def run_worker(settings: Settings) -> int:
     """Run one Faust worker until SIGTERM/SIGINT; returns its exit code."""
     import faust
@@ -95,10 +103,7 @@ def run_worker(settings: Settings) -> int:
     # Faust's terminal spinner lowers the root logger to DEBUG at WARNING levels (and costs
     # CPU formatting every debug line); start-up progress is in the log anyway.
     worker.spinner = None
-    pin_library_log_levels(settings.log_level)
-    # fewer, larger young-generation collections: CPython's default (700) runs the
-    # collector every few hundred allocations, pausing the loop that decides
-    gc.set_threshold(*settings.gc_thresholds)
+    tune_worker_process(settings)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -79,3 +79,25 @@ def test_worker_tuning_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAM_APP_CONSUMER_PREFETCH_BACKOFF_MS", "0")
     s = load_settings(_env_file=None)
     assert s.gc_thresholds == (700, 10, 10) and s.consumer_prefetch_backoff_ms == 0
+
+
+def test_worker_process_gets_the_gc_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from stream_app.cli import tune_worker_process
+
+    before = gc.get_threshold()
+    monkeypatch.setenv("STREAM_APP_GC_THRESHOLDS", "[12345, 11, 12]")
+    try:
+        tune_worker_process(load_settings(_env_file=None))
+        assert gc.get_threshold() == (12345, 11, 12)
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_producer_linger_reaches_faust(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_app.app import create_faust_app
+
+    monkeypatch.setenv("STREAM_APP_PRODUCER_LINGER_MS", "1.5")
+    app = create_faust_app(load_settings(_env_file=None))
+    assert app.conf.producer_linger == pytest.approx(0.0015)
