@@ -67,6 +67,7 @@ from stream_app.domain.reservations import (
     ReservationBook,
     key_of_reservation_id,
 )
+from stream_app.batching import take_ready
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
 from tables.reservations import (
@@ -478,9 +479,14 @@ def register(runtime: Runtime) -> None:
 
     @app.agent(pre_orders, name="preorder-intake")
     async def intake(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.preorder_batch_max, settings.preorder_batch_within
-        ):
+        groups = (
+            stream.take_events(  # type: ignore[attr-defined]
+                settings.preorder_batch_max, settings.preorder_batch_within
+            )
+            if settings.preorder_batch_within > 0
+            else take_ready(stream, settings.preorder_batch_max)
+        )
+        async for events in groups:
             today = utcnow().date()
             out = Outbox()
             grouped: dict[int, list[Json]] = defaultdict(list)

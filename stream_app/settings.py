@@ -111,7 +111,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(256_000, ge=1024)
     preorder_batch_max: int = Field(1000, ge=1, description="pre-orders grouped per intake step")
     preorder_batch_within: float = Field(
-        0.02, gt=0, description="seconds the intake waits filling a group (adds latency)"
+        0.0,
+        ge=0,
+        description="0: the intake takes the pre-orders that are ready, one group as soon as "
+        "one arrives (groups grow only while it is busy); > 0: it waits that many seconds "
+        "filling each group (Faust's take_events: adds up to that much latency)",
     )
     gc_thresholds: tuple[int, int, int] = Field(
         (50_000, 20, 1_000),
