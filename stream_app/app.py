@@ -14,6 +14,7 @@ from typing import Any
 import faust
 
 from stream_app.domain.inventory import BufferPolicy
+from stream_app.fetch_scope import fetch_consumed_only
 from stream_app.metrics import Metrics
 from stream_app.settings import Settings
 from stream_app.topics import TopicNames
@@ -94,6 +95,8 @@ def create_runtime(settings: Settings) -> Runtime:
         buffers=BufferPolicy(settings.default_buffer, dict(settings.channel_buffers)),
         metrics=Metrics(),
     )
+    if settings.consumer_fetch_consumed_only:
+        fetch_consumed_only(app)
     if settings.embedded or settings.correct_end_offsets:  # the embedded (Tansu) broker
         from stream_app.tansu_offsets import tune_embedded_consumer
 

@@ -138,6 +138,12 @@ class Settings(BaseSettings):
         "partition may hold back fetches of the others (aiokafka's fixed default is "
         "100 ms); 0 = keep",
     )
+    consumer_fetch_consumed_only: bool = Field(
+        True,
+        description="the worker's consumer leaves partitions Faust has paused (active "
+        "table changelogs after recovery) out of its fetch requests; Faust itself only "
+        "pauses them logically, so every fetch listed them",
+    )
     consumer_fetch_max_wait_ms: int = Field(
         10,
         ge=0,

@@ -256,6 +256,50 @@ async def test_consumer_tuning_caps_fetch_wait_and_prefetch_backoff(
     )._fetch_max_wait_ms == 1500
 
 
+async def test_fetch_scope_leaves_paused_partitions_out_of_real_fetch_requests(
+    broker: EmbeddedBroker,
+) -> None:
+    import faust
+    from aiokafka.consumer.subscription_state import Assignment
+
+    from stream_app.fetch_scope import fetch_consumed_only
+
+    topic = unique("scoped")
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        for partition in range(2):  # auto-created with 4 partitions
+            await producer.send_and_wait(topic, b"x", partition=partition)
+    finally:
+        await producer.stop()
+    app = faust.App(unique("scope"), broker=f"kafka://{broker.bootstrap}", store="memory://")
+    fetch_consumed_only(app)
+    fetch_consumed_only(app)  # once per app
+    consumer = app.consumer
+    client = consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+    await client.start()
+    try:
+        plan = client._fetcher._get_actions_per_node
+        assert hasattr(plan, "__wrapped__") and not hasattr(plan.__wrapped__, "__wrapped__")
+        tps = [TopicPartition(topic, p) for p in range(2)]
+        await client._client.force_metadata_update()
+        assignment = Assignment(tps)
+        for tp in tps:
+            assignment.state_value(tp).reset_to(0)
+
+        def fetched() -> set[TopicPartition]:
+            requests = plan(assignment)[0]
+            return {TopicPartition(t, p[0]) for _, r in requests for t, ps in r.topics for p in ps}
+
+        assert fetched() == set(tps)
+        consumer.pause_partitions({tps[1]})  # Faust's logical pause (e.g. an active changelog)
+        assert fetched() == {tps[0]}
+        consumer.resume_partitions({tps[1]})  # e.g. recovery reading it again
+        assert fetched() == set(tps)
+    finally:
+        await client.stop()
+
+
 # --------------------------------------------------------------------------- Faust recovery
 
 
