@@ -51,6 +51,7 @@ from agents.internal import (
     dead_letter,
 )
 from agents.internal import handlers as internal_handlers
+from stream_app.batching import take_ready
 from stream_app.domain.future_atp import Supply, overbooking_rate_for
 from stream_app.domain.inventory import aggregate, expected_arrivals
 from stream_app.domain.preorders import (
@@ -67,7 +68,6 @@ from stream_app.domain.reservations import (
     ReservationBook,
     key_of_reservation_id,
 )
-from stream_app.batching import take_ready
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
 from tables.reservations import (
@@ -479,14 +479,9 @@ def register(runtime: Runtime) -> None:
 
     @app.agent(pre_orders, name="preorder-intake")
     async def intake(stream: faust.StreamT[bytes]) -> None:
-        groups = (
-            stream.take_events(  # type: ignore[attr-defined]
-                settings.preorder_batch_max, settings.preorder_batch_within
-            )
-            if settings.preorder_batch_within > 0
-            else take_ready(stream, settings.preorder_batch_max)
-        )
-        async for events in groups:
+        async for events in take_ready(
+            stream, settings.preorder_batch_max, settings.preorder_batch_within
+        ):
             today = utcnow().date()
             out = Outbox()
             grouped: dict[int, list[Json]] = defaultdict(list)

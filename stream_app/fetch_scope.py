@@ -83,7 +83,7 @@ def fetch_consumed_only(app: faust.App) -> None:
 
             async def start() -> None:
                 await original_start()
-                fetcher = getattr(client, "_fetcher", None)
+                fetcher: Any = getattr(client, "_fetcher", None)
                 actions = getattr(fetcher, "_get_actions_per_node", None)
                 if actions is not None and not hasattr(actions, "__wrapped__"):
                     fetcher._get_actions_per_node = scoped_actions(actions, paused)

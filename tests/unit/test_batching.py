@@ -26,7 +26,9 @@ async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None
         await asyncio.sleep(0.005)
 
 
-def grouping_agent(max_: int, gate: asyncio.Event | None = None) -> tuple[Any, list[list[Any]]]:
+def grouping_agent(
+    max_: int, gate: asyncio.Event | None = None, spacing: float = 0.0
+) -> tuple[Any, list[list[Any]]]:
     """An agent recording each group's events; it waits on ``gate`` inside its first group."""
     app = faust.App(f"batching-{next(_apps)}", store="memory://", value_serializer="raw")
     app.finalize()
@@ -35,7 +37,7 @@ def grouping_agent(max_: int, gate: asyncio.Event | None = None) -> tuple[Any, l
 
     @app.agent(app.topic("in", value_serializer="raw"))
     async def agent(stream: faust.StreamT[bytes]) -> None:
-        async for events in take_ready(stream, max_):
+        async for events in take_ready(stream, max_, spacing):
             groups.append(list(events))
             if gate is not None and len(groups) == 1:
                 await gate.wait()
@@ -48,7 +50,7 @@ def values(groups: list[list[Any]]) -> list[list[bytes]]:
 
 
 async def test_a_single_event_is_yielded_at_once_not_after_a_period() -> None:
-    agent, groups = grouping_agent(max_=1000)
+    agent, groups = grouping_agent(max_=1000, spacing=30.0)
     async with agent.test_context() as ctx:
         started = time.monotonic()
         await ctx.put(b"a", wait=False)
@@ -67,7 +69,7 @@ async def test_events_arriving_while_a_group_is_processed_form_the_next_groups()
         first = groups[0][0]
         for value in (b"b", b"c", b"d", b"e", b"f", b"g", b"h"):
             await ctx.put(value, wait=False)
-        # inside the body: the event is not acked yet, and nothing joined the group
+        # inside the body: the event is not acked yet, and nothing joined its group
         assert not first.message.acked
         assert values(groups) == [[b"a"]]
         gate.set()
@@ -77,6 +79,30 @@ async def test_events_arriving_while_a_group_is_processed_form_the_next_groups()
         assert [v for group in got for v in group] == [bytes([c]) for c in b"abcdefgh"]
         assert all(1 <= len(group) <= 3 for group in got)
         assert len(got[1]) > 1, f"what waited was not grouped: {got}"
+
+
+async def test_groups_start_at_least_spacing_apart_and_take_what_arrived_meanwhile() -> None:
+    agent, groups = grouping_agent(max_=1000, spacing=1.0)
+    async with agent.test_context() as ctx:
+        await ctx.put(b"a", wait=False)
+        await wait_until(lambda: len(groups) == 1, within=0.9)  # quiet before: at once
+        first = time.monotonic()
+        await ctx.put(b"b", wait=False)
+        await ctx.put(b"c", wait=False)
+        await wait_until(lambda: len(groups) == 2, within=5.0)
+        assert time.monotonic() - first >= 0.8  # held until the spacing was over ...
+        assert values(groups) == [[b"a"], [b"b", b"c"]]  # ... and grouped
+
+
+async def test_a_full_group_does_not_wait_for_the_spacing() -> None:
+    agent, groups = grouping_agent(max_=2, spacing=30.0)
+    async with agent.test_context() as ctx:
+        await ctx.put(b"a", wait=False)
+        await wait_until(lambda: len(groups) == 1)
+        await ctx.put(b"b", wait=False)
+        await ctx.put(b"c", wait=False)
+        await wait_until(lambda: len(groups) == 2, within=5.0)  # not 30 s
+        assert values(groups) == [[b"a"], [b"b", b"c"]]
 
 
 async def test_max_below_one_is_refused() -> None:
