@@ -13,7 +13,11 @@ Starts its own embedded broker and ONE real ``stream-app worker`` process, then 
     above floor(rate × U)) and tier order (the RESERVED set is exactly the head of the
     priority order; no rejected item outranks a reserved one) verified on the final state.
 
-Usage: python bench/preorders.py [--quick] [--seconds S] [--burst N] [--units U]
+(d) the floor: (b) keyed by ``sku|location`` against ``bench.floor_worker``, the same worker
+    set-up with an agent that answers without deciding (what Faust, the broker and the load
+    generator cost here before any product work), with the ratio worker / floor.
+
+Usage: python bench/preorders.py [--quick] [--seconds S] [--burst N] [--units U] [--no-floor | --floor-only]
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Worker:
-    def __init__(self, bootstrap: str, prefix: str) -> None:
+    def __init__(self, bootstrap: str, prefix: str, module: str = "stream_app.cli") -> None:
         self.data_dir = Path(tempfile.mkdtemp(prefix="bench-preorders-"))
         self.port = free_port()
         self.prefix = prefix
@@ -97,7 +101,8 @@ class Worker:
         }
         self.log = open(self.data_dir / "worker.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_app.cli", "worker"], env=self.env, cwd=self.data_dir,
+            [sys.executable, "-m", module, *(["worker"] if module == "stream_app.cli" else [])],
+            env=self.env, cwd=self.data_dir,
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
 
@@ -227,6 +232,38 @@ async def steady_topic(producer: AIOKafkaProducer, clock: ResultClock, worker: W
             "max_ms": max(latencies, default=float("nan"))}
 
 
+async def floor(bootstrap: str, rate_seconds: list[tuple[int, float]]) -> dict[str, Any]:
+    """The same steady topic-to-result runs against ``bench.floor_worker`` (same set-up,
+    no decisions): the latency of Faust + broker + load generator on this machine."""
+    worker = Worker(bootstrap, f"bf-{uuid.uuid4().hex[:6]}", module="bench.floor_worker")
+    out: dict[str, Any] = {}
+    clock = ResultClock(bootstrap, worker.topic("pre-order-results"))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    try:
+        await producer.start()
+        deadline = time.monotonic() + 120
+        await clock.start()
+        while "probe" not in clock.seen:  # ready = answers
+            if worker.proc.poll() is not None or time.monotonic() > deadline:
+                worker.log.flush()
+                tail = (worker.data_dir / "worker.log").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"floor worker not answering; its log ends:\n{tail}")
+            await producer.send(worker.topic("pre-orders"), orjson.dumps(pre_order("probe", "LAT-0")),
+                                key=f"LAT-0|{LOC}".encode())
+            await clock.wait_for({"probe"}, 1.0)
+        await steady_topic(producer, clock, worker, 50, 2, "warm")
+        for rate, seconds in rate_seconds:
+            out[f"floor_{rate}"] = got = await steady_topic(producer, clock, worker, rate, seconds, f"f{rate}")
+            print(f"(b) FLOOR topic to result at {rate}/s (bench.floor_worker: no decisions): "
+                  f"p50 {got['p50_ms']:.1f} ms  p99 {got['p99_ms']:.1f} ms  "
+                  f"decided {got['decided']}/{got['orders']}", flush=True)
+    finally:
+        await producer.stop()
+        await clock.stop()
+        worker.stop()
+    return out
+
+
 async def fetch_queue(session: aiohttp.ClientSession, worker: Worker, sku: str) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     while True:
@@ -294,8 +331,8 @@ async def burst(session: aiohttp.ClientSession, clock: ResultClock, worker: Work
     }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    broker = EmbeddedBroker(port=free_port()).start()
+async def product(args: argparse.Namespace, broker: EmbeddedBroker) -> dict[str, Any]:
+    """(a), (b) and (c) against one real ``stream-app worker``."""
     worker = Worker(broker.bootstrap, f"bp-{uuid.uuid4().hex[:6]}")
     out: dict[str, Any] = {}
     try:
@@ -336,6 +373,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await clock.stop()
     finally:
         worker.stop()
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    broker = EmbeddedBroker(port=free_port()).start()
+    try:
+        out = {} if args.floor_only else await product(args, broker)
+        if args.floor_only:
+            return await floor(broker.bootstrap, [(200, args.seconds), (500, args.seconds)])
+        if not args.no_floor:  # after the product's worker stopped: nothing else runs
+            out.update(await floor(broker.bootstrap, [(200, args.seconds), (500, args.seconds)]))
+            for rate in (200, 500):
+                ratio = out[f"topic_{rate}"]["p99_ms"] / out[f"floor_{rate}"]["p99_ms"]
+                print(f"    p99 at {rate}/s: worker / floor = {ratio:.2f}", flush=True)
+    finally:
         broker.stop()
     return out
 
@@ -346,6 +398,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per steady rate")
     parser.add_argument("--burst", type=int, default=50_000, help="orders in the launch burst")
     parser.add_argument("--units", type=int, default=5_000, help="units of the launch SKU")
+    parser.add_argument("--no-floor", action="store_true", help="skip the floor runs (bench.floor_worker)")
+    parser.add_argument("--floor-only", action="store_true", help="only the floor runs")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.burst, args.units = 4.0, 10_000, 1_000

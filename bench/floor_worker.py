@@ -1,0 +1,69 @@
+"""The floor of the decision-latency benchmark: a worker that answers without deciding.
+
+Same Faust app settings, consumer tuning, process tuning and intake grouping as a real
+``stream-app worker`` (same topics, 8 partitions, same broker), but its only agent reads
+each pre-order's ``orderId`` and publishes ``{"orderId", "success": true}`` to
+``pre-order-results``: no validation, no book, no table, no reservation event. What it
+measures is what Faust, aiokafka, the embedded broker and the load generator cost on this
+machine before any of the product's work — the latency no decision logic can go below.
+
+Run by ``bench/preorders.py`` (environment as for the real worker):
+``python -m bench.floor_worker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import orjson
+
+from stream_app.app import create_faust_app
+from stream_app.batching import take_ready
+from stream_app.cli import bootstrap_topics, tune_worker_process
+from stream_app.fetch_scope import fetch_consumed_only
+from stream_app.settings import Settings
+from stream_app.tansu_offsets import tune_embedded_consumer
+
+
+def build(settings: Settings) -> faust.App:
+    app = create_faust_app(settings)
+    if settings.consumer_fetch_consumed_only:
+        fetch_consumed_only(app)
+    tune_embedded_consumer(
+        app, settings.consumer_fetch_max_wait_ms, settings.consumer_prefetch_backoff_ms
+    )
+    pre_orders = app.topic(  # as the real worker declares its topics (stream_app.app)
+        settings.topic_pre_orders, key_type=bytes, value_type=bytes, key_serializer="raw",
+        value_serializer="raw", partitions=settings.partitions,
+    )
+    results = settings.topic_pre_order_results
+
+    @app.agent(pre_orders, name="floor-echo")
+    async def echo(stream: faust.StreamT[bytes]) -> None:
+        async for events in take_ready(
+            stream, settings.preorder_batch_max, settings.preorder_batch_within
+        ):
+            for event in events:
+                order_id = str(orjson.loads(event.value)["orderId"])
+                value = orjson.dumps({"orderId": order_id, "success": True})
+                # not awaited, like the real intake: Faust flushes before it commits
+                await app.producer.send(results, order_id.encode(), value, None, None, None)
+
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    bootstrap_topics(settings, loop)
+    app = build(settings)
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level.lower(), quiet=True)
+    worker.spinner = None
+    tune_worker_process(settings)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()
