@@ -1,9 +1,10 @@
 """The floor of the decision-latency benchmark: a worker that answers without deciding.
 
-Same Faust app settings, consumer tuning, process tuning and intake grouping as a real
+Same Faust app settings, event loop, consumer tuning, process tuning and intake grouping as a real
 ``stream-app worker`` (same topics, 8 partitions, same broker), but its only agent reads
 each pre-order's ``orderId`` and publishes ``{"orderId", "success": true}`` to
-``pre-order-results``: no validation, no book, no table, no reservation event. What it
+``pre-order-results``: no validation, no book, no table, no reservation event (it consumes
+the real worker's other source topics too, with agents that do nothing). What it
 measures is what Faust, aiokafka, the embedded broker and the load generator cost on this
 machine before any of the product's work — the latency no decision logic can go below.
 
@@ -20,10 +21,11 @@ import orjson
 
 from stream_app.app import create_faust_app
 from stream_app.batching import take_ready
-from stream_app.cli import bootstrap_topics, tune_worker_process
+from stream_app.cli import bootstrap_topics, tune_worker_process, use_event_loop
 from stream_app.fetch_scope import fetch_consumed_only
 from stream_app.settings import Settings
 from stream_app.tansu_offsets import tune_embedded_consumer
+from stream_app.topics import TopicNames
 
 
 def build(settings: Settings) -> faust.App:
@@ -33,11 +35,24 @@ def build(settings: Settings) -> faust.App:
     tune_embedded_consumer(
         app, settings.consumer_fetch_max_wait_ms, settings.consumer_prefetch_backoff_ms
     )
-    pre_orders = app.topic(  # as the real worker declares its topics (stream_app.app)
-        settings.topic_pre_orders, key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=settings.partitions,
-    )
-    results = settings.topic_pre_order_results
+    names = TopicNames.from_settings(settings)
+
+    def topic(name: str) -> faust.TopicT:  # as the real worker declares them (stream_app.app)
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=settings.partitions)
+
+    pre_orders = topic(names.pre_orders)
+    results = names.pre_order_results
+    # the real worker's other source topics, consumed (and idle) here too: every fetch
+    # lists the same partitions
+    for name in (names.inventory_changes, names.reservation_commands, names.internal,
+                 names.release_commands):
+
+        async def idle(stream: faust.StreamT[bytes]) -> None:
+            async for _ in stream.events():
+                pass
+
+        app.agent(topic(name), name=f"floor-idle-{name}")(idle)
 
     @app.agent(pre_orders, name="floor-echo")
     async def echo(stream: faust.StreamT[bytes]) -> None:
@@ -55,6 +70,7 @@ def build(settings: Settings) -> faust.App:
 
 def main() -> None:
     settings = Settings()
+    use_event_loop(settings.event_loop)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     bootstrap_topics(settings, loop)
