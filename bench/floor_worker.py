@@ -1,6 +1,6 @@
 """The floor of the decision-latency benchmark: a worker that answers without deciding.
 
-Same Faust app settings, event loop, consumer tuning, process tuning and intake grouping as a real
+Same Faust app settings, consumer tuning, process tuning and intake grouping as a real
 ``stream-app worker`` (same topics, 8 partitions, same broker), but its only agent reads
 each pre-order's ``orderId`` and publishes ``{"orderId", "success": true}`` to
 ``pre-order-results``: no validation, no book, no table, no reservation event (it consumes
@@ -21,7 +21,7 @@ import orjson
 
 from stream_app.app import create_faust_app
 from stream_app.batching import take_ready
-from stream_app.cli import bootstrap_topics, tune_worker_process, use_event_loop
+from stream_app.cli import bootstrap_topics, tune_worker_process
 from stream_app.fetch_scope import fetch_consumed_only
 from stream_app.settings import Settings
 from stream_app.tansu_offsets import tune_embedded_consumer
@@ -70,7 +70,6 @@ def build(settings: Settings) -> faust.App:
 
 def main() -> None:
     settings = Settings()
-    use_event_loop(settings.event_loop)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     bootstrap_topics(settings, loop)

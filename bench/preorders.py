@@ -17,7 +17,7 @@ Starts its own embedded broker and ONE real ``stream-app worker`` process, then 
     set-up with an agent that answers without deciding (what Faust, the broker and the load
     generator cost here before any product work), with the ratio worker / floor.
 
-Usage: python bench/preorders.py [--quick] [--seconds S] [--burst N] [--units U] [--no-floor | --floor-only]
+Usage: python bench/preorders.py [--quick] [--seconds S] [--burst N] [--units U] [--no-floor | --floor-only] [--topic-only] [--rates R1,R2]
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
-import uvloop  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from bench.common import ROOT, preload  # noqa: E402
@@ -348,7 +347,13 @@ async def product(args: argparse.Namespace, broker: EmbeddedBroker) -> dict[str,
             await producer.start()
             try:
                 await steady_http(session, worker, 50, 2, "warm")  # JIT-free warm-up: connections, caches
-                for rate in (200, 500):
+                for rate in args.rates:
+                    if args.topic_only:  # (b) keyed by sku|location only, on a fresh worker
+                        out[f"topic_{rate}"] = got = await steady_topic(
+                            producer, clock, worker, rate, args.seconds, f"topic_{rate}-")
+                        print(f"(b) topic to result at {rate}/s, keyed by sku|location: p50 {got['p50_ms']:.1f} ms  "
+                              f"p99 {got['p99_ms']:.1f} ms  decided {got['decided']}/{got['orders']}", flush=True)
+                        continue
                     out[f"http_{rate}"] = await steady_http(session, worker, rate, args.seconds, f"h{rate}")
                     print(f"(a) POST /pre-orders at {rate}/s : p50 {out[f'http_{rate}']['p50_ms']:.1f} ms  "
                           f"p99 {out[f'http_{rate}']['p99_ms']:.1f} ms  statuses {out[f'http_{rate}']['statuses']}", flush=True)
@@ -360,7 +365,7 @@ async def product(args: argparse.Namespace, broker: EmbeddedBroker) -> dict[str,
                               f"decided {got['decided']}/{got['orders']}", flush=True)
                     ratio = out[f"topic_{rate}_by_order"]["p99_ms"] / out[f"topic_{rate}"]["p99_ms"]
                     print(f"    p99 keyed by orderId / keyed by sku|location = {ratio:.2f}", flush=True)
-                for name, by_sku in (("burst", False), ("burst_by_sku", True)):
+                for name, by_sku in (() if args.topic_only else (("burst", False), ("burst_by_sku", True))):
                     out[name] = result = await burst(session, clock, worker, broker.bootstrap,
                                                      args.burst, args.units, 1.05, by_sku)
                     print(f"(c) burst {result['orders']:,} orders vs {result['units']:,} units, keyed by "
@@ -380,12 +385,13 @@ async def product(args: argparse.Namespace, broker: EmbeddedBroker) -> dict[str,
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     broker = EmbeddedBroker(port=free_port()).start()
     try:
-        out = {} if args.floor_only else await product(args, broker)
+        rates = [(rate, args.seconds) for rate in args.rates]
         if args.floor_only:
-            return await floor(broker.bootstrap, [(200, args.seconds), (500, args.seconds)])
+            return await floor(broker.bootstrap, rates)
+        out = await product(args, broker)
         if not args.no_floor:  # after the product's worker stopped: nothing else runs
-            out.update(await floor(broker.bootstrap, [(200, args.seconds), (500, args.seconds)]))
-            for rate in (200, 500):
+            out.update(await floor(broker.bootstrap, rates))
+            for rate in args.rates:
                 ratio = out[f"topic_{rate}"]["p99_ms"] / out[f"floor_{rate}"]["p99_ms"]
                 print(f"    p99 at {rate}/s: worker / floor = {ratio:.2f}", flush=True)
     finally:
@@ -401,12 +407,14 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=5_000, help="units of the launch SKU")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor runs (bench.floor_worker)")
     parser.add_argument("--floor-only", action="store_true", help="only the floor runs")
+    parser.add_argument("--topic-only", action="store_true",
+                        help="only (b) keyed by sku|location (and the floor): no POST, no baseline, no burst")
+    parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[200, 500],
+                        help="steady rates, comma-separated (default 200,500)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.burst, args.units = 4.0, 10_000, 1_000
-    # the load generator and result clock share the 2 cores with the broker and the worker:
-    # on uvloop they take less of them (the worker runs on it too, STREAM_APP_EVENT_LOOP)
-    print(json.dumps(uvloop.run(run(args))))
+    print(json.dumps(asyncio.run(run(args))))
 
 
 if __name__ == "__main__":

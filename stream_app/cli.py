@@ -82,26 +82,12 @@ def tune_worker_process(settings: Settings) -> None:
     gc.set_threshold(*settings.gc_thresholds)
 
 
-def use_event_loop(name: str) -> None:
-    """Make every event loop this process creates from now on a ``name`` loop: the
-    worker's own and the one Faust's consumer thread makes. ``uvloop`` (libuv, in C)
-    schedules callbacks and writes to sockets at a fraction of asyncio's cost: a worker
-    at 500 pre-orders/s spent a quarter of its time in asyncio's own machinery."""
-    if name == "uvloop":
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    else:
-        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
-
-
 def run_worker(settings: Settings) -> int:
     """Run one Faust worker until SIGTERM/SIGINT; returns its exit code."""
     import faust
 
     from stream_app.app import create_runtime
 
-    use_event_loop(settings.event_loop)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     bootstrap_topics(settings, loop)
@@ -111,7 +97,6 @@ def run_worker(settings: Settings) -> int:
 
         install_end_offset_correction(runtime.app, settings.bootstrap_servers)
     _say(f"web view:  http://{runtime.app.conf.web_host}:{settings.web_port}/")
-    _say(f"event loop: {settings.event_loop}")
     worker = faust.Worker(
         runtime.app, loop=loop, loglevel=settings.log_level.lower(), quiet=True
     )

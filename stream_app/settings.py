@@ -8,7 +8,7 @@ working directory is read too). Secrets are ``SecretStr`` and never printed: use
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,12 +117,6 @@ class Settings(BaseSettings):
         "after a quiet spell is taken at once; under load the groups start at most this "
         "often and grow with the backlog (0: a group as soon as one pre-order is ready: lowest "
         "latency when light, about half the burst throughput here)",
-    )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop",
-        description="a worker's event loop (its own and its Kafka consumer thread's). "
-        "Measured at 500 pre-orders/s: topic-to-result p99 80-100 ms with uvloop, 297-349 ms "
-        "with asyncio's",
     )
     gc_thresholds: tuple[int, int, int] = Field(
         (50_000, 20, 1_000),

@@ -29,7 +29,6 @@ def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: Pro
     assert f"embedded broker: 127.0.0.1:{kafka_port}" in out
     assert f"fluent simulator: http://127.0.0.1:{sim_port}/" in out
     assert f"web view:  http://127.0.0.1:{run.web_port}/" in out
-    assert "event loop: uvloop" in out
 
     produce(f"127.0.0.1:{kafka_port}", "inventory-changes", [
         {"eventId": "1", "channel": "A", "sku": "SKU-1", "location": "LOC-1", "onHand": 100,

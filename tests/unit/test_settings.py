@@ -101,38 +101,3 @@ def test_producer_linger_reaches_faust(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAM_APP_PRODUCER_LINGER_MS", "1.5")
     app = create_faust_app(load_settings(_env_file=None))
     assert app.conf.producer_linger == pytest.approx(0.0015)
-
-
-def test_event_loop_setting_chooses_every_loop_the_worker_makes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import asyncio
-    import threading
-
-    import uvloop
-
-    from stream_app.cli import use_event_loop
-
-    assert load_settings(_env_file=None).event_loop == "uvloop"
-    monkeypatch.setenv("STREAM_APP_EVENT_LOOP", "trio")
-    with pytest.raises(SettingsError, match="STREAM_APP_EVENT_LOOP"):
-        load_settings(_env_file=None)
-    made: list[asyncio.AbstractEventLoop] = []
-
-    def in_a_thread() -> None:  # as Faust's consumer thread makes its loop
-        loop = asyncio.new_event_loop()
-        made.append(loop)
-        loop.close()
-
-    try:
-        for name, kind in (("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)):
-            use_event_loop(name)
-            main = asyncio.new_event_loop()
-            thread = threading.Thread(target=in_a_thread)
-            thread.start()
-            thread.join()
-            assert isinstance(main, kind) and isinstance(made[-1], kind), name
-            assert name == "uvloop" or not isinstance(main, uvloop.Loop)
-            main.close()
-    finally:
-        asyncio.set_event_loop_policy(None)
