@@ -98,9 +98,10 @@ def writing_as(event: faust.types.EventT) -> Iterator[None]:
     """Table writes in this block go to ``event``'s partition, as while processing it.
 
     Faust routes a table write (store and changelog) by the *current event* of the
-    stream, and a grouped intake (``take_ready``, like ``take_events``) has none in its body. The intake decides the
-    items of partition *p* under an event it took from partition *p* of ``pre-orders``:
-    Faust's co-partitioned assignment gives this worker the books of *p* with it.
+    stream, and a grouped intake (``take_ready``, like ``take_events``) has none in its
+    body. The intake decides the items of partition *p* under an event it took from
+    partition *p* of ``pre-orders``: Faust's co-partitioned assignment gives this worker
+    the books of *p* with it.
     """
     token = _CURRENT_EVENT.set(weakref.ref(event))
     try:
