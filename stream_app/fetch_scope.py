@@ -23,6 +23,8 @@ from typing import Any
 
 import faust
 
+from stream_app.consumers import on_worker_consumer
+
 
 class ConsumedOnly:
     """An aiokafka assignment seen without the partitions in ``skip``."""
@@ -60,38 +62,17 @@ def fetch_consumed_only(app: faust.App) -> None:
 
     Idempotent; this app instance only. Works with any Kafka broker.
     """
-    if getattr(app, "_stream_app_fetch_scoped", False):
-        return
-    setattr(app, "_stream_app_fetch_scoped", True)  # noqa: B010
-    original_new_consumer = app._new_consumer
 
-    def _new_consumer() -> Any:
-        consumer = original_new_consumer()
-        thread = getattr(consumer, "_thread", None)
-        create = getattr(thread, "_create_worker_consumer", None)
-        if thread is None or create is None or not hasattr(consumer, "_paused_partitions"):
-            return consumer
-
-        def paused() -> Collection[Any]:
+    def started(consumer: Any, client: Any) -> None:
+        fetcher: Any = getattr(client, "_fetcher", None)
+        actions = getattr(fetcher, "_get_actions_per_node", None)
+        if actions is None or hasattr(actions, "__wrapped__"):
+            return
+        if hasattr(consumer, "_paused_partitions"):
             # read in the consumer thread; Faust changes the set in the main thread (set
             # operations are atomic under the GIL, and a stale view costs one round)
-            return consumer._paused_partitions  # type: ignore[no-any-return]
+            fetcher._get_actions_per_node = scoped_actions(
+                actions, lambda: consumer._paused_partitions
+            )
 
-        def _create_worker_consumer(*args: Any, **kwargs: Any) -> Any:
-            client = create(*args, **kwargs)
-            original_start = client.start
-
-            async def start() -> None:
-                await original_start()
-                fetcher: Any = getattr(client, "_fetcher", None)
-                actions = getattr(fetcher, "_get_actions_per_node", None)
-                if actions is not None and not hasattr(actions, "__wrapped__"):
-                    fetcher._get_actions_per_node = scoped_actions(actions, paused)
-
-            client.start = start
-            return client
-
-        setattr(thread, "_create_worker_consumer", _create_worker_consumer)  # noqa: B010
-        return consumer
-
-    setattr(app, "_new_consumer", _new_consumer)  # noqa: B010 - this app instance only
+    on_worker_consumer(app, "_stream_app_fetch_scoped", started=started)

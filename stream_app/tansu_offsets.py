@@ -32,6 +32,8 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, ConsumerT
 
+from stream_app.consumers import on_worker_consumer
+
 log = logging.getLogger(__name__)
 
 #: Upper bound for one probe, connection and metadata included.
@@ -260,34 +262,14 @@ def tune_embedded_consumer(
     """
     if max_wait_ms <= 0 and prefetch_backoff_ms <= 0:
         return
-    if getattr(app, "_stream_app_consumer_tuned", False):
-        return
-    setattr(app, "_stream_app_consumer_tuned", True)  # noqa: B010
-    original_new_consumer = app._new_consumer
 
-    def _new_consumer() -> Any:
-        consumer = original_new_consumer()
-        thread = getattr(consumer, "_thread", None)
-        create = getattr(thread, "_create_worker_consumer", None)
-        if thread is not None and create is not None:
+    def created(_consumer: Any, client: Any) -> None:
+        if max_wait_ms > 0:
+            client._fetch_max_wait_ms = min(client._fetch_max_wait_ms, max_wait_ms)
 
-            def _create_worker_consumer(*args: Any, **kwargs: Any) -> Any:
-                client = create(*args, **kwargs)
-                if max_wait_ms > 0:
-                    client._fetch_max_wait_ms = min(client._fetch_max_wait_ms, max_wait_ms)
-                if prefetch_backoff_ms > 0:
-                    original_start = client.start
+    def started(_consumer: Any, client: Any) -> None:
+        fetcher = getattr(client, "_fetcher", None)
+        if prefetch_backoff_ms > 0 and hasattr(fetcher, "_prefetch_backoff"):
+            fetcher._prefetch_backoff = prefetch_backoff_ms / 1000  # type: ignore[union-attr]
 
-                    async def start() -> None:
-                        await original_start()
-                        fetcher = getattr(client, "_fetcher", None)
-                        if fetcher is not None and hasattr(fetcher, "_prefetch_backoff"):
-                            fetcher._prefetch_backoff = prefetch_backoff_ms / 1000
-
-                    client.start = start
-                return client
-
-            setattr(thread, "_create_worker_consumer", _create_worker_consumer)  # noqa: B010
-        return consumer
-
-    setattr(app, "_new_consumer", _new_consumer)  # noqa: B010 - this app instance only
+    on_worker_consumer(app, "_stream_app_consumer_tuned", created, started)
