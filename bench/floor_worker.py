@@ -19,27 +19,20 @@ import asyncio
 import faust
 import orjson
 
-from stream_app.app import create_faust_app
+from stream_app.app import create_faust_app, raw_topic, tune_consumer
 from stream_app.batching import take_ready
-from stream_app.cli import bootstrap_topics, tune_worker_process
-from stream_app.fetch_scope import fetch_consumed_only
+from stream_app.cli import bootstrap_topics, serve
 from stream_app.settings import Settings
-from stream_app.tansu_offsets import tune_embedded_consumer
 from stream_app.topics import TopicNames
 
 
 def build(settings: Settings) -> faust.App:
     app = create_faust_app(settings)
-    if settings.consumer_fetch_consumed_only:
-        fetch_consumed_only(app)
-    tune_embedded_consumer(
-        app, settings.consumer_fetch_max_wait_ms, settings.consumer_prefetch_backoff_ms
-    )
+    tune_consumer(app, settings)
     names = TopicNames.from_settings(settings)
 
-    def topic(name: str) -> faust.TopicT:  # as the real worker declares them (stream_app.app)
-        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=settings.partitions)
+    def topic(name: str) -> faust.TopicT:
+        return raw_topic(app, name, settings.partitions)
 
     pre_orders = topic(names.pre_orders)
     results = names.pre_order_results
@@ -73,11 +66,7 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     bootstrap_topics(settings, loop)
-    app = build(settings)
-    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level.lower(), quiet=True)
-    worker.spinner = None
-    tune_worker_process(settings)
-    worker.execute_from_commandline()
+    raise SystemExit(serve(build(settings), settings, loop))
 
 
 if __name__ == "__main__":

@@ -68,17 +68,34 @@ def create_faust_app(settings: Settings) -> faust.App:
     )
 
 
+def raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
+    """A topic of raw bytes: every agent decodes (and dead-letters) values itself."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+
+
+def tune_consumer(app: faust.App, settings: Settings) -> None:
+    """The worker consumer's settings that Faust has no option for."""
+    if settings.consumer_fetch_consumed_only:
+        fetch_consumed_only(app)
+    if settings.embedded or settings.correct_end_offsets:  # the embedded (Tansu) broker
+        from stream_app.tansu_offsets import tune_embedded_consumer
+
+        tune_embedded_consumer(
+            app, settings.consumer_fetch_max_wait_ms, settings.consumer_prefetch_backoff_ms
+        )
+
+
 def create_runtime(settings: Settings) -> Runtime:
     app = create_faust_app(settings)
     names = TopicNames.from_settings(settings)
-    raw: dict[str, Any] = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-        "partitions": settings.partitions,
-    }
-    topics = {name: app.topic(name, **raw) for name in names.all()}
+    topics = {name: raw_topic(app, name, settings.partitions) for name in names.all()}
     inventory = define_bucketed_table(
         app,
         "inventory",
@@ -95,14 +112,7 @@ def create_runtime(settings: Settings) -> Runtime:
         buffers=BufferPolicy(settings.default_buffer, dict(settings.channel_buffers)),
         metrics=Metrics(),
     )
-    if settings.consumer_fetch_consumed_only:
-        fetch_consumed_only(app)
-    if settings.embedded or settings.correct_end_offsets:  # the embedded (Tansu) broker
-        from stream_app.tansu_offsets import tune_embedded_consumer
-
-        tune_embedded_consumer(
-            app, settings.consumer_fetch_max_wait_ms, settings.consumer_prefetch_backoff_ms
-        )
+    tune_consumer(app, settings)
     for module in REGISTRY:
         importlib.import_module(module).register(runtime)
     return runtime

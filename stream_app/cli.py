@@ -21,10 +21,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from stream_app.embedded import EmbeddedBroker, EmbeddedBrokerError, port_open, stop_process
 from stream_app.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    import faust
 
 log = logging.getLogger("stream_app")
 
@@ -84,8 +87,6 @@ def tune_worker_process(settings: Settings) -> None:
 
 def run_worker(settings: Settings) -> int:
     """Run one Faust worker until SIGTERM/SIGINT; returns its exit code."""
-    import faust
-
     from stream_app.app import create_runtime
 
     loop = asyncio.new_event_loop()
@@ -97,9 +98,14 @@ def run_worker(settings: Settings) -> int:
 
         install_end_offset_correction(runtime.app, settings.bootstrap_servers)
     _say(f"web view:  http://{runtime.app.conf.web_host}:{settings.web_port}/")
-    worker = faust.Worker(
-        runtime.app, loop=loop, loglevel=settings.log_level.lower(), quiet=True
-    )
+    return serve(runtime.app, settings, loop)
+
+
+def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -> int:
+    """Run ``app`` as a Faust worker on ``loop`` until SIGTERM/SIGINT; its exit code."""
+    import faust
+
+    worker = faust.Worker(app, loop=loop, loglevel=settings.log_level.lower(), quiet=True)
     # Faust's terminal spinner lowers the root logger to DEBUG at WARNING levels (and costs
     # CPU formatting every debug line); start-up progress is in the log anyway.
     worker.spinner = None
