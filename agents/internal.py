@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import faust
+
+from agents.delivery import Message, deliver
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -48,14 +51,29 @@ def dead_letter_headers(event: faust.EventT, reason: str) -> dict[str, bytes]:
     }
 
 
+def dead_letter_message(
+    dlq: faust.TopicT, event: faust.EventT, reason: str, original: bytes | None = None
+) -> Message:
+    """The dead letter of ``event``: its original bytes (or ``original``), the reason and
+    the source in headers."""
+    value = event.value if original is None else original
+    headers = list(dead_letter_headers(event, reason).items())
+    return (dlq.get_topic_name(), event.key, value or b"", None, headers)
+
+
 async def dead_letter(dlq: faust.TopicT, event: faust.EventT, reason: str) -> None:
-    """Send an event's original bytes to a dead-letter topic, the reason in its headers."""
-    await dlq.send(
-        key=event.key,
-        value=event.value or b"",
-        headers=dead_letter_headers(event, reason),
-        force=True,
-    )
+    """Send an event's dead letter and wait until the broker has it (retrying)."""
+    await deliver(dlq.app, [dead_letter_message(dlq, event, reason)])
+
+
+def event_time(event: faust.EventT) -> datetime:
+    """The moment an input happened, from its message timestamp: every decision reads
+    time from its input, so a replay decides as the first run did. A message without a
+    usable timestamp (-1 or 0: some clients send none) falls back to the wall clock."""
+    stamp = event.message.timestamp
+    if stamp and stamp > 0:
+        return datetime.fromtimestamp(stamp, UTC)
+    return datetime.now(UTC)
 
 
 def handlers(runtime: Runtime) -> dict[bytes, Handler]:

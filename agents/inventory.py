@@ -14,17 +14,15 @@ Two steps, both at-least-once and idempotent:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
-from aiokafka.errors import KafkaError
-from faust.exceptions import ProducerSendError
 
-from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_headers
+from agents.delivery import Message, deliver
+from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_message
 from agents.internal import handlers as internal_handlers
 from stream_app.domain.inventory import apply_change, empty_state
 from stream_app.partitioning import partition_for
@@ -55,35 +53,19 @@ async def deliver_until_done(
     dlq: faust.TopicT,
     batches: list[tuple[int, list[list[Any]]]],
     dead: list[tuple[faust.EventT, Rejected]],
-    max_backoff: float = 30.0,
 ) -> None:
     """Send every forward and dead letter, retrying while the broker refuses: the stream
     stalls rather than acknowledging events whose records were not delivered."""
-    attempt = 0
-    while True:
-        try:
-            pending = [
-                await apply_topic.send(
-                    key=INVENTORY_APPLY, value=orjson.dumps(items), partition=partition, force=True
-                )
-                for partition, items in batches
-            ]
-            pending += [
-                await dlq.send(
-                    key=event.key,
-                    value=rejected.original,
-                    headers=dead_letter_headers(event, rejected.reason),
-                    force=True,
-                )
-                for event, rejected in dead
-            ]
-            await asyncio.gather(*pending)
-            return
-        except (ProducerSendError, KafkaError) as exc:
-            attempt += 1
-            delay = min(max_backoff, 0.1 * 2**attempt)
-            log.error("delivery failed (attempt %d), retrying in %.1fs: %r", attempt, delay, exc)
-            await asyncio.sleep(delay)
+    name = apply_topic.get_topic_name()
+    messages: list[Message] = [
+        (name, INVENTORY_APPLY, orjson.dumps(items), partition, None)
+        for partition, items in batches
+    ]
+    messages += [
+        dead_letter_message(dlq, event, rejected.reason, rejected.original)
+        for event, rejected in dead
+    ]
+    await deliver(apply_topic.app, messages)
 
 
 def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]:
@@ -143,6 +125,6 @@ def register(runtime: Runtime) -> None:
         changed = apply_records(runtime, records)
         runtime.metrics.records_applied.inc(len(records))
         for hook in after_apply:
-            await hook(event.message.partition, len(records), changed)
+            await hook(event, len(records), changed)
 
     internal_handlers(runtime)[INVENTORY_APPLY] = apply

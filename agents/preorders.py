@@ -29,7 +29,6 @@ or resubmitted item a duplicate that re-emits its decision without changing anyt
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import weakref
@@ -44,11 +43,14 @@ import faust
 import faust.streams as faust_streams
 import orjson
 
+from agents.delivery import Message, deliver, flush_writes
 from agents.internal import (
     BOOK_COMMAND,
     PREORDER_DECISIONS,
     PREORDER_ITEMS,
     dead_letter,
+    dead_letter_message,
+    event_time,
 )
 from agents.internal import handlers as internal_handlers
 from stream_app.batching import take_ready
@@ -66,7 +68,9 @@ from stream_app.domain.reservations import (
     Outcome,
     Reservation,
     ReservationBook,
+    iso,
     key_of_reservation_id,
+    parse_iso,
 )
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
@@ -193,19 +197,22 @@ def supply_for(runtime: Runtime, key: str, sku: str, category: str | None) -> Su
 
 @dataclass
 class Outbox:
-    """Messages one event produces, handed to the app's producer by :meth:`flush`.
+    """What one event (or group) causes: reservation writes, then messages.
 
-    Delivery is not awaited per event: Faust flushes the producer before it commits any
-    source offset, so a message queued here is on the broker before the event that
-    caused it counts as processed (at-least-once) — without a broker round trip per
-    event. A failed delivery is logged.
+    :meth:`flush` (through :meth:`Books.flush`) writes nothing itself: the writes were made
+    by :meth:`Books.save`; it waits until the broker has them (:func:`flush_writes`), then
+    sends the messages and waits for each (:func:`deliver`, retrying). The agent returns
+    only then, so Faust acknowledges the source event only when everything it caused is
+    on the broker, and no message announces state the changelog may not keep.
     """
 
-    messages: list[tuple[str, bytes | None, bytes, int | None]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
     #: reservations changed by this event (last state per id), saved once at its end
     changed: dict[str, Reservation] = field(default_factory=dict)
     #: order results among the messages (also handed to in-process waiters)
     results: list[tuple[str, Json]] = field(default_factory=list)
+    #: table writes were made: wait until they are on the broker before any message
+    wrote: bool = False
 
     def add_result(self, topic: faust.TopicT, order_id: str, result: Json) -> None:
         self.add(topic, order_id.encode(), result, None)
@@ -215,19 +222,17 @@ class Outbox:
         self, topic: faust.TopicT, key: bytes | None, value: Any, partition: int | None
     ) -> None:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
-        self.messages.append((topic.get_topic_name(), key, raw, partition))
+        self.messages.append((topic.get_topic_name(), key, raw, partition, None))
+
+    def add_dead_letter(self, dlq: faust.TopicT, event: faust.EventT, reason: str) -> None:
+        self.messages.append(dead_letter_message(dlq, event, reason))
 
     async def flush(self, app: faust.App) -> None:
-        producer = app.producer
-        for topic, key, value, partition in self.messages:
-            future = await producer.send(topic, key, value, partition, None, None)
-            asyncio.ensure_future(future).add_done_callback(_log_failure)
-        self.messages.clear()
-
-
-def _log_failure(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("a pre-order message could not be delivered: %r", future.exception())
+        if self.wrote:
+            await flush_writes(app)
+            self.wrote = False
+        messages, self.messages = self.messages, []
+        await deliver(app, messages)
 
 
 class Books:
@@ -285,6 +290,7 @@ class Books:
         if out.changed:
             self.store.save(out.changed.values())
             out.changed.clear()
+            out.wrote = True
 
     def heal(
         self, part: PartitionBooks, key: str, book: ReservationBook, now: datetime, out: Outbox
@@ -300,9 +306,14 @@ class Books:
                 out,
             )
 
-    def decide(self, partition: int, items: Iterable[Json], out: Outbox) -> int:
-        """Place every item of one ``preorder-items`` message; returns the count."""
-        now = utcnow()
+    def decide(
+        self, partition: int, items: Iterable[Json], out: Outbox, received: datetime
+    ) -> int:
+        """Place every item of one ``preorder-items`` message; returns the count.
+
+        An item is decided at the moment its pre-order arrived (``at``, set at intake from
+        the pre-order's message timestamp; ``received`` for items without it), so a replay
+        decides as the first run did whenever it runs."""
         part = self.store.books(partition)
         decided: list[tuple[ItemRequest, int, str, ReservationBook, Any]] = []
         for wire in items:
@@ -310,6 +321,7 @@ class Books:
                 request = ItemRequest.from_dict(wire)
                 count = int(wire.get("itemCount", 1))
                 submission = str(wire.get("submission", ""))
+                now = parse_iso(str(wire["at"])) if wire.get("at") else received
             except Exception:
                 log.exception("bad item on the pre-order item topic")
                 continue
@@ -359,9 +371,11 @@ class Books:
         self.save(out)
         return len(decided)
 
-    def command(self, partition: int, command: Json, out: Outbox) -> Json:
-        """Apply one book command; returns ``{ok, error, reservations}``."""
-        now = utcnow()
+    def command(self, partition: int, command: Json, out: Outbox, received: datetime) -> Json:
+        """Apply one book command at the moment it was sent (``at``, set by the router from
+        the command's message timestamp; else ``received``); returns ``{ok, error,
+        reservations}``."""
+        now = parse_iso(str(command["at"])) if command.get("at") else received
         part = self.store.books(partition)
         name = command.get("command")
         rid = command.get("reservationId")
@@ -401,9 +415,9 @@ class Books:
         self.save(out)
         return {"ok": error is None, "error": error, "reservations": touched}
 
-    def promote(self, partition: int, keys: Iterable[str], out: Outbox) -> int:
-        """Supply of ``keys`` changed: promote their waitlists; returns events queued."""
-        now = utcnow()
+    def promote(self, partition: int, keys: Iterable[str], out: Outbox, now: datetime) -> int:
+        """Supply of ``keys`` changed at ``now`` (the supply message's time): promote their
+        waitlists; returns events queued."""
         part = self.store.books(partition)
         before = len(out.messages)
         for key in keys:
@@ -483,22 +497,22 @@ def register(runtime: Runtime) -> None:
         async for events in take_ready(
             stream, settings.preorder_batch_max, settings.preorder_batch_within
         ):
-            today = utcnow().date()
             out = Outbox()
             grouped: dict[int, list[Json]] = defaultdict(list)
             local: dict[int, tuple[faust.types.EventT, list[Json]]] = {}
             for event in events:
+                received = event_time(event)
                 try:
                     parsed = parse_pre_order_message(
-                        event.value, policy, today, settings.max_request_bytes
+                        event.value, policy, received.date(), settings.max_request_bytes
                     )
                 except BadMessage as exc:
                     log.warning("dead letter from %s: %s", names.pre_orders, exc)
-                    await dead_letter(pre_orders_dlq, event, str(exc))
+                    out.add_dead_letter(pre_orders_dlq, event, str(exc))
                     continue
                 except Exception as exc:  # never let one message stop the stream
                     log.exception("unexpected error on a pre-order")
-                    await dead_letter(pre_orders_dlq, event, f"internal error: {exc!r}")
+                    out.add_dead_letter(pre_orders_dlq, event, f"internal error: {exc!r}")
                     continue
                 if isinstance(parsed, dict):
                     out.add_result(results_topic, str(parsed["orderId"]), parsed)
@@ -510,6 +524,7 @@ def register(runtime: Runtime) -> None:
                     wire = request.to_dict()
                     wire["itemCount"] = len(requests)
                     wire["submission"] = submission
+                    wire["at"] = iso(received)
                     key = inventory_key(request.sku, request.location)
                     target = partition_for(key, settings.partitions)
                     if target == source:
@@ -519,7 +534,7 @@ def register(runtime: Runtime) -> None:
             for partition, (anchor, items) in local.items():
                 with writing_as(anchor):
                     try:
-                        books.decide(partition, items, out)
+                        books.decide(partition, items, out, event_time(anchor))
                     except Exception:  # decide() isolates bad items: this is a bug
                         log.exception("pre-order decisions at intake failed")
                         books.save(out)  # what the books changed in memory is stored
@@ -533,11 +548,11 @@ def register(runtime: Runtime) -> None:
         out = Outbox()
         try:
             items = orjson.loads(event.value)["items"]
-            books.decide(event.message.partition, items, out)
+            books.decide(event.message.partition, items, out, event_time(event))
         except Exception as exc:  # decide() isolates bad items: a bug or a bad message
             log.exception("pre-order item message failed (dead-lettered)")
             books.save(out)  # what the books changed in memory is stored all the same
-            await dead_letter(pre_orders_dlq, event, f"internal item message: {exc!r}")
+            out.add_dead_letter(pre_orders_dlq, event, f"internal item message: {exc!r}")
         await books.flush(out)
 
     async def collector(event: faust.EventT) -> None:
@@ -548,7 +563,7 @@ def register(runtime: Runtime) -> None:
                 out.add(results_topic, order_id.encode(), result, None)
         except Exception as exc:
             log.exception("pre-order decision message failed (dead-lettered)")
-            await dead_letter(pre_orders_dlq, event, f"internal decision message: {exc!r}")
+            out.add_dead_letter(pre_orders_dlq, event, f"internal decision message: {exc!r}")
         await books.flush(out)
 
     @app.agent(commands, name="reservation-command-router")
@@ -560,6 +575,7 @@ def register(runtime: Runtime) -> None:
                 log.warning("dead letter from %s: %s", names.reservation_commands, exc)
                 await dead_letter(commands_dlq, event, str(exc))
                 continue
+            command.setdefault("at", iso(event_time(event)))
             out = Outbox()
             rid = command.get("reservationId")
             if rid is not None:
@@ -577,11 +593,11 @@ def register(runtime: Runtime) -> None:
         command: Json = {}
         try:
             command = orjson.loads(event.value)
-            response = books.command(event.message.partition, command, out)
+            response = books.command(event.message.partition, command, out, event_time(event))
         except Exception as exc:
             log.exception("book command failed (dead-lettered)")
             books.save(out)
-            await dead_letter(commands_dlq, event, f"internal book command: {exc!r}")
+            out.add_dead_letter(commands_dlq, event, f"internal book command: {exc!r}")
         await books.flush(out)
         request_id = command.get("requestId") if isinstance(command, dict) else None
         store.command_done(request_id, response)
@@ -591,11 +607,13 @@ def register(runtime: Runtime) -> None:
     registry[PREORDER_DECISIONS] = collector
     registry[BOOK_COMMAND] = book_command
 
-    async def promote_after_supply(partition: int, n_records: int, changed: list[str]) -> None:
+    async def promote_after_supply(
+        event: faust.EventT, n_records: int, changed: list[str]
+    ) -> None:
         if not changed:
             return
         out = Outbox()
-        books.promote(partition, changed, out)
+        books.promote(event.message.partition, changed, out, event_time(event))
         await books.flush(out)
 
     runtime.extras.setdefault("after_inventory_apply", []).append(promote_after_supply)

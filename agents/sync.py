@@ -356,8 +356,10 @@ def record_acknowledgement(
     return accepted.update([*ok, *bad], change)
 
 
-def _note_changes_hook(service: SyncService) -> Callable[[int, int, list[str]], Any]:
-    async def hook(partition: int, n_records: int, changed: list[str]) -> None:
+def _note_changes_hook(
+    service: SyncService,
+) -> Callable[[faust.EventT, int, list[str]], Any]:
+    async def hook(event: faust.EventT, n_records: int, changed: list[str]) -> None:
         service.note_changes(changed)
 
     return hook
