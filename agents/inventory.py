@@ -124,7 +124,8 @@ def register(runtime: Runtime) -> None:
             return
         changed = apply_records(runtime, records)
         runtime.metrics.records_applied.inc(len(records))
-        for hook in after_apply:
-            await hook(event, len(records), changed)
+        keys = list(dict.fromkeys(record.key for record in records))
+        for hook in after_apply:  # also when nothing changed: a replay re-announces
+            await hook(event, keys, changed)
 
     internal_handlers(runtime)[INVENTORY_APPLY] = apply

@@ -292,20 +292,6 @@ class Books:
             out.changed.clear()
             out.wrote = True
 
-    def heal(
-        self, part: PartitionBooks, key: str, book: ReservationBook, now: datetime, out: Outbox
-    ) -> None:
-        """First use of a book restored from the table: promote what fits (an operation
-        interrupted by a crash may have freed units without promoting)."""
-        if key in part.unhealed:
-            part.unhealed.discard(key)
-            self.record(
-                key,
-                part.partition,
-                book.promote(self.supply(part, key, book), self.policy, now),
-                out,
-            )
-
     def decide(
         self, partition: int, items: Iterable[Json], out: Outbox, received: datetime
     ) -> int:
@@ -327,7 +313,6 @@ class Books:
                 continue
             key = inventory_key(request.sku, request.location)
             book = part.book(key)
-            self.heal(part, key, book, now, out)
             if request.category is not None and part.categories.get(key) != request.category:
                 part.categories[key] = request.category
             supply = self.supply(part, key, book)
@@ -386,7 +371,6 @@ class Books:
             book = part.books.get(key)
             if book is None or rid not in book:
                 return {"ok": False, "error": "not_found", "reservations": []}
-            self.heal(part, key, book, now, out)
             if name == "cancel":
                 outcome = book.cancel(rid, self.supply(part, key, book), self.policy, now)
             else:
@@ -399,7 +383,6 @@ class Books:
             order_id = str(command.get("orderId"))
             for key in sorted(part.orders.get(order_id, ())):
                 book = part.books[key]
-                self.heal(part, key, book, now, out)
                 if name == "cancel":
                     outcome = book.cancel_order(
                         order_id, self.supply(part, key, book), self.policy, now
@@ -415,19 +398,30 @@ class Books:
         self.save(out)
         return {"ok": error is None, "error": error, "reservations": touched}
 
-    def promote(self, partition: int, keys: Iterable[str], out: Outbox, now: datetime) -> int:
-        """Supply of ``keys`` changed at ``now`` (the supply message's time): promote their
-        waitlists; returns events queued."""
+    def promote(
+        self,
+        partition: int,
+        keys: Iterable[str],
+        changed: Iterable[str],
+        out: Outbox,
+        now: datetime,
+        cause: str,
+    ) -> int:
+        """A supply message (``cause``, at ``now``) touched ``keys`` and changed the supply
+        of ``changed``: promote their waitlists. The keys it did not change are promoted
+        too: a replay of the message finds its supply already applied, while the
+        promotions it caused may not have been written before a crash (the book sends its
+        recorded ones again and makes the missing ones; in a consistent book nothing
+        more fits). Returns the events queued."""
         part = self.store.books(partition)
         before = len(out.messages)
-        for key in keys:
+        for key in changed:
             self._supplies.pop(key, None)
+        for key in keys:
             book = part.books.get(key)
-            if book is None:
-                continue
-            part.unhealed.discard(key)
-            outcome = book.promote(self.supply(part, key, book), self.policy, now)
-            self.record(key, partition, outcome, out)
+            if book is not None:
+                supply = self.supply(part, key, book)
+                self.record(key, partition, book.promote(supply, self.policy, now, cause), out)
         self.save(out)
         return len(out.messages) - before
 
@@ -608,12 +602,12 @@ def register(runtime: Runtime) -> None:
     registry[BOOK_COMMAND] = book_command
 
     async def promote_after_supply(
-        event: faust.EventT, n_records: int, changed: list[str]
+        event: faust.EventT, keys: list[str], changed: list[str]
     ) -> None:
-        if not changed:
-            return
+        message = event.message
+        cause = f"supply:{message.topic}:{message.partition}:{message.offset}"
         out = Outbox()
-        books.promote(event.message.partition, changed, out, event_time(event))
+        books.promote(message.partition, keys, changed, out, event_time(event), cause)
         await books.flush(out)
 
     runtime.extras.setdefault("after_inventory_apply", []).append(promote_after_supply)

@@ -67,7 +67,6 @@ from stream_app.domain.reservations import (
     EventType,
     Outcome,
     Reservation,
-    ReservationBook,
     Status,
     iso,
     key_of_reservation_id,
@@ -85,7 +84,7 @@ from tables.releases import ReleaseRuns, define_release_table
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
-    from tables.reservations import PartitionBooks, ReservationStore
+    from tables.reservations import ReservationStore
 
 log = logging.getLogger(__name__)
 
@@ -269,22 +268,12 @@ class ReleaseService:
         else:
             log.warning("unknown release command %r skipped", kind)
 
-    def _heal(
-        self, part: PartitionBooks, key: str, book: ReservationBook, now: datetime, out: Step
-    ) -> None:
-        """As the book agent does on first use of a restored book: promote what fits."""
-        if key in part.unhealed:
-            part.unhealed.discard(key)
-            supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
-            out.record(key, book.promote(supply, self.policy, now))
-
     def expire_partition(self, partition: int, out: Step) -> int:
         """Uncommitted reservations past ``expiresAt`` → EXPIRED, then promotion."""
         now = self.clock()
         part = self.store.books(partition)
         expired = 0
         for key, book in list(part.books.items()):
-            self._heal(part, key, book, now, out)
             supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
             outcome = book.expire(supply, self.policy, now)
             expired += sum(1 for e in outcome.events if e["eventType"] == "EXPIRED")
@@ -357,7 +346,6 @@ class ReleaseService:
         for key, book in list(part.books.items()):
             if resumed:
                 out.replay(key, (r for r in book.reservations() if released_by_run(r, started)), now)
-            self._heal(part, key, book, now, out)
             supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
             # every uncommitted reservation past its deadline expires in the same pass
             # (any ship date), and what that frees promotes later queues first

@@ -358,8 +358,8 @@ def record_acknowledgement(
 
 def _note_changes_hook(
     service: SyncService,
-) -> Callable[[faust.EventT, int, list[str]], Any]:
-    async def hook(event: faust.EventT, n_records: int, changed: list[str]) -> None:
+) -> Callable[[faust.EventT, list[str], list[str]], Any]:
+    async def hook(event: faust.EventT, keys: list[str], changed: list[str]) -> None:
         service.note_changes(changed)
 
     return hook

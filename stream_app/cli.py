@@ -21,9 +21,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from stream_app.embedded import EmbeddedBroker, EmbeddedBrokerError, port_open, stop_process
+from stream_app.local_state import claim_local_state, release_local_state
 from stream_app.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -110,11 +112,17 @@ def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -
     # CPU formatting every debug line); start-up progress is in the log anyway.
     worker.spinner = None
     tune_worker_process(settings)
+    tabledir = Path(app.conf.tabledir)
+    if claim_local_state(tabledir):
+        _say("unclean stop before: local tables discarded, rebuilding from the changelogs")
+    code = 0
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+        code = int(exc.code or 0)
+    if code == 0:
+        release_local_state(tabledir)
+    return code
 
 
 @contextlib.contextmanager

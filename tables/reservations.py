@@ -55,9 +55,6 @@ class PartitionBooks:
     partition: int
     books: dict[str, ReservationBook] = field(default_factory=dict)
     orders: dict[str, set[str]] = field(default_factory=dict)
-    #: books restored from the table whose waitlist was not re-checked yet (after a crash
-    #: an operation may have been half written; a promote pass heals that)
-    unhealed: set[str] = field(default_factory=set)
     #: product category per key (selects the overbooking rate), from its reservations
     categories: dict[str, str | None] = field(default_factory=dict)
     #: the stored chunks: chunk key → reservationId → serialized reservation (what the
@@ -176,7 +173,6 @@ class ReservationStore:
         for key, reservations in grouped.items():
             sku, location = split_key(key)
             part.books[key] = ReservationBook.restore(sku, location, reservations)
-            part.unhealed.add(key)
             for reservation in reservations:
                 part.note_order(reservation.order_id, key)
                 if reservation.category is not None:
@@ -243,7 +239,7 @@ class ReservationStore:
             entries = chunks.get(name)
             if entries is None:
                 entries = chunks[name] = {}
-            entries[reservation.reservation_id] = orjson.dumps(reservation.to_dict())
+            entries[reservation.reservation_id] = orjson.dumps(reservation.to_stored())
             dirty[name] = entries
         for name, entries in dirty.items():
             self.table[name] = encode_chunk(entries)

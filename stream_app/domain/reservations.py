@@ -179,6 +179,9 @@ class Reservation:
     product_name: str = ""
     source: str = ""
     category: str | None = None
+    #: the events this reservation was the subject of, by cause (see :class:`History`):
+    #: stored with it, so a replayed cause sends the recorded events again
+    history: list[list[Any]] = field(default_factory=list)
 
     @property
     def key(self) -> PriorityKey:
@@ -212,6 +215,15 @@ class Reservation:
             "category": self.category,
         }
 
+    def to_stored(self) -> dict[str, Any]:
+        """:meth:`to_dict` plus the event history: what the table stores."""
+        data = self.to_dict()
+        data["history"] = self.history
+        return data
+
+    def recorded(self, cause: str) -> list[list[Any]]:
+        return [entry for entry in self.history if entry[0] == cause]
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Reservation:
         created = parse_iso(str(data["createdAt"]))
@@ -241,7 +253,15 @@ class Reservation:
             product_name=str(data.get("productName") or ""),
             source=str(data.get("source") or ""),
             category=None if data.get("category") is None else str(data["category"]),
+            history=[list(entry) for entry in data.get("history") or ()],
         )
+
+
+def event_id(reservation_id: str, cause: str, index: int) -> str:
+    """Deterministic id of the ``index``-th event caused by ``cause`` (the same on every
+    replay of that cause)."""
+    digest = hashlib.sha256(f"{reservation_id}|{cause}|{index}".encode()).hexdigest()[:20]
+    return f"E-{digest}"
 
 
 def reservation_event(
@@ -276,6 +296,22 @@ def reservation_event(
     return event
 
 
+#: history entries kept per reservation (a replay only concerns its latest causes)
+HISTORY_KEPT = 8
+
+#: the status an event leaves its reservation in (re-applying a lost write)
+_STATUS_AFTER = {
+    EventType.RESERVED: Status.RESERVED,
+    EventType.PROMOTED: Status.RESERVED,
+    EventType.WAITLISTED: Status.WAITLISTED,
+    EventType.BUMPED: Status.WAITLISTED,
+    EventType.REJECTED: Status.REJECTED,
+    EventType.CANCELLED: Status.CANCELLED,
+    EventType.EXPIRED: Status.EXPIRED,
+    EventType.CONFIRMED: Status.CONFIRMED,
+}
+
+
 @dataclass
 class Outcome:
     """What one book operation did.
@@ -308,6 +344,27 @@ class Transition:
     status: Status
     reason: str | None = None
     event: EventType | None = None
+
+
+def newest_versions(reservations: Iterable[Reservation]) -> list[Reservation]:
+    """One version per reservation id and per queue place (ship date, sequence): the
+    newest (``updated_at``, then the longer history). Two versions exist when an old owner
+    of a partition wrote it while the new owner recovered it; the book must still load."""
+    def newer(a: Reservation, b: Reservation) -> bool:
+        return (a.updated_at, len(a.history)) > (b.updated_at, len(b.history))
+
+    by_id: dict[str, Reservation] = {}
+    for reservation in reservations:
+        known = by_id.get(reservation.reservation_id)
+        if known is None or newer(reservation, known):
+            by_id[reservation.reservation_id] = reservation
+    by_place: dict[tuple[date, int], Reservation] = {}
+    for reservation in by_id.values():
+        place = (reservation.ship_date, reservation.sequence)
+        known = by_place.get(place)
+        if known is None or newer(reservation, known):
+            by_place[place] = reservation
+    return list(by_place.values())
 
 
 # --- ranked lists ----------------------------------------------------------------------
@@ -472,6 +529,8 @@ class ReservationBook:
         self._held: dict[date, int] = {}
         self._customer_units: dict[str, int] = {}
         self._revision = 0  # bumped whenever header content changes
+        #: cause → ids of the reservations with recorded events of it (ordered set)
+        self._caused: dict[str, dict[str, None]] = {}
 
     # --- reading ---------------------------------------------------------------------
 
@@ -601,9 +660,9 @@ class ReservationBook:
     ) -> ReservationBook:
         """Rebuild a book from its stored reservations (and header). O(n log n)."""
         book = cls(sku, location)
-        loaded = [
+        loaded = newest_versions(
             r if isinstance(r, Reservation) else Reservation.from_dict(r) for r in reservations
-        ]
+        )
         loaded.sort(key=lambda r: (r.ship_date, r.sequence))
         for reservation in loaded:
             if reservation.sku != sku or reservation.location != location:
@@ -641,6 +700,7 @@ class ReservationBook:
         self._by_id[reservation.reservation_id] = reservation
         self._revision += 1
         self._by_order.setdefault(reservation.order_id, []).append(reservation.reservation_id)
+        self._index(reservation)
 
     def _move(
         self, reservation: Reservation, status: Status, now: datetime, ranked: bool = True
@@ -687,22 +747,150 @@ class ReservationBook:
         for ship_date in sorted(bulk):
             self._queues[ship_date].rebuild_ranked()
 
-    def _finish(self, recorder: _Recorder, now: datetime, **extra: Any) -> Outcome:
+    def _finish(
+        self,
+        recorder: _Recorder,
+        now: datetime,
+        cause: str | None = None,
+        subject: Reservation | None = None,
+        **extra: Any,
+    ) -> Outcome:
+        """Positions, events and (with a ``cause``) their history entries.
+
+        With a cause, every event is recorded in its reservation's history and the
+        ``subject`` (the reservation whose stored presence says "this cause was applied")
+        also records the op's events on the others (``effects``): a replay of the cause
+        re-applies those if their write was lost, then sends every recorded event of the
+        cause again (:meth:`_replay`). ``Outcome.events`` are all recorded events of the
+        cause, older ones first (a re-run after a half-written first run)."""
         for reservation in recorder.changed.values():
             reservation.queue_position = self.queue_position(reservation)
-        events = []
         at = iso(now)
-        for reservation, event_type, reason in recorder.pending:
+        entries: list[tuple[Reservation, list[Any]]] = []
+        first = 0 if cause is None else self._next_index(cause)
+        for index, (reservation, event_type, reason) in enumerate(recorder.pending, first):
             position = None
             if _POSITIONED.get(event_type) is reservation.status:
                 position = reservation.queue_position
-            events.append(reservation_event(reservation, event_type, at, position, reason))
+            entries.append((reservation, [cause, index, str(event_type), position, reason, at]))
+        if cause is None:
+            events = [
+                self._event_of(reservation, entry, f"{entry[2]}@{at}")
+                for reservation, entry in entries
+            ]
+        else:
+            if subject is not None:
+                effects = [
+                    [r.reservation_id, *entry[1:5]] for r, entry in entries if r is not subject
+                ]
+                for reservation, entry in entries:
+                    if reservation is subject:
+                        entry.append(effects)
+                        break
+            for reservation, entry in entries:
+                self._append_history(reservation, entry)
+            events = self._emission(cause)
         return Outcome(
             changed=list(recorder.changed.values()),
             events=events,
             header_changed=self._revision != recorder.revision,
             **extra,
         )
+
+    # --- recorded causes ---------------------------------------------------------------
+
+    def _index(self, reservation: Reservation) -> None:
+        for entry in reservation.history:
+            self._caused.setdefault(entry[0], {})[reservation.reservation_id] = None
+
+    def _append_history(self, reservation: Reservation, entry: list[Any]) -> None:
+        history = reservation.history
+        history.append(entry)
+        self._caused.setdefault(entry[0], {})[reservation.reservation_id] = None
+        while len(history) > HISTORY_KEPT:
+            dropped = history.pop(0)[0]
+            if all(e[0] != dropped for e in history):
+                holders = self._caused.get(dropped)
+                if holders is not None:
+                    holders.pop(reservation.reservation_id, None)
+                    if not holders:
+                        del self._caused[dropped]
+
+    def _next_index(self, cause: str) -> int:
+        indexes = [
+            entry[1]
+            for rid in self._caused.get(cause, ())
+            for entry in self._by_id[rid].history
+            if entry[0] == cause
+        ]
+        return max(indexes) + 1 if indexes else 0
+
+    def _event_of(self, reservation: Reservation, entry: list[Any], cause: str) -> dict[str, Any]:
+        event = reservation_event(
+            reservation, EventType(entry[2]), entry[5], entry[3], entry[4]
+        )
+        event["eventId"] = event_id(reservation.reservation_id, cause, entry[1])
+        return event
+
+    def _emission(self, cause: str) -> list[dict[str, Any]]:
+        """Every recorded event of ``cause`` in this book, in the order it was caused."""
+        found: list[tuple[int, Reservation, list[Any]]] = []
+        for rid in self._caused.get(cause, ()):
+            reservation = self._by_id[rid]
+            found.extend((e[1], reservation, e) for e in reservation.history if e[0] == cause)
+        found.sort(key=lambda item: item[0])
+        return [self._event_of(r, entry, cause) for _, r, entry in found]
+
+    def recorded_events(self, cause: str) -> list[dict[str, Any]]:
+        """The events ``cause`` caused in this book (empty when it caused none here)."""
+        return self._emission(cause)
+
+    def _replay(self, cause: str, subject: Reservation | None) -> Outcome:
+        """An operation already applied: re-apply what its subject recorded of it on other
+        reservations whose write was lost (a crash between two chunk writes), then send
+        every recorded event of the cause again — never nothing."""
+        changed: list[Reservation] = []
+        record = None
+        if subject is not None:
+            record = next(
+                (e for e in subject.history if e[0] == cause and len(e) > 6), None
+            )
+        if record is not None:
+            changed = self._redo(cause, record[6], record[5])
+        for reservation in changed:
+            reservation.queue_position = self.queue_position(reservation)
+        return Outcome(
+            reservation=subject, changed=changed, events=self._emission(cause), duplicate=True
+        )
+
+    def _redo(self, cause: str, effects: list[list[Any]], at: str) -> list[Reservation]:
+        by_id: dict[str, list[list[Any]]] = {}
+        for effect in effects:
+            by_id.setdefault(effect[0], []).append(effect)
+        when = parse_iso(at)
+        changed: list[Reservation] = []
+        for rid, mine in by_id.items():
+            reservation = self._by_id.get(rid)
+            if reservation is None:
+                continue
+            have = {e[1] for e in reservation.history if e[0] == cause}
+            missing = [e for e in mine if e[1] not in have]
+            if not missing:
+                continue
+            last_type = EventType(mine[-1][2])
+            if last_type is EventType.COMMITTED:
+                reservation.committed = True
+            else:
+                status = _STATUS_AFTER[last_type]
+                self._move(reservation, status, when)
+                reservation.reason = mine[-1][4]
+                if status is Status.RESERVED:
+                    reservation.available = None
+            reservation.updated_at = when
+            for effect in missing:
+                self._append_history(reservation, [cause, *effect[1:5], at])
+            changed.append(reservation)
+        return changed
 
     def _victims(self, queue: _Queue, score: int, needed: int) -> list[Reservation]:
         """Lowest-priority, latest-arriving RESERVED items of LOWER tiers freeing ≥ needed."""
@@ -746,7 +934,14 @@ class ReservationBook:
 
     # --- operations ------------------------------------------------------------------
 
-    def place(self, request: ItemRequest, supply: Supply, policy: Policy, now: datetime) -> Outcome:
+    def place(
+        self,
+        request: ItemRequest,
+        supply: Supply,
+        policy: Policy,
+        now: datetime,
+        cause: str | None = None,
+    ) -> Outcome:
         """Decide one item: RESERVED, WAITLISTED or REJECTED (``Outcome.reservation``).
 
         In order: ``max_per_customer`` (units of this SKU/location held or waitlisted by
@@ -760,15 +955,17 @@ class ReservationBook:
         cap bounds the waitlist, supply bounds the rest.
 
         Idempotent: an id already in the book returns its current state with
-        ``duplicate=True``, no change and NO event (the decision is not re-published).
+        ``duplicate=True`` and no change, and its recorded events again (the decision,
+        bumps and promotions it caused; ``cause`` defaults to the reservation id).
         """
         require_aware(now)
         if request.sku != self.sku or request.location != self.location:
             raise ValueError(f"item {request.sku}|{request.location} is not of this book")
         rid = reservation_id(request.order_id, request.sku, request.location, request.item_index)
+        cause = cause or rid
         existing = self._by_id.get(rid)
         if existing is not None:
-            return Outcome(reservation=existing, duplicate=True)
+            return self._replay(cause, existing)
         queue = self._queue(request.ship_date)
         score = tier_score(request.tier, policy.tier_scores)
         reservation = Reservation(
@@ -799,16 +996,16 @@ class ReservationBook:
         if quantity <= 0:
             reservation.reason = "invalid_quantity"
             recorder.event(reservation, EventType.REJECTED, reservation.reason)
-            return self._finish(recorder, now, reservation=reservation)
+            return self._finish(recorder, now, cause, reservation, reservation=reservation)
         if limit is not None and self.customer_units(request.customer_id) + quantity > limit:
             reservation.reason = Reason.MAX_PER_CUSTOMER
             recorder.event(reservation, EventType.REJECTED, reservation.reason)
-            return self._finish(recorder, now, reservation=reservation)
+            return self._finish(recorder, now, cause, reservation, reservation=reservation)
         atp = self.future_atp(supply, request.ship_date)
         if atp >= quantity:
             self._move(reservation, Status.RESERVED, now)
             recorder.event(reservation, EventType.RESERVED)
-            return self._finish(recorder, now, reservation=reservation)
+            return self._finish(recorder, now, cause, reservation, reservation=reservation)
         victims: list[Reservation] = []
         if policy.priority_preemption and policy.waitlist_enabled:
             victims = self._victims(queue, score, quantity - atp)
@@ -821,7 +1018,7 @@ class ReservationBook:
             self._move(reservation, Status.RESERVED, now)
             recorder.event(reservation, EventType.RESERVED)
             self._promote(supply, policy, now, recorder)  # bumping may free a little more
-            return self._finish(recorder, now, reservation=reservation)
+            return self._finish(recorder, now, cause, reservation, reservation=reservation)
         reservation.available = max(0, atp)
         if policy.waitlist_enabled and queue.depth < policy.max_queue_depth:
             reservation.reason = Reason.INSUFFICIENT_INVENTORY
@@ -832,7 +1029,7 @@ class ReservationBook:
                 Reason.QUEUE_FULL if policy.waitlist_enabled else Reason.INSUFFICIENT_INVENTORY
             )
             recorder.event(reservation, EventType.REJECTED, reservation.reason)
-        return self._finish(recorder, now, reservation=reservation)
+        return self._finish(recorder, now, cause, reservation, reservation=reservation)
 
     def cancel(
         self,
@@ -841,18 +1038,21 @@ class ReservationBook:
         policy: Policy,
         now: datetime,
         reason: str = Reason.CANCELLED,
+        cause: str | None = None,
     ) -> Outcome:
         """Cancel a RESERVED or WAITLISTED reservation, then promote the waitlist.
 
-        Already CANCELLED/EXPIRED/REJECTED: no change (idempotent). CONFIRMING,
-        RELEASE_FAILED, CONFIRMED: ``error="not_cancellable"`` (the release owns it).
+        Already CANCELLED/EXPIRED/REJECTED: no change (idempotent), the recorded events
+        of ``cause`` (default ``cancel:<id>``) again. CONFIRMING, RELEASE_FAILED,
+        CONFIRMED: ``error="not_cancellable"`` (the release owns it).
         """
         require_aware(now)
+        cause = cause or f"cancel:{reservation_id}"
         reservation = self._by_id.get(reservation_id)
         if reservation is None:
             return Outcome(error="not_found")
         if reservation.status in (Status.CANCELLED, Status.EXPIRED, Status.REJECTED):
-            return Outcome(reservation=reservation)
+            return self._replay(cause, reservation)
         if reservation.status not in (Status.RESERVED, Status.WAITLISTED):
             return Outcome(reservation=reservation, error="not_cancellable")
         recorder = _Recorder(self._revision)
@@ -861,7 +1061,7 @@ class ReservationBook:
         recorder.event(reservation, EventType.CANCELLED, reason)
         # freed units, or a waitlisted head gone: whoever is next may fit now
         self._promote(supply, policy, now, recorder)
-        return self._finish(recorder, now, reservation=reservation)
+        return self._finish(recorder, now, cause, reservation, reservation=reservation)
 
     def cancel_order(
         self,
@@ -870,25 +1070,32 @@ class ReservationBook:
         policy: Policy,
         now: datetime,
         reason: str = Reason.CANCELLED,
+        cause: str | None = None,
     ) -> Outcome:
         """Cancel every RESERVED/WAITLISTED reservation of ``order_id`` in this book, then
-        promote once. ``error="not_found"`` when the book holds none of the order."""
+        promote once. ``error="not_found"`` when the book holds none of the order; none
+        left to cancel: the recorded events of ``cause`` (``cancel-order:<orderId>``)."""
         require_aware(now)
+        cause = cause or f"cancel-order:{order_id}"
         mine = self.order_reservations(order_id)
         if not mine:
             return Outcome(error="not_found")
         recorder = _Recorder(self._revision)
         targets = [r for r in mine if r.status in (Status.RESERVED, Status.WAITLISTED)]
         if not targets:
-            return self._finish(recorder, now)
+            subject = next((r for r in mine if any(
+                e[0] == cause and len(e) > 6 for e in r.history)), None)
+            return self._replay(cause, subject)
         self._move_many([(r, Status.CANCELLED) for r in targets], now)
         for reservation in targets:
             reservation.reason = reason
             recorder.event(reservation, EventType.CANCELLED, reason)
         self._promote(supply, policy, now, recorder)
-        return self._finish(recorder, now)
+        return self._finish(recorder, now, cause, targets[0])
 
-    def commit(self, reservation_id: str, policy: Policy, now: datetime) -> Outcome:
+    def commit(
+        self, reservation_id: str, policy: Policy, now: datetime, cause: str | None = None
+    ) -> Outcome:
         """Mark a reservation committed (payment captured): COMMITTED event; idempotent.
 
         Only a reservation holding units can be committed (``error="not_reserved"``);
@@ -896,11 +1103,12 @@ class ReservationBook:
         (``error="commit_deadline_passed"``, nothing changes; expiry follows).
         """
         require_aware(now)
+        cause = cause or f"commit:{reservation_id}"
         reservation = self._by_id.get(reservation_id)
         if reservation is None:
             return Outcome(error="not_found")
         if reservation.committed:
-            return Outcome(reservation=reservation)
+            return self._replay(cause, reservation)
         if reservation.status not in HOLDING and reservation.status is not Status.CONFIRMED:
             return Outcome(reservation=reservation, error="not_reserved")
         if (
@@ -913,14 +1121,18 @@ class ReservationBook:
         reservation.committed = True
         reservation.updated_at = now
         recorder.event(reservation, EventType.COMMITTED)
-        return self._finish(recorder, now, reservation=reservation)
+        return self._finish(recorder, now, cause, reservation, reservation=reservation)
 
-    def promote(self, supply: Supply, policy: Policy, now: datetime) -> Outcome:
-        """Promote waitlisted items that new supply (or freed units) now covers."""
+    def promote(
+        self, supply: Supply, policy: Policy, now: datetime, cause: str | None = None
+    ) -> Outcome:
+        """Promote waitlisted items that new supply (or freed units) now covers. With a
+        ``cause`` (the supply change) the promotions are recorded, and the events are
+        every recorded promotion of that cause (a replay sends them again)."""
         require_aware(now)
         recorder = _Recorder(self._revision)
         self._promote(supply, policy, now, recorder)
-        return self._finish(recorder, now)
+        return self._finish(recorder, now, cause)
 
     def expire(self, supply: Supply, policy: Policy, now: datetime) -> Outcome:
         """With commits required: RESERVED, uncommitted reservations whose ``expiresAt``

@@ -20,16 +20,19 @@ from stream_app.domain.reservations import (
     Reservation,
     ReservationBook,
     Status,
+    event_id,
     expires_at_for,
     key_of_reservation_id,
     reservation_id,
 )
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+LATER = datetime(2030, 1, 2, 9, 30, tzinfo=UTC)  # a replay, a day later
 SHIP = date(2030, 2, 1)
 SHIP2 = date(2030, 2, 15)
 POLICY = Policy()
 EVENT_KEYS = {
+    "eventId",
     "eventType",
     "reservationId",
     "orderId",
@@ -131,6 +134,7 @@ def test_reserve_while_atp_lasts_then_waitlist() -> None:
             "queuePosition": 3,
             "reason": "insufficient_inventory",
             "at": "2030-01-01T12:00:00Z",
+            "eventId": event_id(rid(third), rid(third), 0),
         }
     ]
     assert third.reservation is not None and third.reservation.available == 0
@@ -366,8 +370,9 @@ def test_cancel_waitlisted_is_idempotent_and_frees_nothing() -> None:
     outcome = book.cancel(rid(waiting), stock(1), POLICY, NOW)
     assert kinds(outcome) == [("CANCELLED", "B")]
     assert book.queue_position(reservation_id("C", "PS6", "DC1", 0)) == 2
-    again = book.cancel(rid(waiting), stock(1), POLICY, NOW)
-    assert again.ok and again.changed == [] and again.events == []
+    again = book.cancel(rid(waiting), stock(1), POLICY, LATER)
+    # nothing changes; the recorded outcome is sent again, the same event with the same id
+    assert again.ok and again.changed == [] and again.events == outcome.events
     assert book.cancel("R-missing", stock(1), POLICY, NOW).error == "not_found"
 
 
@@ -380,7 +385,7 @@ def test_cancel_by_order_over_the_book() -> None:
     assert book.get(reservation_id("O2", "PS6", "DC1", 0)).status is Status.WAITLISTED  # type: ignore[union-attr]
     outcome = book.cancel_order("O1", supply, POLICY, NOW)
     assert kinds(outcome) == [("CANCELLED", "O1"), ("CANCELLED", "O1"), ("PROMOTED", "O2")]
-    assert book.cancel_order("O1", supply, POLICY, NOW).events == []
+    assert book.cancel_order("O1", supply, POLICY, LATER).events == outcome.events
     assert book.cancel_order("nope", supply, POLICY, NOW).error == "not_found"
 
 
@@ -392,7 +397,8 @@ def test_placing_the_same_item_twice_returns_the_first_decision() -> None:
     first = place(book, "A", supply=stock(1))
     again = place(book, "A", supply=stock(0), quantity=5)
     assert again.duplicate and again.reservation is first.reservation
-    assert again.changed == [] and again.events == [] and not again.header_changed
+    assert again.changed == [] and not again.header_changed
+    assert again.events == first.events  # the decision is announced again, same id
     assert status(again) is Status.RESERVED and len(book) == 1
     rejected = place(book, "B", supply=stock(1), policy=Policy(waitlist_enabled=False))
     assert status(rejected) is Status.REJECTED
@@ -445,8 +451,8 @@ def test_commit_is_idempotent_and_only_for_reserved() -> None:
     assert kinds(outcome) == [("COMMITTED", "A")]
     assert outcome.reservation is not None and outcome.reservation.committed
     assert outcome.reservation.status is Status.RESERVED
-    again = book.commit(rid(reserved), POLICY, NOW)
-    assert again.ok and again.events == [] and again.changed == []
+    again = book.commit(rid(reserved), POLICY, LATER)
+    assert again.ok and again.events == outcome.events and again.changed == []
     assert book.commit(rid(waiting), POLICY, NOW).error == "not_reserved"
     assert book.commit("R-x", POLICY, NOW).error == "not_found"
 
