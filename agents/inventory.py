@@ -81,7 +81,9 @@ def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]
             changed = apply_change(state, record) or changed
         return state, changed
 
-    return runtime.inventory.update(by_key.keys(), change)
+    # rewrite: a message that changes nothing is most likely a replay, whose effect local
+    # state may hold without the changelog (one bucket write, as for a changing message)
+    return runtime.inventory.update(by_key.keys(), change, rewrite=True)
 
 
 def register(runtime: Runtime) -> None:

@@ -36,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -91,10 +91,6 @@ Json = dict[str, Any]
 #: items per internal message (keeps messages well under the broker's size limit)
 ITEMS_PER_MESSAGE = 2000
 COMMANDS = ("cancel", "commit")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @contextlib.contextmanager
@@ -270,7 +266,7 @@ class Books:
 
     def record(self, key: str, partition: int, outcome: Outcome, out: Outbox) -> None:
         """Note what an operation changed and queue its events (in causal order)."""
-        for reservation in outcome.changed:
+        for reservation in (*outcome.changed, *outcome.rewrite):
             out.changed[reservation.reservation_id] = reservation
         for event in outcome.events:
             out.add(self.events_topic, key.encode(), event, partition)

@@ -128,7 +128,7 @@ class Step:
         self.messages: list[tuple[bytes, bytes]] = []
 
     def record(self, key: str, outcome: Outcome | Any) -> None:
-        for reservation in outcome.changed:
+        for reservation in (*outcome.changed, *getattr(outcome, "rewrite", ())):
             self.writes[reservation.reservation_id] = reservation
         raw_key = key.encode()
         self.messages.extend((raw_key, orjson.dumps(event)) for event in outcome.events)

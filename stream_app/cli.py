@@ -113,7 +113,7 @@ def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -
     worker.spinner = None
     tune_worker_process(settings)
     tabledir = Path(app.conf.tabledir)
-    if claim_local_state(tabledir):
+    if claim_local_state(tabledir, discard=settings.discard_local_state_after_crash):
         _say("unclean stop before: local tables discarded, rebuilding from the changelogs")
     code = 0
     try:

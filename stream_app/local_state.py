@@ -1,16 +1,22 @@
-"""Local table state and unclean stops: after one, the changelog is the only truth.
+"""Local table state and unclean stops.
 
 Faust writes a table value into RocksDB at once and produces its changelog message
-later; a kill -9 in between leaves local state AHEAD of the changelog (FAUST-NOTES).
-Such a worker would decide from state no other worker can rebuild, and a replayed input
-would find its own half-announced effects already there. So, as Kafka Streams does after
-an unclean shutdown, a worker that finds the marker of a worker that did not stop cleanly
-discards its local table data before Faust opens it, and rebuilds every table from its
-changelog. Together with "changelog on the broker before any announcement"
-(:mod:`agents.delivery`) and replays that re-send what is recorded
-(:mod:`stream_app.domain.reservations`), a restart after any crash ends in the state and
-outputs of a run without it. A clean stop keeps local state: the next start reads only
-the changelog's tail.
+later; a kill -9 in between leaves local state AHEAD of the changelog (FAUST-NOTES). A
+worker marks its table directory as in use while it runs and clears the mark on a clean
+stop, so the next start knows which case it is in:
+
+* by default local state is kept after an unclean stop. Every replayed input that finds
+  its effect already applied writes it again (the reservations a replayed cause touched,
+  the inventory buckets a replayed record touches), so the changelog catches up with what
+  the restarted worker holds before anything else depends on it;
+* with ``STREAM_APP_DISCARD_LOCAL_STATE_AFTER_CRASH`` the local tables are deleted and
+  rebuilt from their changelogs, as Kafka Streams does after an unclean shutdown: nothing
+  a dead worker held that the changelog lacks can survive (also after the partition moved
+  to another worker and back). Off by default because of a Faust loss seen with it: a
+  worker rebuilding at start-up lost release commands fetched during its recovery
+  (docs/reliability.md).
+
+A clean stop keeps local state: the next start reads only the changelog's tail.
 """
 
 from __future__ import annotations
@@ -27,13 +33,19 @@ def marker_path(tabledir: Path) -> Path:
     return tabledir.with_name(f"{tabledir.name}.running")
 
 
-def claim_local_state(tabledir: Path) -> bool:
-    """Call before the worker opens its tables. Discards ``tabledir`` when the previous
-    worker did not stop cleanly (its marker is still there); then marks this one as
-    running. Returns whether local state was discarded."""
+def claim_local_state(tabledir: Path, discard: bool = True) -> bool:
+    """Call before the worker opens its tables. With ``discard``, deletes ``tabledir`` when
+    the previous worker did not stop cleanly (its marker is still there); then marks this
+    one as running. Returns whether local state was discarded."""
     marker = marker_path(tabledir)
     discarded = False
-    if marker.exists():
+    if marker.exists() and not discard:
+        log.warning(
+            "the last worker on %s did not stop cleanly: local table state is kept "
+            "(replays rewrite what they find already applied)",
+            tabledir,
+        )
+    elif marker.exists():
         if tabledir.exists():
             shutil.rmtree(tabledir)
             discarded = True

@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         "often and grow with the backlog (0: a group as soon as one pre-order is ready: lowest "
         "latency when light, about half the burst throughput here)",
     )
+    discard_local_state_after_crash: bool = Field(
+        False,
+        description="after an unclean stop (kill -9, OOM) delete local table state and "
+        "rebuild every table from its changelog (stream_app.local_state). Off by default: "
+        "seen here, a worker that rebuilds at start-up while release commands are in flight "
+        "can lose the commands Faust fetched during recovery (docs/reliability.md); replays "
+        "rewrite what they find already applied, so the changelog catches up either way",
+    )
     gc_thresholds: tuple[int, int, int] = Field(
         (50_000, 20, 1_000),
         description="Python garbage-collector thresholds of a worker (gc.set_threshold); "

@@ -53,11 +53,14 @@ class BucketedTable:
         self,
         keys: Iterable[str],
         change: Callable[[str, Json | None], tuple[Json | None, bool]],
+        rewrite: bool = False,
     ) -> list[str]:
         """Apply ``change(key, old) -> (new, changed)`` to keys (agent context only).
 
         ``change`` may mutate ``old`` in place; ``new`` of ``None`` deletes the key. Each
-        touched bucket is written at most once. Returns the keys that changed.
+        touched bucket is written at most once; with ``rewrite`` also when nothing in it
+        changed (a replayed input after a kill -9: local state may hold its effect while
+        the changelog does not, see stream_app.local_state). Returns the keys that changed.
         """
         by_bucket: dict[str, list[str]] = {}
         for key in keys:
@@ -76,7 +79,7 @@ class BucketedTable:
                     content[key] = new
                 dirty = True
                 changed.append(key)
-            if dirty:
+            if dirty or (rewrite and content):
                 self.table[bucket] = orjson.dumps(content)
         return changed
 

@@ -326,6 +326,9 @@ class Outcome:
 
     reservation: Reservation | None = None
     changed: list[Reservation] = field(default_factory=list)
+    #: unchanged reservations of a replayed cause, to write again: after a kill -9 local
+    #: state may hold them while the changelog does not (stream_app.local_state)
+    rewrite: list[Reservation] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     duplicate: bool = False
     error: str | None = None
@@ -773,6 +776,7 @@ class ReservationBook:
             if _POSITIONED.get(event_type) is reservation.status:
                 position = reservation.queue_position
             entries.append((reservation, [cause, index, str(event_type), position, reason, at]))
+        rewrite: list[Reservation] = []
         if cause is None:
             events = [
                 self._event_of(reservation, entry, f"{entry[2]}@{at}")
@@ -790,8 +794,14 @@ class ReservationBook:
             for reservation, entry in entries:
                 self._append_history(reservation, entry)
             events = self._emission(cause)
+            rewrite = [  # an earlier, half-written run of the cause (written again)
+                self._by_id[rid]
+                for rid in self._caused.get(cause, ())
+                if rid not in recorder.changed
+            ]
         return Outcome(
             changed=list(recorder.changed.values()),
+            rewrite=rewrite,
             events=events,
             header_changed=self._revision != recorder.revision,
             **extra,
@@ -848,7 +858,8 @@ class ReservationBook:
     def _replay(self, cause: str, subject: Reservation | None) -> Outcome:
         """An operation already applied: re-apply what its subject recorded of it on other
         reservations whose write was lost (a crash between two chunk writes), then send
-        every recorded event of the cause again — never nothing."""
+        every recorded event of the cause again — never nothing. ``changed`` names every
+        reservation of the cause, so its chunks are written again."""
         changed: list[Reservation] = []
         record = None
         if subject is not None:
@@ -859,8 +870,16 @@ class ReservationBook:
             changed = self._redo(cause, record[6], record[5])
         for reservation in changed:
             reservation.queue_position = self.queue_position(reservation)
+        # written again, redone or not: after a kill -9 local state may hold them while the
+        # changelog does not (stream_app.local_state)
+        redone = {r.reservation_id for r in changed}
+        rewrite = [self._by_id[rid] for rid in self._caused.get(cause, ()) if rid not in redone]
         return Outcome(
-            reservation=subject, changed=changed, events=self._emission(cause), duplicate=True
+            reservation=subject,
+            changed=changed,
+            rewrite=rewrite,
+            events=self._emission(cause),
+            duplicate=True,
         )
 
     def _redo(self, cause: str, effects: list[list[Any]], at: str) -> list[Reservation]:

@@ -32,6 +32,13 @@ def test_after_an_unclean_stop_local_state_is_discarded(tmp_path: Path) -> None:
     assert marker_path(tabledir).exists()  # the new worker is marked as running
 
 
+def test_by_default_an_unclean_stop_keeps_local_state(tmp_path: Path) -> None:
+    tabledir = tables(tmp_path)
+    claim_local_state(tabledir, discard=False)
+    assert claim_local_state(tabledir, discard=False) is False
+    assert (tabledir / "reservations-0.db" / "CURRENT").exists()
+
+
 def test_a_first_start_on_an_empty_directory(tmp_path: Path) -> None:
     tabledir = tmp_path / "fresh" / "tables"
     assert claim_local_state(tabledir) is False
