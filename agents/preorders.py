@@ -36,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -55,7 +55,7 @@ from agents.internal import (
 from agents.internal import handlers as internal_handlers
 from stream_app.batching import take_ready
 from stream_app.domain.future_atp import Supply, overbooking_rate_for
-from stream_app.domain.inventory import aggregate, expected_arrivals
+from stream_app.domain.inventory import aggregate, expected_arrivals, stock_as_of
 from stream_app.domain.preorders import (
     ItemRequest,
     Policy,
@@ -271,6 +271,11 @@ class Books:
         for event in outcome.events:
             out.add(self.events_topic, key.encode(), event, partition)
 
+    def note_settled(self, outcome: Outcome, reason: str) -> None:
+        units = sum(r.quantity for r in outcome.changed)
+        if units:
+            self.runtime.metrics.confirmed_holds_released.labels(reason).inc(units)
+
     async def flush(self, out: Outbox) -> None:
         """Hand the event's messages to the producer, then its order results to the
         requests of this worker waiting for them (``POST /pre-orders``)."""
@@ -411,8 +416,16 @@ class Books:
         more fits). Returns the events queued."""
         part = self.store.books(partition)
         before = len(out.messages)
+        held_until = now - timedelta(hours=self.runtime.settings.confirmed_hold_grace_hours)
         for key in changed:
             self._supplies.pop(key, None)
+            book = part.books.get(key)
+            if book is not None and book.unsettled_units():
+                # stock newer than a confirmation reflects its order: stop holding its units
+                as_of = stock_as_of(self.runtime.inventory.get(key))
+                settled = book.settle(as_of, held_until, now)
+                self.note_settled(settled, "stock")
+                self.record(key, partition, settled, out)
         for key in keys:
             book = part.books.get(key)
             if book is not None:

@@ -42,7 +42,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -273,7 +273,18 @@ class ReleaseService:
         now = self.clock()
         part = self.store.books(partition)
         expired = 0
+        held_until = now - timedelta(hours=self.settings.confirmed_hold_grace_hours)
         for key, book in list(part.books.items()):
+            if book.unsettled_units():
+                settled = book.settle(None, held_until, now)
+                units = sum(r.quantity for r in settled.changed)
+                if units:
+                    log.warning(
+                        "%s: %d confirmed units released after the grace period (no newer "
+                        "stock was reported)", key, units,
+                    )
+                    self.runtime.metrics.confirmed_holds_released.labels("grace").inc(units)
+                out.record(key, settled)
             supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
             outcome = book.expire(supply, self.policy, now)
             expired += sum(1 for e in outcome.events if e["eventType"] == "EXPIRED")

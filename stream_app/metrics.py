@@ -31,6 +31,13 @@ class Metrics:
             "stream_app_dirty_keys", "Keys whose sellable quantity Fluent has not accepted yet",
             registry=self.registry,
         )
+        self.confirmed_holds_released = Counter(
+            "stream_app_confirmed_holds_released_total",
+            "Units of CONFIRMED reservations no longer held, by why: the stock a channel "
+            "reported reflects the order (stock), or the grace period passed (grace)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.ready = Gauge("stream_app_ready", "1 when the worker is ready", registry=self.registry)
 
     def render(self) -> bytes:

@@ -167,6 +167,14 @@ class Settings(BaseSettings):
     release_timezone: str = "UTC"
     release_committed_first: bool = False
     expiry_check_cron: str = "0 * * * *"
+    confirmed_hold_grace_hours: float = Field(
+        24.0,
+        gt=0,
+        description="a CONFIRMED reservation's units stay held (sellable and future ATP, the "
+        "next release) until a channel reports stock for its SKU/location newer than the "
+        "confirmation, or this long after it (checked by the hourly expiry pass; counted in "
+        "stream_app_confirmed_holds_released_total{reason=\"grace\"})",
+    )
     admin_api_key: SecretStr = SecretStr("")
     export_cron: str = "0 3 * * *"
     s3_endpoint_url: str = ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from stream_app.records import ExpectedArrival, StockChange
@@ -51,6 +52,16 @@ def empty_state() -> State:
 def _version(entry: Mapping[str, Any]) -> Version:
     ts, event_id = entry["v"]
     return int(ts), str(event_id)
+
+
+def stock_as_of(state: Mapping[str, Any] | None) -> datetime | None:
+    """The moment of the newest channel record of a SKU/location (deletions included):
+    the stock the channels reported reflects every order created before it."""
+    newest = max(
+        (int(entry["v"][0]) for entry in (state or {}).get("channels", {}).values()),
+        default=None,
+    )
+    return None if newest is None else datetime.fromtimestamp(newest / 1e6, UTC)
 
 
 def is_newer(incoming: Version, existing: Mapping[str, Any] | None) -> bool:

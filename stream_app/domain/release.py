@@ -76,7 +76,8 @@ def plan_release(
     held_pending = 0
     for reservation in book.reservations():
         status = reservation.status
-        if status in PENDING:
+        if status in PENDING or (status is Status.CONFIRMED and not reservation.settled):
+            # allocated earlier, and the stock the release sees may not reflect it yet
             held_pending += reservation.quantity
         if reservation.ship_date > release_date:
             continue

@@ -45,7 +45,8 @@ class Status(StrEnum):
     RELEASE_FAILED = "RELEASE_FAILED"
 
 
-#: statuses whose units count against future ATP (and against sellable stock)
+#: statuses whose units count against future ATP (and against sellable stock); a CONFIRMED
+#: reservation also holds its units until the stock reflects its order (``settled``)
 HOLDING = frozenset({Status.RESERVED, Status.CONFIRMING, Status.RELEASE_FAILED})
 #: statuses that count towards ``max_per_customer``
 COUNTED = HOLDING | {Status.WAITLISTED, Status.CONFIRMED}
@@ -179,6 +180,10 @@ class Reservation:
     product_name: str = ""
     source: str = ""
     category: str | None = None
+    #: when the Fluent order was created (CONFIRMED), and whether the stock reported by the
+    #: channels reflects it since: until then the units stay held (never promised again)
+    confirmed_at: datetime | None = None
+    settled: bool = False
     #: the events this reservation was the subject of, by cause (see :class:`History`):
     #: stored with it, so a replayed cause sends the recorded events again
     history: list[list[Any]] = field(default_factory=list)
@@ -213,6 +218,8 @@ class Reservation:
             "productName": self.product_name,
             "source": self.source,
             "category": self.category,
+            "confirmedAt": None if self.confirmed_at is None else iso(self.confirmed_at),
+            "stockSettled": self.settled,
         }
 
     def to_stored(self) -> dict[str, Any]:
@@ -254,7 +261,15 @@ class Reservation:
             source=str(data.get("source") or ""),
             category=None if data.get("category") is None else str(data["category"]),
             history=[list(entry) for entry in data.get("history") or ()],
+            confirmed_at=None if not data.get("confirmedAt") else parse_iso(str(data["confirmedAt"])),
+            # stored before holds were kept: a CONFIRMED one without the field is settled
+            settled=bool(data.get("stockSettled", "confirmedAt" not in data)),
         )
+
+    def holds(self, status: Status | None = None) -> bool:
+        """Whether its units count against supply (in ``status``, default its own)."""
+        status = self.status if status is None else status
+        return status in HOLDING or (status is Status.CONFIRMED and not self.settled)
 
 
 def event_id(reservation_id: str, cause: str, index: int) -> str:
@@ -534,6 +549,8 @@ class ReservationBook:
         self._revision = 0  # bumped whenever header content changes
         #: cause → ids of the reservations with recorded events of it (ordered set)
         self._caused: dict[str, dict[str, None]] = {}
+        #: CONFIRMED reservations whose units are still held (stock not yet reflecting them)
+        self._unsettled: dict[str, Reservation] = {}
 
     # --- reading ---------------------------------------------------------------------
 
@@ -721,12 +738,15 @@ class ReservationBook:
             if after is not None:
                 after.add(reservation.tier_score, reservation.sequence)
         units = reservation.quantity
-        if (old in HOLDING) != (status in HOLDING):
+        held_before, held_after = reservation.holds(old), reservation.holds(status)
+        if held_before != held_after:
             self._revision += 1
-        if old in HOLDING:
+        if held_before:
             self._held[reservation.ship_date] -= units
-        if status in HOLDING:
+        if held_after:
             self._held[reservation.ship_date] += units
+        if status is Status.CONFIRMED and not reservation.settled:
+            self._unsettled[reservation.reservation_id] = reservation
         customer = reservation.customer_id
         if old in COUNTED:
             left = self._customer_units.get(customer, 0) - units
@@ -1181,6 +1201,29 @@ class ReservationBook:
             self._promote(supply, policy, now, recorder)
         return self._finish(recorder, now)
 
+    def unsettled_units(self) -> int:
+        """Units of CONFIRMED reservations still held (their orders not yet in the stock)."""
+        return sum(r.quantity for r in self._unsettled.values())
+
+    def settle(
+        self, stock_as_of: datetime | None, held_until: datetime, now: datetime
+    ) -> Outcome:
+        """Release the units of CONFIRMED reservations whose order the stock now reflects:
+        the channels reported stock newer than the confirmation (``stock_as_of``), or the
+        confirmation is older than ``held_until`` (a grace period for feeds that never
+        report). ``changed``: the settled reservations (no events)."""
+        require_aware(now)
+        settled: list[Reservation] = []
+        for reservation in list(self._unsettled.values()):
+            at = reservation.confirmed_at or now
+            if (stock_as_of is not None and stock_as_of > at) or at <= held_until:
+                del self._unsettled[reservation.reservation_id]
+                reservation.settled = True
+                self._held[reservation.ship_date] -= reservation.quantity
+                self._revision += 1
+                settled.append(reservation)
+        return Outcome(changed=settled)
+
     def apply_transitions(self, transitions: Sequence[Transition], now: datetime) -> Outcome:
         """Apply status changes decided elsewhere (the release); unknown ids and no-op
         transitions are skipped. Events are emitted in the given order."""
@@ -1194,6 +1237,8 @@ class ReservationBook:
                 continue
             if reservation.status is transition.status and reservation.reason == transition.reason:
                 continue
+            if transition.status is Status.CONFIRMED and reservation.status is not Status.CONFIRMED:
+                reservation.confirmed_at, reservation.settled = now, False
             moves.append((reservation, transition.status))
             applied.append((reservation, transition))
         self._move_many(moves, now)

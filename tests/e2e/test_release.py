@@ -235,6 +235,30 @@ def test_vip_first_then_arrival_rest_cancelled(app: App) -> None:
     assert len(report["partitions"]) == 4
 
 
+def test_confirmed_units_stay_held_until_the_stock_reflects_their_orders(app: App) -> None:
+    """Issue 10: 20 confirmed against 20 units, then a 5-unit pre-order for the same date:
+    it must not be promised (nor confirmed by the next release) while the warehouse feed
+    still reports the 20 units that Fluent's orders will take."""
+    days, sku = 7, "HOLD-1"
+    app.set_stock(sku, 20)
+    app.send("pre-orders", [preorder(f"H{i}", sku, "STANDARD", days) for i in range(20)], sku)
+    app.wait_statuses({rid(f"H{i}", sku): "RESERVED" for i in range(20)})
+    app.report(app.release(ship(days)))
+    app.wait_statuses({rid(f"H{i}", sku): "CONFIRMED" for i in range(20)})
+    held = app.worker.get(f"/inventory/{sku}/{LOC}")[1]
+    assert held["preOrderHeldUnits"] == 20, held
+
+    app.send("pre-orders", [preorder("LATE-5", sku, "STANDARD", days, quantity=5)], sku)
+    app.wait_statuses({rid("LATE-5", sku): "WAITLISTED"})
+    app.report(app.release(ship(days)))
+    app.wait_statuses({rid("LATE-5", sku): "CANCELLED"})
+    assert ref("LATE-5", sku) not in app.orders()  # 20 ordered against 20, not 25
+
+    app.set_stock(sku, 0)  # the warehouse shipped them: stock newer than the confirmations
+    wait_for(lambda: app.worker.get(f"/inventory/{sku}/{LOC}")[1]["preOrderHeldUnits"] == 0,
+             30, 0.2, "confirmed units released once the stock reflects the orders")
+
+
 def test_release_run_twice_creates_no_duplicates(app: App) -> None:
     days, sku = 6, "TWICE-1"
     app.set_stock(sku, 5)

@@ -74,7 +74,49 @@ def test_confirms_in_priority_order_while_supply_lasts() -> None:
         done = order_created(book, reservation.reservation_id, RELEASE_AT)
         assert [e["eventType"] for e in done.events] == ["CONFIRMED"]
     assert statuses(book)["V1"] == ("CONFIRMED", None)
+    # ordered in Fluent, not yet out of the warehouse's stock: still held
+    assert book.held_units() == 2 and book.unsettled_units() == 2
+    # the stock the channels report now reflects the orders: released
+    after = RELEASE_AT + timedelta(minutes=5)
+    settled = book.settle(after, RELEASE_AT - timedelta(days=1), after)
+    assert sorted(r.order_id for r in settled.changed) == ["S1", "V1"]
+    assert settled.events == [] and book.held_units() == 0
+
+
+def test_confirmed_units_are_not_promised_or_released_again_until_the_stock_shows_them() -> None:
+    """Issue 10: a release confirmed 20 against 20; a new 5-unit pre-order for the same date
+    was RESERVED and the next release confirmed it too: 25 ordered against 20 on hand."""
+    book = build([(f"A{i}", "STANDARD", 1, SHIP) for i in range(20)])
+    first = allocate_release(book, SHIP, 20, NO_COMMITS, RELEASE_AT)
+    for reservation in first.to_order:
+        order_created(book, reservation.reservation_id, RELEASE_AT)
+    supply = Supply(20, (), 1.0)  # the warehouse feed still reports 20 on hand
+    late = book.place(req("LATE", "STANDARD", 5, SHIP), supply, NO_COMMITS, RELEASE_AT)
+    assert late.reservation is not None and late.reservation.status is Status.WAITLISTED
+    second = allocate_release(book, SHIP, 20, NO_COMMITS, RELEASE_AT + timedelta(hours=1))
+    assert second.to_order == []
+    assert statuses(book)["LATE"] == ("CANCELLED", "not_allocated")
+    # stock reported before the confirmation does not release anything; a grace period does
+    assert book.settle(RELEASE_AT - timedelta(seconds=1), RELEASE_AT - timedelta(days=1),
+                       RELEASE_AT).changed == []
+    assert len(book.settle(None, RELEASE_AT, RELEASE_AT + timedelta(days=1)).changed) == 20
     assert book.held_units() == 0
+
+
+def test_hold_state_survives_a_restore() -> None:
+    book = build([("A", "STANDARD", 1, SHIP), ("B", "STANDARD", 1, SHIP)])
+    for reservation in allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT).to_order:
+        order_created(book, reservation.reservation_id, RELEASE_AT)
+    book.settle(None, RELEASE_AT, RELEASE_AT)  # both settled by the grace period
+    a = book.get(rid("A"))
+    assert a is not None
+    a.settled = False  # as if only B had been settled
+    book._unsettled[a.reservation_id] = a  # noqa: SLF001 - building the state under test
+    book._held[SHIP] += 1  # noqa: SLF001
+    restored = ReservationBook.restore(
+        "PS6", "DC1", [Reservation.from_dict(r.to_stored()) for r in book.reservations()]
+    )
+    assert restored.held_units() == 1 == restored.unsettled_units()
 
 
 def test_waitlisted_items_of_released_dates_are_cancelled_not_allocated() -> None:
