@@ -64,14 +64,12 @@ from stream_app.domain.release import (
     released_by_run,
 )
 from stream_app.domain.reservations import (
-    EventType,
     Outcome,
     Reservation,
-    Status,
+    ReservationBook,
     iso,
     key_of_reservation_id,
     parse_iso,
-    reservation_event,
 )
 from stream_app.fluent.client import (
     FluentAuthError,
@@ -94,12 +92,6 @@ Json = dict[str, Any]
 FAILURES_KEPT = 20
 #: order results applied (written, events queued) per group while orders are created
 APPLY_GROUP = 500
-#: events re-sent for stored release outcomes when a run resumes (at-least-once)
-REPLAYED = {
-    Status.CANCELLED: EventType.CANCELLED,
-    Status.EXPIRED: EventType.EXPIRED,
-    Status.CONFIRMED: EventType.CONFIRMED,
-}
 #: seconds between progress writes of a partition report while orders are created
 PROGRESS_EVERY = 1.0
 
@@ -165,19 +157,14 @@ class Step:
             await producer.buffer.flush()
         await producer.flush()
 
-    def replay(self, key: str, reservations: Iterable[Reservation], now: datetime) -> int:
-        """Queue again the events of release outcomes already stored (a resumed run: the
-        previous attempt may have died between its writes and its events)."""
+    def replay(self, key: str, book: ReservationBook, cause: str) -> int:
+        """Queue again the events the run (``cause``) recorded in ``book`` (a resumed run:
+        the previous attempt may have died between its writes and its events); the same
+        events with the same ids."""
+        events = book.recorded_events(cause)
         raw_key = key.encode()
-        count = 0
-        for reservation in reservations:
-            event_type = REPLAYED.get(reservation.status)
-            if event_type is None:
-                continue
-            event = reservation_event(reservation, event_type, now, reason=reservation.reason)
-            self.messages.append((raw_key, orjson.dumps(event)))
-            count += 1
-        return count
+        self.messages.extend((raw_key, orjson.dumps(event)) for event in events)
+        return len(events)
 
 
 @dataclass(slots=True)
@@ -263,12 +250,12 @@ class ReleaseService:
             await self.release_partition(partition, command)
         elif kind == "expire":
             out = self._step(partition)
-            self.expire_partition(partition, out)
+            self.expire_partition(partition, out, f"expire@{command.get('at')}")
             await out.flush()
         else:
             log.warning("unknown release command %r skipped", kind)
 
-    def expire_partition(self, partition: int, out: Step) -> int:
+    def expire_partition(self, partition: int, out: Step, cause: str | None = None) -> int:
         """Uncommitted reservations past ``expiresAt`` → EXPIRED, then promotion."""
         now = self.clock()
         part = self.store.books(partition)
@@ -286,7 +273,7 @@ class ReleaseService:
                     self.runtime.metrics.confirmed_holds_released.labels("grace").inc(units)
                 out.record(key, settled)
             supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
-            outcome = book.expire(supply, self.policy, now)
+            outcome = book.expire(supply, self.policy, now, cause)
             expired += sum(1 for e in outcome.events if e["eventType"] == "EXPIRED")
             out.record(key, outcome)
         if expired:
@@ -349,19 +336,23 @@ class ReleaseService:
         log.info("release %s partition %d: attempt %d of %s", run_id, partition,
                  report["attempts"], release_date)
 
-        # step 1: allocation, written before any order exists
+        # step 1: allocation, written before any order exists; the run is the cause of
+        # every event it makes (a resumed attempt re-sends them with the same ids)
+        cause = f"release:{run_id}"
         out = self._step(partition)
         part = self.store.books(partition)
         to_order: list[tuple[str, Reservation]] = []
         resumed = report["attempts"] > 1
         for key, book in list(part.books.items()):
             if resumed:
-                out.replay(key, (r for r in book.reservations() if released_by_run(r, started)), now)
+                out.replay(key, book, cause)
             supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
             # every uncommitted reservation past its deadline expires in the same pass
             # (any ship date), and what that frees promotes later queues first
-            out.record(key, book.expire(supply, self.policy, now))
-            outcome = allocate_release(book, release_date, supply.current_atp, self.policy, now)
+            out.record(key, book.expire(supply, self.policy, now, cause))
+            outcome = allocate_release(
+                book, release_date, supply.current_atp, self.policy, now, cause
+            )
             out.record(key, outcome)
             to_order.extend((key, r) for r in outcome.to_order)
         report.update(state="ordering", books=len(part.books), updatedAt=iso(self.clock()))
@@ -492,7 +483,9 @@ class ReleaseService:
                 log.error("book %s of %s vanished during a release", key, result.reservation_id)
                 continue
             if result.error is None:
-                outcome = order_created(book, result.reservation_id, now)
+                outcome = order_created(
+                    book, result.reservation_id, now, f"release:{report['runId']}"
+                )
                 orders["created" if result.created_now else "alreadyExisted"] += 1
             else:
                 outcome = order_failed(book, result.reservation_id, result.error, now)

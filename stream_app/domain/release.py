@@ -128,7 +128,12 @@ def pending_orders(book: ReservationBook, policy: Policy) -> list[Reservation]:
 
 
 def allocate_release(
-    book: ReservationBook, release_date: date, current_atp: int, policy: Policy, now: datetime
+    book: ReservationBook,
+    release_date: date,
+    current_atp: int,
+    policy: Policy,
+    now: datetime,
+    cause: str | None = None,
 ) -> ReleaseOutcome:
     """Step 1 of the release: apply :func:`plan_release` to the book (mutates it).
 
@@ -136,7 +141,7 @@ def allocate_release(
     (CONFIRMED follows :func:`order_created`); EXPIRED and CANCELLED do.
     """
     outcome = book.apply_transitions(
-        plan_release(book, release_date, current_atp, policy, now), now
+        plan_release(book, release_date, current_atp, policy, now), now, cause
     )
     return ReleaseOutcome(
         changed=outcome.changed,
@@ -146,7 +151,9 @@ def allocate_release(
     )
 
 
-def order_created(book: ReservationBook, reservation_id: str, now: datetime) -> Outcome:
+def order_created(
+    book: ReservationBook, reservation_id: str, now: datetime, cause: str | None = None
+) -> Outcome:
     """Fluent accepted the order: CONFIRMING/RELEASE_FAILED → CONFIRMED (event CONFIRMED).
     Idempotent: an already CONFIRMED reservation is left alone."""
     reservation = book.get(reservation_id)
@@ -157,7 +164,7 @@ def order_created(book: ReservationBook, reservation_id: str, now: datetime) -> 
     if reservation.status not in PENDING:
         return Outcome(reservation=reservation, error="not_pending")
     outcome = book.apply_transitions(
-        [Transition(reservation_id, Status.CONFIRMED, None, EventType.CONFIRMED)], now
+        [Transition(reservation_id, Status.CONFIRMED, None, EventType.CONFIRMED)], now, cause
     )
     outcome.reservation = reservation
     return outcome

@@ -549,6 +549,8 @@ class ReservationBook:
         self._revision = 0  # bumped whenever header content changes
         #: cause → ids of the reservations with recorded events of it (ordered set)
         self._caused: dict[str, dict[str, None]] = {}
+        #: cause → the index its next recorded event gets (O(1) for causes many ops share)
+        self._cause_next: dict[str, int] = {}
         #: CONFIRMED reservations whose units are still held (stock not yet reflecting them)
         self._unsettled: dict[str, Reservation] = {}
 
@@ -776,6 +778,8 @@ class ReservationBook:
         now: datetime,
         cause: str | None = None,
         subject: Reservation | None = None,
+        *,
+        recorded_too: bool = True,
         **extra: Any,
     ) -> Outcome:
         """Positions, events and (with a ``cause``) their history entries.
@@ -785,7 +789,8 @@ class ReservationBook:
         also records the op's events on the others (``effects``): a replay of the cause
         re-applies those if their write was lost, then sends every recorded event of the
         cause again (:meth:`_replay`). ``Outcome.events`` are all recorded events of the
-        cause, older ones first (a re-run after a half-written first run)."""
+        cause, older ones first (a re-run after a half-written first run); with
+        ``recorded_too`` False only this op's (a cause many ops share: a release run)."""
         for reservation in recorder.changed.values():
             reservation.queue_position = self.queue_position(reservation)
         at = iso(now)
@@ -813,12 +818,16 @@ class ReservationBook:
                         break
             for reservation, entry in entries:
                 self._append_history(reservation, entry)
-            events = self._emission(cause)
-            rewrite = [  # an earlier, half-written run of the cause (written again)
-                self._by_id[rid]
-                for rid in self._caused.get(cause, ())
-                if rid not in recorder.changed
-            ]
+            if recorded_too:
+                events = self._emission(cause)
+            else:
+                events = [self._event_of(r, entry, cause) for r, entry in entries]
+            if recorded_too:
+                rewrite = [  # an earlier, half-written run of the cause (written again)
+                    self._by_id[rid]
+                    for rid in self._caused.get(cause, ())
+                    if rid not in recorder.changed
+                ]
         return Outcome(
             changed=list(recorder.changed.values()),
             rewrite=rewrite,
@@ -832,11 +841,13 @@ class ReservationBook:
     def _index(self, reservation: Reservation) -> None:
         for entry in reservation.history:
             self._caused.setdefault(entry[0], {})[reservation.reservation_id] = None
+            self._cause_next[entry[0]] = max(self._cause_next.get(entry[0], 0), entry[1] + 1)
 
     def _append_history(self, reservation: Reservation, entry: list[Any]) -> None:
         history = reservation.history
         history.append(entry)
         self._caused.setdefault(entry[0], {})[reservation.reservation_id] = None
+        self._cause_next[entry[0]] = max(self._cause_next.get(entry[0], 0), entry[1] + 1)
         while len(history) > HISTORY_KEPT:
             dropped = history.pop(0)[0]
             if all(e[0] != dropped for e in history):
@@ -845,15 +856,10 @@ class ReservationBook:
                     holders.pop(reservation.reservation_id, None)
                     if not holders:
                         del self._caused[dropped]
+                        self._cause_next.pop(dropped, None)
 
     def _next_index(self, cause: str) -> int:
-        indexes = [
-            entry[1]
-            for rid in self._caused.get(cause, ())
-            for entry in self._by_id[rid].history
-            if entry[0] == cause
-        ]
-        return max(indexes) + 1 if indexes else 0
+        return self._cause_next.get(cause, 0)
 
     def _event_of(self, reservation: Reservation, entry: list[Any], cause: str) -> dict[str, Any]:
         event = reservation_event(
@@ -1173,13 +1179,15 @@ class ReservationBook:
         self._promote(supply, policy, now, recorder)
         return self._finish(recorder, now, cause)
 
-    def expire(self, supply: Supply, policy: Policy, now: datetime) -> Outcome:
+    def expire(
+        self, supply: Supply, policy: Policy, now: datetime, cause: str | None = None
+    ) -> Outcome:
         """With commits required: RESERVED, uncommitted reservations whose ``expiresAt``
         has come (``now ≥ expiresAt``) → EXPIRED (``not_committed``), then promotion."""
         require_aware(now)
         recorder = _Recorder(self._revision)
         if not policy.commit_required:
-            return self._finish(recorder, now)
+            return self._finish(recorder, now, cause, recorded_too=False)
         moves: list[tuple[Reservation, Status]] = []
         for ship_date in self.ship_dates():
             queue = self._queues[ship_date]
@@ -1199,7 +1207,7 @@ class ReservationBook:
                 reservation.reason = Reason.NOT_COMMITTED
                 recorder.event(reservation, EventType.EXPIRED, Reason.NOT_COMMITTED)
             self._promote(supply, policy, now, recorder)
-        return self._finish(recorder, now)
+        return self._finish(recorder, now, cause, recorded_too=False)
 
     def unsettled_units(self) -> int:
         """Units of CONFIRMED reservations still held (their orders not yet in the stock)."""
@@ -1224,9 +1232,12 @@ class ReservationBook:
                 settled.append(reservation)
         return Outcome(changed=settled)
 
-    def apply_transitions(self, transitions: Sequence[Transition], now: datetime) -> Outcome:
+    def apply_transitions(
+        self, transitions: Sequence[Transition], now: datetime, cause: str | None = None
+    ) -> Outcome:
         """Apply status changes decided elsewhere (the release); unknown ids and no-op
-        transitions are skipped. Events are emitted in the given order."""
+        transitions are skipped. Events are emitted in the given order; with a ``cause``
+        (the release run) they are recorded, so a resumed run re-sends them, same ids."""
         require_aware(now)
         recorder = _Recorder(self._revision)
         moves: list[tuple[Reservation, Status]] = []
@@ -1249,4 +1260,4 @@ class ReservationBook:
                 recorder.touch(reservation)
             else:
                 recorder.event(reservation, transition.event, transition.reason)
-        return self._finish(recorder, now)
+        return self._finish(recorder, now, cause, recorded_too=False)

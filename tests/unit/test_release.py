@@ -354,3 +354,27 @@ def test_release_never_over_confirms_and_follows_priority(
             assert (reservation.status, reservation.reason) == (Status.CANCELLED, "not_allocated")
     again = allocate_release(book, release_date, current_atp, policy, RELEASE_AT)
     assert again.changed == [] and again.events == []
+
+
+def test_a_resumed_run_re_sends_its_events_with_the_same_ids() -> None:
+    """The run is the cause of its events: an attempt that died between its writes and its
+    events is resumed by re-sending what the run recorded, ids and moments unchanged."""
+    book = build([("S1", "STANDARD", 1, SHIP), ("S2", "STANDARD", 1, SHIP), ("V1", "VIP", 1, SHIP)])
+    cause = "release:rel-20300201-abc"
+    first = allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT, cause)
+    sent = list(first.events)
+    for reservation in first.to_order:
+        sent += order_created(book, reservation.reservation_id, RELEASE_AT, cause).events
+    replayed = book.recorded_events(cause)
+    assert {e["eventId"]: e for e in replayed} == {e["eventId"]: e for e in sent}
+    assert sorted(e["eventType"] for e in replayed) == ["CANCELLED", "CONFIRMED", "CONFIRMED"]
+    # a later attempt of the same run changes nothing and adds no event
+    again = allocate_release(book, SHIP, 2, NO_COMMITS, RELEASE_AT + timedelta(minutes=3), cause)
+    assert again.changed == [] and again.to_order == [] and again.events == []
+    assert book.recorded_events(cause) == replayed
+    # one order confirmed announces that one, not the run's earlier ones
+    book2 = build([("A", "STANDARD", 1, SHIP), ("B", "STANDARD", 1, SHIP)])
+    pending = allocate_release(book2, SHIP, 2, NO_COMMITS, RELEASE_AT, cause).to_order
+    done = [order_created(book2, r.reservation_id, RELEASE_AT, cause) for r in pending]
+    assert [len(d.events) for d in done] == [1, 1]
+    assert [len(d.changed) + len(d.rewrite) for d in done] == [1, 1]  # no rewrite of the run
