@@ -184,8 +184,10 @@ class Reservation:
     #: channels reflects it since: until then the units stay held (never promised again)
     confirmed_at: datetime | None = None
     settled: bool = False
-    #: the events this reservation was the subject of, by cause (see :class:`History`):
-    #: stored with it, so a replayed cause sends the recorded events again
+    #: the events this reservation was the subject of, as entries ``[cause, index, type,
+    #: queuePosition, reason, at(, effects)]`` (the last :data:`HISTORY_KEPT`): stored with
+    #: it, so a replayed cause sends the recorded events again (``effects``: on the subject
+    #: of an operation, what it did to the others, re-applied if their write was lost)
     history: list[list[Any]] = field(default_factory=list)
 
     @property
@@ -227,9 +229,6 @@ class Reservation:
         data = self.to_dict()
         data["history"] = self.history
         return data
-
-    def recorded(self, cause: str) -> list[list[Any]]:
-        return [entry for entry in self.history if entry[0] == cause]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Reservation:
@@ -818,11 +817,10 @@ class ReservationBook:
                         break
             for reservation, entry in entries:
                 self._append_history(reservation, entry)
-            if recorded_too:
-                events = self._emission(cause)
-            else:
+            if not recorded_too:
                 events = [self._event_of(r, entry, cause) for r, entry in entries]
-            if recorded_too:
+            else:
+                events = self._emission(cause)
                 rewrite = [  # an earlier, half-written run of the cause (written again)
                     self._by_id[rid]
                     for rid in self._caused.get(cause, ())
