@@ -83,6 +83,7 @@ from tables.reservations import (
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
+    from stream_app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,14 @@ def supply_for(runtime: Runtime, key: str, sku: str, category: str | None) -> Su
     )
 
 
+def note_settled(metrics: Metrics, outcome: Outcome, reason: str) -> int:
+    """Count the units a :meth:`ReservationBook.settle` stopped holding; returns them."""
+    units = sum(r.quantity for r in outcome.changed)
+    if units:
+        metrics.confirmed_holds_released.labels(reason).inc(units)
+    return units
+
+
 @dataclass
 class Outbox:
     """What one event (or group) causes: reservation writes, then messages.
@@ -270,11 +279,6 @@ class Books:
             out.changed[reservation.reservation_id] = reservation
         for event in outcome.events:
             out.add(self.events_topic, key.encode(), event, partition)
-
-    def note_settled(self, outcome: Outcome, reason: str) -> None:
-        units = sum(r.quantity for r in outcome.changed)
-        if units:
-            self.runtime.metrics.confirmed_holds_released.labels(reason).inc(units)
 
     async def flush(self, out: Outbox) -> None:
         """Hand the event's messages to the producer, then its order results to the
@@ -424,7 +428,7 @@ class Books:
                 # stock newer than a confirmation reflects its order: stop holding its units
                 as_of = stock_as_of(self.runtime.inventory.get(key))
                 settled = book.settle(as_of, held_until, now)
-                self.note_settled(settled, "stock")
+                note_settled(self.runtime.metrics, settled, "stock")
                 self.record(key, partition, settled, out)
         for key in keys:
             book = part.books.get(key)

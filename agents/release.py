@@ -49,10 +49,12 @@ from zoneinfo import ZoneInfo
 import faust
 import orjson
 
-from agents.preorders import supply_for
+from agents.delivery import deliver, flush_writes
+from agents.preorders import note_settled, supply_for
 from stream_app.domain.preorders import Policy
 from stream_app.domain.release import (
     FINAL_PART_STATES,
+    ReleaseOutcome,
     allocate_release,
     catch_up_needed,
     create_order_input,
@@ -119,8 +121,8 @@ class Step:
         self.writes: dict[str, Reservation] = {}
         self.messages: list[tuple[bytes, bytes]] = []
 
-    def record(self, key: str, outcome: Outcome | Any) -> None:
-        for reservation in (*outcome.changed, *getattr(outcome, "rewrite", ())):
+    def record(self, key: str, outcome: Outcome | ReleaseOutcome) -> None:
+        for reservation in (*outcome.changed, *outcome.rewrite):
             self.writes[reservation.reservation_id] = reservation
         raw_key = key.encode()
         self.messages.extend((raw_key, orjson.dumps(event)) for event in outcome.events)
@@ -139,23 +141,13 @@ class Step:
 
     async def _send_events(self) -> None:
         messages, self.messages = self.messages, []
-        producer = self.app.producer
-        pending = [
-            await producer.send(self.events_topic, key, value, self.partition, None, None)
-            for key, value in messages
-        ]
-        if pending:
-            await asyncio.gather(*pending)
+        topic, partition = self.events_topic, self.partition
+        await deliver(self.app, [(topic, key, value, partition, None) for key, value in messages])
 
     async def _write(self) -> None:
         writes, self.writes = self.writes, {}
-        producer = self.app.producer
         self.store.save(writes.values())
-        # wait until the broker has everything queued so far (Faust's buffer, then the
-        # producer's batches)
-        while producer.buffer.size:
-            await producer.buffer.flush()
-        await producer.flush()
+        await flush_writes(self.app)
 
     def replay(self, key: str, book: ReservationBook, cause: str) -> int:
         """Queue again the events the run (``cause``) recorded in ``book`` (a resumed run:
@@ -204,12 +196,10 @@ class ReleaseService:
         return release_date_at(self.clock(), self.tz)
 
     async def _broadcast(self, command: Json) -> None:
-        raw = orjson.dumps(command)
-        pending = [
-            await self.commands.send(value=raw, partition=p, force=True)
-            for p in range(self.settings.partitions)
-        ]
-        await asyncio.gather(*pending)
+        raw, topic = orjson.dumps(command), self.commands.get_topic_name()
+        await deliver(
+            self.runtime.app, [(topic, None, raw, p, None) for p in range(self.settings.partitions)]
+        )
 
     async def request_release(
         self, release_date: date, trigger: str, *, only_if_due: bool = False
@@ -264,13 +254,11 @@ class ReleaseService:
         for key, book in list(part.books.items()):
             if book.unsettled_units():
                 settled = book.settle(None, held_until, now)
-                units = sum(r.quantity for r in settled.changed)
-                if units:
+                if note_settled(self.runtime.metrics, settled, "grace"):
                     log.warning(
-                        "%s: %d confirmed units released after the grace period (no newer "
-                        "stock was reported)", key, units,
+                        "%s: confirmed units released after the grace period (no newer "
+                        "stock was reported)", key,
                     )
-                    self.runtime.metrics.confirmed_holds_released.labels("grace").inc(units)
                 out.record(key, settled)
             supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
             outcome = book.expire(supply, self.policy, now, cause)

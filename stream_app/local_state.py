@@ -33,7 +33,7 @@ def marker_path(tabledir: Path) -> Path:
     return tabledir.with_name(f"{tabledir.name}.running")
 
 
-def claim_local_state(tabledir: Path, discard: bool = True) -> bool:
+def claim_local_state(tabledir: Path, *, discard: bool) -> bool:
     """Call before the worker opens its tables. With ``discard``, deletes ``tabledir`` when
     the previous worker did not stop cleanly (its marker is still there); then marks this
     one as running. Returns whether local state was discarded."""

@@ -58,6 +58,7 @@ class ReleaseOutcome:
     events: list[dict[str, Any]] = field(default_factory=list)
     to_order: list[Reservation] = field(default_factory=list)
     header_changed: bool = False
+    rewrite: list[Reservation] = field(default_factory=list)
 
 
 def release_key(reservation: Reservation, policy: Policy) -> tuple[int, date, int, int]:

@@ -313,8 +313,8 @@ def reservation_event(
 #: history entries kept per reservation (a replay only concerns its latest causes)
 HISTORY_KEPT = 8
 
-#: the status an event leaves its reservation in (re-applying a lost write)
-_STATUS_AFTER = {
+#: the status an event leaves its reservation in (re-applying a lost write; consumers)
+STATUS_AFTER = {
     EventType.RESERVED: Status.RESERVED,
     EventType.PROMOTED: Status.RESERVED,
     EventType.WAITLISTED: Status.WAITLISTED,
@@ -924,7 +924,7 @@ class ReservationBook:
             if last_type is EventType.COMMITTED:
                 reservation.committed = True
             else:
-                status = _STATUS_AFTER[last_type]
+                status = STATUS_AFTER[last_type]
                 self._move(reservation, status, when)
                 reservation.reason = mine[-1][4]
                 if status is Status.RESERVED:

@@ -26,7 +26,14 @@ from hypothesis import strategies as st
 
 from stream_app.domain.future_atp import Supply
 from stream_app.domain.preorders import ItemRequest, Policy
-from stream_app.domain.reservations import Outcome, Reservation, ReservationBook, reservation_id
+from stream_app.domain.reservations import (
+    STATUS_AFTER,
+    EventType,
+    Outcome,
+    Reservation,
+    ReservationBook,
+    reservation_id,
+)
 
 SKU, LOC = "PS6", "DC1"
 START = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -211,13 +218,6 @@ def test_a_crash_anywhere_then_replay_gives_the_same_state_and_outputs(
     assert_announced_state(replayed)
 
 
-STATUS_AFTER = {
-    "RESERVED": "RESERVED", "PROMOTED": "RESERVED", "WAITLISTED": "WAITLISTED",
-    "BUMPED": "WAITLISTED", "REJECTED": "REJECTED", "CANCELLED": "CANCELLED",
-    "EXPIRED": "EXPIRED", "CONFIRMED": "CONFIRMED",
-}
-
-
 def assert_announced_state(worker: Worker) -> None:
     """Every stored reservation's state is the one its latest announcement implies (no
     decision unannounced, none contradicted), and each event id has one content."""
@@ -232,7 +232,7 @@ def assert_announced_state(worker: Worker) -> None:
         if event["eventType"] == "COMMITTED":
             committed.add(event["reservationId"])
         else:
-            latest[event["reservationId"]] = STATUS_AFTER[event["eventType"]]
+            latest[event["reservationId"]] = str(STATUS_AFTER[EventType(event["eventType"])])
     for rid, data in worker.durable.items():
         assert latest.get(rid) == data["status"], (rid, data["status"], latest.get(rid))
         assert (rid in committed) == data["committed"]
