@@ -24,8 +24,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from stream_app.embedded import EmbeddedBroker, EmbeddedBrokerError, port_open, stop_process
-from stream_app.local_state import claim_local_state, release_local_state
+from stream_app.embedded import (
+    EmbeddedBroker,
+    EmbeddedBrokerError,
+    die_with_parent,
+    port_open,
+    stop_process,
+)
+from stream_app.local_state import claim_local_state, discard_local_state, release_local_state
 from stream_app.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -87,8 +93,10 @@ def tune_worker_process(settings: Settings) -> None:
     gc.set_threshold(*settings.gc_thresholds)
 
 
-def run_worker(settings: Settings) -> int:
-    """Run one Faust worker until SIGTERM/SIGINT; returns its exit code."""
+def run_worker(settings: Settings, fresh_broker: bool = False) -> int:
+    """Run one Faust worker until SIGTERM/SIGINT; returns its exit code. ``fresh_broker``:
+    the broker was just started and holds nothing (the embedded one keeps no data), so
+    local tables of an earlier run would describe changelogs that no longer exist."""
     from stream_app.app import create_runtime
 
     loop = asyncio.new_event_loop()
@@ -100,10 +108,15 @@ def run_worker(settings: Settings) -> int:
 
         install_end_offset_correction(runtime.app, settings.bootstrap_servers)
     _say(f"web view:  http://{runtime.app.conf.web_host}:{settings.web_port}/")
-    return serve(runtime.app, settings, loop)
+    return serve(runtime.app, settings, loop, fresh_broker)
 
 
-def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -> int:
+def serve(
+    app: faust.App,
+    settings: Settings,
+    loop: asyncio.AbstractEventLoop,
+    fresh_broker: bool = False,
+) -> int:
     """Run ``app`` as a Faust worker on ``loop`` until SIGTERM/SIGINT; its exit code."""
     import faust
 
@@ -113,6 +126,9 @@ def serve(app: faust.App, settings: Settings, loop: asyncio.AbstractEventLoop) -
     worker.spinner = None
     tune_worker_process(settings)
     tabledir = Path(app.conf.tabledir)
+    if fresh_broker and discard_local_state(tabledir):
+        _say("the embedded broker keeps nothing across restarts: local tables of the last "
+             "run discarded (use STREAM_APP_KAFKA_BROKER for data that survives)")
     if claim_local_state(tabledir, discard=settings.discard_local_state_after_crash):
         _say("unclean stop before: local tables discarded, rebuilding from the changelogs")
     code = 0
@@ -131,7 +147,9 @@ def fluent_simulator_process(settings: Settings) -> Iterator[None]:
     if port_open(host, port):
         _fail(f"port {host}:{port} is in use; set STREAM_APP_FLUENT_SIM_PORT to a free port")
     proc = subprocess.Popen(  # noqa: S603 - our own module, no shell
-        [sys.executable, "-m", "stream_app.cli", "fluent-sim"], stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "stream_app.cli", "fluent-sim"],
+        stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
     )
     try:
         deadline = time.monotonic() + 15
@@ -161,7 +179,7 @@ def cmd_run(settings: Settings) -> int:
             stack.enter_context(fluent_simulator_process(settings))
         else:
             _say(f"fluent: {settings.fluent_base_url}")
-        return run_worker(settings)
+        return run_worker(settings, fresh_broker=settings.embedded)
     return 0  # pragma: no cover
 
 

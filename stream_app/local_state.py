@@ -40,14 +40,14 @@ def claim_local_state(tabledir: Path, *, discard: bool) -> bool:
     marker = marker_path(tabledir)
     discarded = False
     if marker.exists() and not discard:
-        log.warning(
-            "the last worker on %s did not stop cleanly: local table state is kept "
-            "(replays rewrite what they find already applied)",
-            tabledir,
-        )
-    elif marker.exists():
         if tabledir.exists():
-            shutil.rmtree(tabledir)
+            log.warning(
+                "the last worker on %s did not stop cleanly: local table state is kept "
+                "(replays rewrite what they find already applied)",
+                tabledir,
+            )
+    elif marker.exists():
+        if discard_local_state(tabledir):
             discarded = True
             log.warning(
                 "the last worker on %s did not stop cleanly: local table state discarded, "
@@ -57,6 +57,15 @@ def claim_local_state(tabledir: Path, *, discard: bool) -> bool:
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"{os.getpid()}\n")
     return discarded
+
+
+def discard_local_state(tabledir: Path) -> bool:
+    """Delete the local tables (every table is then rebuilt from its changelog); returns
+    whether there were any."""
+    if not tabledir.exists():
+        return False
+    shutil.rmtree(tabledir)
+    return True
 
 
 def release_local_state(tabledir: Path) -> None:

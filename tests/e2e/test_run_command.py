@@ -8,7 +8,7 @@ import pytest
 
 from stream_app.embedded import free_port, port_open
 from tests.fixtures.kafka import produce
-from tests.fixtures.procs import ProcessFactory, http, wait_for
+from tests.fixtures.procs import ProcessFactory, StreamAppProcess, http, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -52,3 +52,47 @@ def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: Pro
     wait_for(lambda: not port_open("127.0.0.1", kafka_port), 10, 0.1, "broker stopped")
     wait_for(lambda: not port_open("127.0.0.1", sim_port), 10, 0.1, "simulator stopped")
     wait_for(lambda: not port_open("127.0.0.1", run.web_port), 10, 0.1, "web view stopped")
+
+
+def test_run_starts_again_in_the_same_directory_after_sigterm_and_after_sigkill(
+    processes: ProcessFactory,
+) -> None:
+    """Issue 11: a second `stream-app run` crashed with ConsistencyError (local tables of a
+    broker that keeps nothing), and after kill -9 the broker lived on holding its port."""
+    kafka_port, sim_port = free_port(), free_port()
+    env = processes.env({
+        "STREAM_APP_EMBEDDED_KAFKA_PORT": str(kafka_port),
+        "STREAM_APP_FLUENT_SIM_PORT": str(sim_port),
+        "STREAM_APP_KAFKA_BROKER": "",
+        "STREAM_APP_FLUENT_BASE_URL": "",
+        "STREAM_APP_PARTITIONS": "4",
+    })
+    stock = {"eventId": "1", "channel": "A", "sku": "SKU-R", "location": "LOC-1", "onHand": 7,
+             "reserved": 0, "updatedAt": "2026-11-20T10:00:00Z"}
+
+    def start_and_use() -> StreamAppProcess:
+        run = processes.start("run", env)
+        run.wait_ready(90)
+        produce(f"127.0.0.1:{kafka_port}", "inventory-changes", [stock])
+        wait_for(lambda: run.get("/inventory/SKU-R/LOC-1")[0] == 200, 30, 0.2, "inventory")
+        return run
+
+    def stopped() -> bool:
+        return not any(port_open("127.0.0.1", p) for p in (kafka_port, sim_port, run.web_port))
+
+    run = start_and_use()
+    assert run.proc is not None
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(30) is not None
+    wait_for(stopped, 15, 0.1, "everything stopped after SIGTERM")
+
+    run = start_and_use()  # same directory: local tables of the last run are discarded
+    assert "local tables of the last run discarded" in run.log_path.read_text()
+    assert run.proc is not None
+    run.proc.send_signal(signal.SIGKILL)  # the main process only: its children must follow
+    run.proc.wait(10)
+    wait_for(stopped, 15, 0.1, "broker and simulator died with their parent")
+
+    run = start_and_use()
+    run.stop()
+    wait_for(stopped, 15, 0.1, "everything stopped")
