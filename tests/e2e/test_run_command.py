@@ -13,16 +13,21 @@ from tests.fixtures.procs import ProcessFactory, StreamAppProcess, http, wait_fo
 pytestmark = pytest.mark.e2e
 
 
-def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: ProcessFactory) -> None:
-    kafka_port, sim_port = free_port(), free_port()
-    env = processes.env({
+def run_env(processes: ProcessFactory, kafka_port: int, sim_port: int, **extra: str) -> dict[str, str]:
+    """`stream-app run` with its own embedded broker and simulator on free ports."""
+    return processes.env({
         "STREAM_APP_EMBEDDED_KAFKA_PORT": str(kafka_port),
         "STREAM_APP_FLUENT_SIM_PORT": str(sim_port),
         "STREAM_APP_KAFKA_BROKER": "",
         "STREAM_APP_FLUENT_BASE_URL": "",
-        "STREAM_APP_FLUSH_INTERVAL_SECONDS": "1",
         "STREAM_APP_PARTITIONS": "4",
+        **extra,
     })
+
+
+def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: ProcessFactory) -> None:
+    kafka_port, sim_port = free_port(), free_port()
+    env = run_env(processes, kafka_port, sim_port, STREAM_APP_FLUSH_INTERVAL_SECONDS="1")
     run = processes.start("run", env)
     run.wait_ready(90)
     out = run.log_path.read_text()
@@ -60,13 +65,7 @@ def test_run_starts_again_in_the_same_directory_after_sigterm_and_after_sigkill(
     """Issue 11: a second `stream-app run` crashed with ConsistencyError (local tables of a
     broker that keeps nothing), and after kill -9 the broker lived on holding its port."""
     kafka_port, sim_port = free_port(), free_port()
-    env = processes.env({
-        "STREAM_APP_EMBEDDED_KAFKA_PORT": str(kafka_port),
-        "STREAM_APP_FLUENT_SIM_PORT": str(sim_port),
-        "STREAM_APP_KAFKA_BROKER": "",
-        "STREAM_APP_FLUENT_BASE_URL": "",
-        "STREAM_APP_PARTITIONS": "4",
-    })
+    env = run_env(processes, kafka_port, sim_port)
     stock = {"eventId": "1", "channel": "A", "sku": "SKU-R", "location": "LOC-1", "onHand": 7,
              "reserved": 0, "updatedAt": "2026-11-20T10:00:00Z"}
 
