@@ -14,6 +14,13 @@ At-least-once needs two orderings, both provided here:
 Messages are sent straight through the app's producer (``topic, key, value, partition,
 headers``): Faust's per-message ``topic.send`` costs more than the work at 100,000
 events.
+
+Each app has a :class:`DeliveryWatch`: what :func:`deliver` saw, for health and metrics.
+Every delivery and flush in progress is noted with its start (keyed by the source topic
+and partition of the event being processed): one that has not completed for
+``STREAM_APP_STALL_SECONDS`` is a *stalled* stream, whether the broker refuses or does
+not answer. Observers see every batch once the broker holds all of it: the dead-letter
+counter counts letters delivered, not letters meant.
 """
 
 from __future__ import annotations
@@ -24,13 +31,19 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from faust.exceptions import ProducerSendError
+
+from stream_app.delivery_watch import Message, watch_of
 
 log = logging.getLogger(__name__)
 
-#: (topic name, key, value, partition or None, headers or None)
-Message = tuple[str, bytes | None, bytes, int | None, Any]
+class Undeliverable(Exception):
+    """A message the broker will never take (too large): retrying would stall for ever."""
+
+
+#: errors no retry can mend (checked before RETRIABLE: they are KafkaErrors too)
+PERMANENT: tuple[type[BaseException], ...] = (MessageSizeTooLargeError, RecordTooLargeError)
 
 #: errors after which a send is retried (anything else is a bug and propagates)
 RETRIABLE: tuple[type[BaseException], ...] = (
@@ -41,13 +54,28 @@ RETRIABLE: tuple[type[BaseException], ...] = (
 )
 
 
-async def flush_writes(app: faust.types.AppT) -> None:
+def source_of(event: faust.EventT | None = None) -> str:
+    """Where the caller is: the topic and partition of ``event``, by default of the event
+    being processed (a grouped stream has none: it passes its group's first event)."""
+    event = event if event is not None else faust.current_event()
+    if event is None:
+        return "outside a stream"
+    return f"{event.message.topic}[{event.message.partition}]"
+
+
+async def flush_writes(app: faust.types.AppT, source: str | None = None) -> None:
     """Return once the broker has every message queued so far, table changelog writes
     included (Faust queues those in its own buffer before aiokafka sees them)."""
     producer: Any = app.producer
-    while producer.buffer.size:
-        await producer.buffer.flush()
-    await producer.flush()
+    waiting = watch_of(app).waiting
+    source = source or source_of()
+    waiting.setdefault(source, asyncio.get_running_loop().time())
+    try:
+        while producer.buffer.size:
+            await producer.buffer.flush()
+        await producer.flush()
+    finally:
+        waiting.pop(source, None)
 
 
 async def deliver(
@@ -56,12 +84,33 @@ async def deliver(
     *,
     max_backoff: float = 30.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    source: str | None = None,
 ) -> int:
     """Send ``messages`` in order and wait until the broker has each; returns the number
     of failed attempts. After a failure everything from the first undelivered message on
     is sent again (keeps the order of a key's messages; a duplicate is harmless, a gap is
-    not)."""
+    not). ``source`` names the stream waiting (:func:`source_of`)."""
     producer = app.producer
+    watch = watch_of(app)
+    source = source or source_of()
+    if not messages:
+        return 0
+    watch.waiting.setdefault(source, asyncio.get_running_loop().time())
+    try:
+        failures = await _send_all(producer, messages, max_backoff, sleep)
+    finally:
+        watch.waiting.pop(source, None)
+    for observe in watch.observers:
+        observe(messages)
+    return failures
+
+
+async def _send_all(
+    producer: Any,
+    messages: Sequence[Message],
+    max_backoff: float,
+    sleep: Callable[[float], Awaitable[None]],
+) -> int:
     start = 0
     failures = 0
     while start < len(messages):
@@ -71,6 +120,8 @@ async def deliver(
                 future = await producer.send(topic, key, value, partition, None, headers)
                 pending.append(asyncio.ensure_future(future))
             await asyncio.gather(*pending, return_exceptions=True)
+        except PERMANENT as exc:
+            raise Undeliverable(f"{exc!r}") from exc
         except RETRIABLE as exc:  # refused while handing over: send it all again
             failures += 1
             delay = min(max_backoff, 0.1 * 2**failures)
@@ -84,13 +135,15 @@ async def deliver(
             done += 1
         if done == len(messages):
             return failures
+        failed = pending[done - start]
+        error = None if failed.cancelled() else failed.exception()
+        if isinstance(error, PERMANENT):
+            raise Undeliverable(f"{error!r}") from error
         failures += 1
         delay = min(max_backoff, 0.1 * 2**failures)
-        failed = pending[done - start]
         log.error(
             "delivery of %d of %d messages failed (attempt %d), retrying in %.1fs: %r",
-            len(messages) - done, len(messages), failures, delay,
-            None if failed.cancelled() else failed.exception(),
+            len(messages) - done, len(messages), failures, delay, error,
         )
         start = done
         await sleep(delay)

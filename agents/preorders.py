@@ -43,7 +43,7 @@ import faust
 import faust.streams as faust_streams
 import orjson
 
-from agents.delivery import Message, deliver, flush_writes
+from agents.delivery import Message, deliver, flush_writes, source_of
 from agents.internal import (
     BOOK_COMMAND,
     PREORDER_DECISIONS,
@@ -78,7 +78,9 @@ from tables.reservations import (
     OrderResults,
     PartitionBooks,
     ReservationStore,
+    Step,
     define_reservation_tables,
+    stored_step,
 )
 
 if TYPE_CHECKING:
@@ -200,6 +202,19 @@ def note_settled(metrics: Metrics, outcome: Outcome, reason: str) -> int:
     return units
 
 
+def operation_step(outcome: Outcome) -> list[tuple[Reservation, bytes]]:
+    """The reservations an operation wrote, its subject first, each once, serialized as
+    they are now (tables.reservations.plan_writes)."""
+    found: dict[str, Reservation] = {}
+    written = (*outcome.changed, *outcome.rewrite)
+    subject = outcome.reservation
+    if subject is not None and any(r is subject for r in written):
+        found[subject.reservation_id] = subject
+    for reservation in written:
+        found.setdefault(reservation.reservation_id, reservation)
+    return stored_step(found.values())
+
+
 @dataclass
 class Outbox:
     """What one event (or group) causes: reservation writes, then messages.
@@ -212,12 +227,15 @@ class Outbox:
     """
 
     messages: list[Message] = field(default_factory=list)
-    #: reservations changed by this event (last state per id), saved once at its end
-    changed: dict[str, Reservation] = field(default_factory=dict)
+    #: what each operation of this event changed, in order (subject first), saved at its
+    #: end in an order a crash cannot make inconsistent (tables.reservations.plan_writes)
+    steps: list[Step] = field(default_factory=list)
     #: order results among the messages (also handed to in-process waiters)
     results: list[tuple[str, Json]] = field(default_factory=list)
     #: table writes were made: wait until they are on the broker before any message
     wrote: bool = False
+    #: the stream this outbox belongs to, for stall reports (agents.delivery.source_of)
+    source: str | None = None
 
     def add_result(self, topic: faust.TopicT, order_id: str, result: Json) -> None:
         self.add(topic, order_id.encode(), result, None)
@@ -234,10 +252,10 @@ class Outbox:
 
     async def flush(self, app: faust.App) -> None:
         if self.wrote:
-            await flush_writes(app)
+            await flush_writes(app, self.source)
             self.wrote = False
         messages, self.messages = self.messages, []
-        await deliver(app, messages)
+        await deliver(app, messages, source=self.source)
 
 
 class Books:
@@ -275,8 +293,9 @@ class Books:
 
     def record(self, key: str, partition: int, outcome: Outcome, out: Outbox) -> None:
         """Note what an operation changed and queue its events (in causal order)."""
-        for reservation in (*outcome.changed, *outcome.rewrite):
-            out.changed[reservation.reservation_id] = reservation
+        step = operation_step(outcome)
+        if step:
+            out.steps.append(step)
         for event in outcome.events:
             out.add(self.events_topic, key.encode(), event, partition)
 
@@ -292,9 +311,9 @@ class Books:
     def save(self, out: Outbox) -> None:
         """Write the reservations the event changed (each touched chunk once), before
         any of its messages is sent."""
-        if out.changed:
-            self.store.save(out.changed.values())
-            out.changed.clear()
+        if out.steps:
+            self.store.save(out.steps)
+            out.steps.clear()
             out.wrote = True
 
     def decide(
@@ -369,6 +388,7 @@ class Books:
         part = self.store.books(partition)
         name = command.get("command")
         rid = command.get("reservationId")
+        attempt = command.get("source") if isinstance(command.get("source"), str) else None
         touched: list[Json] = []
         error: str | None = None
         if isinstance(rid, str):
@@ -379,7 +399,7 @@ class Books:
             if name == "cancel":
                 outcome = book.cancel(rid, self.supply(part, key, book), self.policy, now)
             else:
-                outcome = book.commit(rid, self.policy, now)
+                outcome = book.commit(rid, self.policy, now, attempt=attempt)
             self.record(key, partition, outcome, out)
             error = outcome.error
             if outcome.reservation is not None:
@@ -395,7 +415,9 @@ class Books:
                     self.record(key, partition, outcome, out)
                 else:
                     for reservation in book.order_reservations(order_id):
-                        outcome = book.commit(reservation.reservation_id, self.policy, now)
+                        outcome = book.commit(
+                            reservation.reservation_id, self.policy, now, attempt=attempt
+                        )
                         self.record(key, partition, outcome, out)
                 touched.extend(book.reservation_dict(r) for r in book.order_reservations(order_id))
             if not touched:
@@ -413,13 +435,16 @@ class Books:
         cause: str,
     ) -> int:
         """A supply message (``cause``, at ``now``) touched ``keys`` and changed the supply
-        of ``changed``: promote their waitlists. The keys it did not change are promoted
-        too: a replay of the message finds its supply already applied, while the
-        promotions it caused may not have been written before a crash (the book sends its
-        recorded ones again and makes the missing ones; in a consistent book nothing
-        more fits). Returns the events queued."""
+        of ``changed``: promote their waitlists. A key it did not change is a replay (its
+        supply is already applied): its book sends the promotions recorded for the cause
+        again and decides nothing new. A fresh pass there would decide against a book
+        that later inputs have changed since, and announce a promotion that the replay
+        of those inputs then contradicts. A promotion lost in a crash between the
+        inventory write and the reservation writes is made by the next promotion pass.
+        Returns the events queued."""
         part = self.store.books(partition)
         before = len(out.messages)
+        changed = set(changed)
         held_until = now - timedelta(hours=self.runtime.settings.confirmed_hold_grace_hours)
         for key in changed:
             self._supplies.pop(key, None)
@@ -432,9 +457,15 @@ class Books:
                 self.record(key, partition, settled, out)
         for key in keys:
             book = part.books.get(key)
-            if book is not None:
+            if book is None:
+                continue
+            # the supply this book saw must be durable before anything else decides on it
+            out.wrote = True
+            if key in changed:
                 supply = self.supply(part, key, book)
                 self.record(key, partition, book.promote(supply, self.policy, now, cause), out)
+            else:
+                self.record(key, partition, book.resend(cause), out)
         self.save(out)
         return len(out.messages) - before
 
@@ -504,7 +535,7 @@ def register(runtime: Runtime) -> None:
         async for events in take_ready(
             stream, settings.preorder_batch_max, settings.preorder_batch_within
         ):
-            out = Outbox()
+            out = Outbox(source=source_of(events[0]))
             grouped: dict[int, list[Json]] = defaultdict(list)
             local: dict[int, tuple[faust.types.EventT, list[Json]]] = {}
             for event in events:
@@ -583,6 +614,9 @@ def register(runtime: Runtime) -> None:
                 await dead_letter(commands_dlq, event, str(exc))
                 continue
             command.setdefault("at", iso(event_time(event)))
+            # the command's own input: a replay of it is answered as the first run was
+            message = event.message
+            command["source"] = f"{message.topic}:{message.partition}:{message.offset}"
             out = Outbox()
             rid = command.get("reservationId")
             if rid is not None:

@@ -81,6 +81,7 @@ from stream_app.fluent.client import (
     FluentUnavailable,
 )
 from tables.releases import ReleaseRuns, define_release_table
+from tables.reservations import stored_step
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -96,6 +97,10 @@ FAILURES_KEPT = 20
 APPLY_GROUP = 500
 #: seconds between progress writes of a partition report while orders are created
 PROGRESS_EVERY = 1.0
+
+
+#: why a run stopped when another worker owns the partition now
+MOVED = "the partition moved"
 
 
 def utcnow() -> datetime:
@@ -146,7 +151,7 @@ class Step:
 
     async def _write(self) -> None:
         writes, self.writes = self.writes, {}
-        self.store.save(writes.values())
+        self.store.save([stored_step(writes.values())])  # one step: the run is one cause
         await flush_writes(self.app)
 
     def replay(self, key: str, book: ReservationBook, cause: str) -> int:
@@ -318,6 +323,7 @@ class ReleaseService:
                               skippedBecause=f"last scheduled release {last} is not older")
                 self.runs.put_part(report)
                 return
+        epoch = self.runtime.app.rebalancing_count  # a rebalance after this: yield
         report["attempts"] = int(report.get("attempts", 0)) + 1
         started = parse_iso(str(report["startedAt"]))
         self.runs.put_part(report)
@@ -355,15 +361,20 @@ class ReleaseService:
 
         # step 2: orders
         timings["persistedAfterSeconds"] = round((self.clock() - now).total_seconds(), 3)
-        finished = await self._create_orders(partition, to_order, report)
+        interrupted = await self._create_orders(partition, to_order, report, epoch)
         timings["finishedAfterSeconds"] = round((self.clock() - now).total_seconds(), 3)
         now = self.clock()
         report["counts"] = self._counts(partition, release_date, started)
         report["updatedAt"] = iso(now)
-        if not finished:
-            report["state"] = "interrupted"
-            self.runs.put_part(report)
-            log.warning("release %s partition %d interrupted (partition moved)", run_id, partition)
+        if interrupted:
+            report.update(state="interrupted", interruptedBecause=interrupted)
+            if interrupted != MOVED:  # the report is the new owner's to write then
+                self.runs.put_part(report)
+            await self._hand_over(partition, command)
+            log.warning(
+                "release %s partition %d interrupted (%s): the command is sent again, the "
+                "partition's owner resumes the run", run_id, partition, interrupted,
+            )
             return
         report.update(state="completed", finishedAt=iso(now))
         self.runs.put_part(report)
@@ -384,12 +395,30 @@ class ReleaseService:
             self.client = FluentClient(FluentConfig.from_settings(self.settings))
         return self.client
 
+    def _must_yield(self, epoch: int) -> str | None:
+        """Why the run must stop after a group, if it must: a rebalance or a stop waits
+        for this agent to finish its event (``stream_wait_empty``), so a long run yields."""
+        app = self.runtime.app
+        if app.should_stop:
+            return "the worker is stopping"
+        if app.rebalancing_count != epoch:
+            return "a rebalance started"
+        return None
+
+    async def _hand_over(self, partition: int, command: Json) -> None:
+        """Send the interrupted command again (after the report is durable): whoever owns
+        the partition next resumes the run as its next attempt."""
+        await flush_writes(self.runtime.app)
+        topic = self.commands.get_topic_name()
+        await deliver(self.runtime.app, [(topic, None, orjson.dumps(command), partition, None)])
+
     async def _create_orders(
-        self, partition: int, to_order: list[tuple[str, Reservation]], report: Json
-    ) -> bool:
-        """Create the orders; apply results in groups. False when the partition moved."""
+        self, partition: int, to_order: list[tuple[str, Reservation]], report: Json, epoch: int
+    ) -> str | None:
+        """Create the orders; apply results in groups. Returns why it stopped early, if
+        it did (see :meth:`_must_yield`); the results applied so far are durable."""
         if not to_order:
-            return True
+            return None
         client = self._client()
         retailer = self.settings.retailer_id
         results: asyncio.Queue[OrderResult] = asyncio.Queue()
@@ -445,16 +474,19 @@ class ReleaseService:
                 while not results.empty() and len(group) < APPLY_GROUP:
                     group.append(results.get_nowait())
                 if group:
-                    if not self.runs.owns(partition):
-                        return False
+                    if not self.runs.owns(partition):  # no write for another owner's books
+                        return MOVED
                     await self._apply_results(partition, group, report)
+                    reason = self._must_yield(epoch)
+                    if reason is not None:
+                        return reason
                     if loop.time() - last_progress >= PROGRESS_EVERY:
                         last_progress = loop.time()
                         report["updatedAt"] = iso(self.clock())
                         self.runs.put_part(report)
                 elif calls.done():
                     calls.result()  # re-raise a bug in the callers
-                    return True
+                    return None
         finally:
             if not calls.done():
                 calls.cancel()

@@ -15,6 +15,7 @@ import faust
 
 from stream_app.domain.inventory import BufferPolicy
 from stream_app.fetch_scope import fetch_consumed_only
+from stream_app.flow_control import install_flow_control
 from stream_app.metrics import Metrics
 from stream_app.settings import Settings
 from stream_app.topics import TopicNames
@@ -43,7 +44,7 @@ def _canonical_host(settings: Settings) -> str:
 
 
 def create_faust_app(settings: Settings) -> faust.App:
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
         store="rocksdb://",
@@ -64,8 +65,13 @@ def create_faust_app(settings: Settings) -> faust.App:
         table_standby_replicas=settings.table_standby_replicas,
         producer_linger=settings.producer_linger_ms / 1000,
         producer_max_batch_size=262144,
-        stream_wait_empty=False,
+        # a revoke (and a stop) waits until every event being processed is acknowledged:
+        # no table write for a partition after another worker starts recovering it; the
+        # long-running release yields between groups (agents.release)
+        stream_wait_empty=True,
     )
+    install_flow_control(app)
+    return app
 
 
 def raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,50 @@ def chunk_key(reservation: Reservation, chunk_size: int) -> str:
     return f"C-{encoded}-{reservation.ship_date.isoformat()}-{number}"
 
 
+#: what one operation wrote: each reservation with its stored bytes AS OF that operation
+#: (serialized when the operation ends: a later operation may change the same object)
+Step = Sequence[tuple[Reservation, bytes]]
+
+
+def stored_step(reservations: Iterable[Reservation]) -> list[tuple[Reservation, bytes]]:
+    return [(r, orjson.dumps(r.to_stored())) for r in reservations]
+
+
+def plan_writes(
+    steps: Iterable[Step],
+    chunk_of: Callable[[Reservation], str],
+    live: dict[str, dict[str, bytes]],
+) -> list[tuple[str, dict[str, bytes]]]:
+    """The chunk writes of a group of operations, in an order a crash cannot make
+    inconsistent. ``live`` (chunk → reservationId → stored bytes) is brought to the new
+    state; the result is ``(chunk, entries)`` in write order.
+
+    A kill -9 keeps some prefix of a partition's changelog writes. Writing each touched
+    chunk once, at its latest state, can keep a later operation's effect while losing an
+    earlier one it depended on (a cancel that promoted a waitlisted pre-order written,
+    that pre-order's own placement lost); a replay then decides the lost operation
+    against a state it never saw. So the writes follow the operations: each operation's
+    chunks (its subject's first) are written as they are after that operation, and
+    every prefix of the writes is the state after some prefix of the operations, plus
+    part of the next one with its subject durable (whose recorded effects a replay
+    re-applies). Consecutive operations on the same chunk coalesce into one write, so a
+    burst of placements still writes each chunk about once.
+    """
+    plan: list[tuple[str, dict[str, bytes]]] = []
+    for step in steps:
+        touched: dict[str, dict[str, bytes]] = {}
+        for reservation, stored in step:
+            touched.setdefault(chunk_of(reservation), {})[reservation.reservation_id] = stored
+        for number, (name, changed) in enumerate(touched.items()):
+            entries = live.setdefault(name, {})
+            entries.update(changed)
+            if number == 0 and plan and plan[-1][0] == name:
+                plan[-1][1].update(changed)  # the same chunk as the last write: one write
+            else:
+                plan.append((name, dict(entries)))
+    return plan
+
+
 def encode_chunk(entries: dict[str, bytes]) -> bytes:
     """``{"<rid>": <reservation>, ...}`` from already serialized reservations."""
     return b"{" + b",".join(orjson.dumps(rid) + b":" + raw for rid, raw in entries.items()) + b"}"
@@ -120,19 +164,29 @@ class ReservationStore:
         self._parts.clear()
 
     def _cacheable(self) -> bool:
-        """Cache only between rebalances (the cache of a generation dies with it)."""
+        """Cache per rebalance (the cache of a generation dies with it), except while the
+        changelogs are being read: local state is still catching up then.
+
+        Agents only ever see the cache: Faust resumes a partition's streams only after
+        its recovery, so every agent working on a partition shares ONE book object. (Not
+        caching for the whole rebalance, as before, gave each agent its own copy while
+        Faust delivered events between the end of recovery and "worker ready": a replayed
+        placement rewrote a reservation from a copy made before the release confirmed it.)
+        """
         app = self.app
         generation = app.rebalancing_count
         if generation != self._generation:
             self._parts.clear()
             self._generation = generation
-        return bool(app.consumer is not None and generation > 0 and not app.rebalancing)
+        recovery = getattr(app.tables, "recovery", None)
+        recovering = bool(getattr(recovery, "in_recovery", False))
+        return bool(app.consumer is not None and generation > 0 and not recovering)
 
     def books(self, partition: int) -> PartitionBooks:
         """The books of ``partition``, built from local table data on first use.
 
-        While a rebalance or table recovery runs, the books are built from the table
-        every time and not cached (local state may still be catching up)."""
+        While the changelogs are being read, the books are built from the table every
+        time and not cached (only views read then: streams are paused)."""
         if not self._cacheable():
             return self._rebuild(partition)
         found = self._parts.get(partition)
@@ -223,27 +277,24 @@ class ReservationStore:
 
     # --- writes (agent context only) -----------------------------------------------
 
-    def save(self, reservations: Iterable[Reservation]) -> int:
-        """Write the chunks of these reservations, each touched chunk once (agent
-        context, while handling an event of their partition); returns the chunks
-        written."""
-        dirty: dict[str, dict[str, bytes]] = {}
-        parts: dict[int, PartitionBooks] = {}
-        for reservation in reservations:
-            partition = self.partition_of(f"{reservation.sku}|{reservation.location}")
-            part = parts.get(partition)
-            if part is None:
-                part = parts[partition] = self.books(partition)
-            chunks = part.chunks
-            name = chunk_key(reservation, self.chunk_size)
-            entries = chunks.get(name)
-            if entries is None:
-                entries = chunks[name] = {}
-            entries[reservation.reservation_id] = orjson.dumps(reservation.to_stored())
-            dirty[name] = entries
-        for name, entries in dirty.items():
+    def save(self, steps: Iterable[Step]) -> int:
+        """Write what a group of operations changed (agent context, while handling an
+        event of their partition): ``steps`` holds each operation's reservations (with their bytes
+        as of that operation), in the order the operations ran, its subject first. Chunks are written in the order of
+        :func:`plan_writes`; returns the chunk writes made."""
+        plan: list[tuple[str, dict[str, bytes]]] = []
+        by_partition: dict[int, list[Step]] = {}
+        for step in steps:
+            if step:
+                first = step[0][0]
+                partition = self.partition_of(f"{first.sku}|{first.location}")
+                by_partition.setdefault(partition, []).append(step)
+        for partition, mine in by_partition.items():
+            live = self.books(partition).chunks
+            plan.extend(plan_writes(mine, lambda r: chunk_key(r, self.chunk_size), live))
+        for name, entries in plan:
             self.table[name] = encode_chunk(entries)
-        return len(dirty)
+        return len(plan)
 
     # --- web waits for command outcomes ----------------------------------------------
 

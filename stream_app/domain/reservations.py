@@ -187,7 +187,8 @@ class Reservation:
     #: the events this reservation was the subject of, as entries ``[cause, index, type,
     #: queuePosition, reason, at(, effects)]`` (the last :data:`HISTORY_KEPT`): stored with
     #: it, so a replayed cause sends the recorded events again (``effects``: on the subject
-    #: of an operation, what it did to the others, re-applied if their write was lost)
+    #: of an operation, what it did to the others, re-applied if their write was lost); an
+    #: entry of type :data:`REFUSED` (index -1, reason = the error) records a refused op
     history: list[list[Any]] = field(default_factory=list)
 
     @property
@@ -312,6 +313,12 @@ def reservation_event(
 
 #: history entries kept per reservation (a replay only concerns its latest causes)
 HISTORY_KEPT = 8
+
+#: the type of a history entry that records a refused op (no event; ``reason`` = error)
+REFUSED = "REFUSED"
+
+#: refusals kept per reservation besides its events (each command input a replay may see)
+REFUSALS_KEPT = 8
 
 #: the status an event leaves its reservation in (re-applying a lost write; consumers)
 STATUS_AFTER = {
@@ -846,8 +853,11 @@ class ReservationBook:
         history.append(entry)
         self._caused.setdefault(entry[0], {})[reservation.reservation_id] = None
         self._cause_next[entry[0]] = max(self._cause_next.get(entry[0], 0), entry[1] + 1)
-        while len(history) > HISTORY_KEPT:
-            dropped = history.pop(0)[0]
+        refused = entry[2] == REFUSED
+        kept = REFUSALS_KEPT if refused else HISTORY_KEPT
+        while sum(1 for e in history if (e[2] == REFUSED) == refused) > kept:
+            oldest = next(i for i, e in enumerate(history) if (e[2] == REFUSED) == refused)
+            dropped = history.pop(oldest)[0]
             if all(e[0] != dropped for e in history):
                 holders = self._caused.get(dropped)
                 if holders is not None:
@@ -855,6 +865,22 @@ class ReservationBook:
                     if not holders:
                         del self._caused[dropped]
                         self._cause_next.pop(dropped, None)
+
+    def _refuse(self, reservation: Reservation, refusal: str, error: str, now: datetime) -> Outcome:
+        """Refuse an op and record the refusal on its subject (written, no event): a
+        state-dependent refusal (a commit of a WAITLISTED reservation) must give the same
+        answer on a replay after a later op changed that state (a promotion). Refusals
+        are kept apart from the events (the last :data:`REFUSALS_KEPT`), so refused
+        retries cannot push the recorded events out of its history."""
+        self._append_history(reservation, [refusal, -1, REFUSED, None, error, iso(now)])
+        return Outcome(reservation=reservation, changed=[reservation], error=error)
+
+    @staticmethod
+    def _refusal(reservation: Reservation, cause: str) -> str | None:
+        for entry in reservation.history:
+            if entry[0] == cause and entry[2] == REFUSED:
+                return str(entry[4])
+        return None
 
     def _next_index(self, cause: str) -> int:
         return self._cause_next.get(cause, 0)
@@ -871,9 +897,18 @@ class ReservationBook:
         found: list[tuple[int, Reservation, list[Any]]] = []
         for rid in self._caused.get(cause, ()):
             reservation = self._by_id[rid]
-            found.extend((e[1], reservation, e) for e in reservation.history if e[0] == cause)
+            found.extend(
+                (e[1], reservation, e)
+                for e in reservation.history
+                if e[0] == cause and e[2] != REFUSED
+            )
         found.sort(key=lambda item: item[0])
         return [self._event_of(r, entry, cause) for _, r, entry in found]
+
+    def resend(self, cause: str) -> Outcome:
+        """A replayed input whose effect the book already holds: the events recorded for
+        ``cause`` again (same ids) and its reservations written again; no new decision."""
+        return self._replay(cause, None)
 
     def recorded_events(self, cause: str) -> list[dict[str, Any]]:
         """The events ``cause`` caused in this book (empty when it caused none here)."""
@@ -1137,13 +1172,23 @@ class ReservationBook:
         return self._finish(recorder, now, cause, targets[0])
 
     def commit(
-        self, reservation_id: str, policy: Policy, now: datetime, cause: str | None = None
+        self,
+        reservation_id: str,
+        policy: Policy,
+        now: datetime,
+        cause: str | None = None,
+        attempt: str | None = None,
     ) -> Outcome:
         """Mark a reservation committed (payment captured): COMMITTED event; idempotent.
 
         Only a reservation holding units can be committed (``error="not_reserved"``);
         with commits required a RESERVED one must be committed before ``expiresAt``
         (``error="commit_deadline_passed"``, nothing changes; expiry follows).
+
+        ``attempt`` names this command's input (its topic, partition and offset): a
+        refusal is then recorded on the reservation, so a replay of the same input is
+        refused again even when a later input has since made the reservation committable
+        (a WAITLISTED one promoted). Another attempt is judged on the state it finds.
         """
         require_aware(now)
         cause = cause or f"commit:{reservation_id}"
@@ -1152,14 +1197,24 @@ class ReservationBook:
             return Outcome(error="not_found")
         if reservation.committed:
             return self._replay(cause, reservation)
+        refusal = None if attempt is None else f"{cause}@{attempt}"
+        refused = None if refusal is None else self._refusal(reservation, refusal)
+        if refused is not None:  # refused the first time: the same answer on a replay
+            return Outcome(reservation=reservation, rewrite=[reservation], error=refused,
+                           duplicate=True)
+        error = None
         if reservation.status not in HOLDING and reservation.status is not Status.CONFIRMED:
-            return Outcome(reservation=reservation, error="not_reserved")
-        if (
+            error = "not_reserved"
+        elif (
             policy.commit_required
             and reservation.status is Status.RESERVED
             and now >= reservation.expires_at
         ):
-            return Outcome(reservation=reservation, error="commit_deadline_passed")
+            error = "commit_deadline_passed"
+        if error is not None:
+            if refusal is None:
+                return Outcome(reservation=reservation, error=error)
+            return self._refuse(reservation, refusal, error, now)
         recorder = _Recorder(self._revision)
         reservation.committed = True
         reservation.updated_at = now

@@ -373,9 +373,13 @@ def test_export_writes_reservations_and_reports_to_s3(app: App, s3_server: str, 
     assert app.worker.get("/releases")[1]["lastExport"]["objects"] == summary["objects"]
 
 
+@pytest.mark.parametrize("discard", ["false", "true"], ids=["local-state-kept", "rebuilt-from-changelog"])
 def test_worker_killed_mid_release_converges_without_duplicates(
-    kafka: KafkaCluster, app: App, tmp_path: Path
+    kafka: KafkaCluster, app: App, tmp_path: Path, discard: str
 ) -> None:
+    """With its local tables kept (replays rewrite them) or discarded (rebuilt from the
+    changelogs at start-up: commands fetched at the end of that recovery were lost before
+    stream_app.flow_control)."""
     factory = ProcessFactory(tmp_path)
     app_id = f"relkill-{uuid.uuid4().hex[:6]}"
     try:
@@ -386,12 +390,14 @@ def test_worker_killed_mid_release_converges_without_duplicates(
                 app.sim,
                 STREAM_APP_RELEASE_ORDER_CONCURRENCY="2",
                 STREAM_APP_RELEASE_ORDERS_PER_REQUEST="2",
+                STREAM_APP_DISCARD_LOCAL_STATE_AFTER_CRASH=discard,
             )
         )
         worker = factory.start("worker", env)
         worker.wait_ready(90)
         mine = App(kafka, app.sim, worker, app_id)
-        days, skus, per_sku = 4, ["KILL-A", "KILL-B", "KILL-C"], 20
+        days, per_sku = 4, 20
+        skus = [f"KILL-{discard}-{name}" for name in "ABC"]  # the simulator is shared
         expected: dict[str, str] = {}
         for sku in skus:
             mine.set_stock(sku, 100)
@@ -424,6 +430,59 @@ def test_worker_killed_mid_release_converges_without_duplicates(
             >= set(expected),
             timeout=30,
         )
+    finally:
+        app.sim.clear_faults()
+        factory.stop_all()
+
+
+def test_a_rebalance_mid_release_yields_and_the_owner_resumes(
+    kafka: KafkaCluster, app: App, tmp_path: Path
+) -> None:
+    """A second worker joins while a slow release runs: the running release stops after
+    its current group (the revoke waits for it), sends its command again, and the
+    partitions' owners finish the run: every order once, every reservation CONFIRMED."""
+    factory = ProcessFactory(tmp_path)
+    app_id = f"relyield-{uuid.uuid4().hex[:6]}"
+    try:
+        base = env_for(
+            kafka, app_id, app.sim,
+            STREAM_APP_RELEASE_ORDER_CONCURRENCY="1", STREAM_APP_RELEASE_ORDERS_PER_REQUEST="2",
+        )
+        w1 = factory.start("worker", factory.env(base))
+        w1.wait_ready(90)
+        mine = App(kafka, app.sim, w1, app_id)
+        days, skus, per_sku = 4, ["YIELD-A", "YIELD-B", "YIELD-C"], 12
+        expected: dict[str, str] = {}
+        for sku in skus:
+            mine.set_stock(sku, 100)
+            mine.send("pre-orders", [preorder(f"Y{i}-{sku}", sku, "STANDARD", days) for i in range(per_sku)], sku)
+            expected.update({rid(f"Y{i}-{sku}", sku): "CONFIRMED" for i in range(per_sku)})
+        mine.wait_statuses({r: "RESERVED" for r in expected})
+        refs = {"PO-" + r for r in expected}
+        app.sim.post("/_sim/faults", {"latency": 0.3, "count": 100000, "path": "/graphql"})
+        run_id = mine.release(ship(days))
+        wait_for(lambda: len(refs & set(app.orders())) >= 2, 60, 0.1, "orders being created")
+        w2 = factory.start("worker", factory.env(base))
+        wait_for(lambda: "interrupted (a rebalance started)" in w1.log_path.read_text(), 60, 0.2,
+                 "the running release yielding to the rebalance")
+        app.sim.clear_faults()
+        wait_for(lambda: w2.health()[0] == 200 and w1.health()[0] == 200, 90, 0.3, "both ready")
+        mine.wait_statuses(expected, timeout=90)
+        orders = app.orders()  # asserts unique refs
+        assert refs <= set(orders)
+        report = mine.report(run_id)
+        assert report["state"] == "completed" and report["totals"] == {"CONFIRMED": len(expected)}
+        assert max(p["attempts"] for p in report["partitions"]) >= 2, report["partitions"]
+        events = consume(
+            kafka.bootstrap, f"{app_id}-reservation-events",
+            until=lambda got: {e["reservationId"] for e in got if e["eventType"] == "CONFIRMED"}
+            >= set(expected),
+            timeout=30,
+        )
+        contents: dict[str, bytes] = {}
+        for event in events:
+            raw = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+            assert contents.setdefault(event["eventId"], raw) == raw, event  # one content per id
     finally:
         app.sim.clear_faults()
         factory.stop_all()

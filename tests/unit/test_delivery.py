@@ -84,3 +84,61 @@ def test_event_time_without_a_timestamp_falls_back_to_the_clock(stamp: float | N
     event = SimpleNamespace(message=SimpleNamespace(timestamp=stamp))
     before = datetime.now(UTC)
     assert before <= event_time(event) <= datetime.now(UTC)  # type: ignore[arg-type]
+
+
+async def test_a_stream_is_stalled_while_its_outputs_are_refused_and_observers_see_deliveries() -> None:
+    from stream_app.delivery_watch import watch_of
+
+    app = SimpleNamespace(producer=FlakyProducer(fail_at=set(), refuse_at={1, 2, 3}))
+    seen: list[int] = []
+    stalled_during: list[dict[str, float]] = []
+    watch = watch_of(app)
+    watch.observers.append(lambda delivered: seen.append(len(delivered)))
+
+    async def sleep_and_look(delay: float) -> None:
+        stalled_during.append(watch.stalls(asyncio.get_running_loop().time() + 100, 50))
+
+    await deliver(app, messages(3), sleep=sleep_and_look)
+    assert stalled_during and all(s == {"outside a stream": pytest.approx(100, abs=5)} for s in stalled_during)
+    assert watch.waiting == {}  # flowing again
+    assert seen == [3]  # observed once, after the broker had all of it
+
+
+async def test_a_message_the_broker_will_never_take_is_not_retried_for_ever() -> None:
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from agents.delivery import Undeliverable
+
+    class TooLarge(FlakyProducer):
+        async def send(self, *args: Any) -> Any:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_exception(MessageSizeTooLargeError())
+            return future
+
+    app = SimpleNamespace(producer=TooLarge(fail_at=set()))
+    with pytest.raises(Undeliverable):
+        await deliver(app, messages(1), sleep=no_sleep)
+
+
+def test_a_dead_letter_always_fits() -> None:
+    import hashlib
+
+    from agents.internal import dead_letter_message
+    from stream_app.delivery_watch import watch_of
+
+    app = SimpleNamespace()
+    watch_of(app).dead_letter_max_bytes = 1024
+    dlq = SimpleNamespace(app=app, get_topic_name=lambda: "x-dlq")
+    big = b"x" * 2_000_000
+    event = SimpleNamespace(
+        key=b"k", value=big, message=SimpleNamespace(topic="x", partition=1, offset=7)
+    )
+    topic, key, value, _, headers = dead_letter_message(dlq, event, "too big")  # type: ignore[arg-type]
+    found = dict(headers)
+    assert (topic, key, len(value)) == ("x-dlq", b"k", 1024)
+    assert found["dlq-original-bytes"] == b"2000000"
+    assert found["dlq-original-sha256"] == hashlib.sha256(big).hexdigest().encode()
+    assert found["dlq-truncated"] == b"true" and found["dlq-reason"] == b"too big"
+    small = SimpleNamespace(key=None, value=b"{}", message=event.message)
+    _, _, value, _, headers = dead_letter_message(dlq, small, "bad")  # type: ignore[arg-type]
+    assert value == b"{}" and "dlq-truncated" not in dict(headers)

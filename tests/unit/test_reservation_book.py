@@ -740,3 +740,27 @@ def test_single_ship_date_future_atp(
     reserved = sum(r.quantity for r in book.reservations() if r.status is Status.RESERVED)
     assert book.future_atp(supply, SHIP) == limit - reserved
     assert reserved <= limit
+
+
+def test_a_refused_commit_is_refused_again_on_its_replay_but_a_new_attempt_is_judged_anew() -> None:
+    book = new_book()
+    supply = stock(1)
+    first = place(book, "FIRST", supply=supply)
+    waiting = place(book, "WAITING", supply=supply)
+    assert waiting.reservation is not None and waiting.reservation.status is Status.WAITLISTED
+    refused = book.commit(rid(waiting), POLICY, NOW, attempt="cmds:0:7")
+    assert refused.error == "not_reserved" and refused.changed == [waiting.reservation]
+    assert refused.events == []  # a refusal announces nothing
+    book.cancel(rid(first), supply, POLICY, NOW)  # frees the unit: WAITING is promoted
+    assert waiting.reservation.status is Status.RESERVED
+    # the refusal is stored with the reservation: a restored book refuses the replay too
+    restored = ReservationBook.restore(
+        book.sku, book.location,
+        [Reservation.from_dict(r.to_stored()) for r in book.reservations()],
+    )
+    for subject in (book, restored):
+        replayed = subject.commit(rid(waiting), POLICY, NOW, attempt="cmds:0:7")
+        assert replayed.error == "not_reserved" and replayed.duplicate
+        assert replayed.reservation is not None and not replayed.reservation.committed
+    again = book.commit(rid(waiting), POLICY, NOW, attempt="cmds:0:9")  # the customer retries
+    assert again.ok and waiting.reservation.committed
