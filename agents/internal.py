@@ -17,17 +17,20 @@ partition) and must not raise; a message of an unknown kind is dead-lettered.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import faust
 
-from agents.delivery import Message, deliver
+from agents.delivery import deliver
+from stream_app.delivery_watch import Message, Observer, watch_of
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
+    from stream_app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +58,30 @@ def dead_letter_message(
     dlq: faust.TopicT, event: faust.EventT, reason: str, original: bytes | None = None
 ) -> Message:
     """The dead letter of ``event``: its original bytes (or ``original``), the reason and
-    the source in headers."""
-    value = event.value if original is None else original
-    headers = list(dead_letter_headers(event, reason).items())
-    return (dlq.get_topic_name(), event.key, value or b"", None, headers)
+    the source in headers. It always fits: an original longer than the app's
+    ``dead_letter_max_bytes`` is cut to that prefix, and its size and SHA-256 go in the
+    headers (``dlq-original-bytes``, ``dlq-original-sha256``, ``dlq-truncated``)."""
+    value = (event.value if original is None else original) or b""
+    headers = dead_letter_headers(event, reason)
+    most = watch_of(dlq.app).dead_letter_max_bytes
+    if len(value) > most:
+        headers["dlq-original-bytes"] = str(len(value)).encode()
+        headers["dlq-original-sha256"] = hashlib.sha256(value).hexdigest().encode()
+        headers["dlq-truncated"] = b"true"
+        value = value[:most]
+    return (dlq.get_topic_name(), event.key, value, None, list(headers.items()))
+
+
+def count_dead_letters(metrics: Metrics) -> Observer:
+    """An observer of deliveries counting the dead letters in them, by source topic."""
+
+    def observe(messages: Sequence[Message]) -> None:
+        for *_, headers in messages:
+            for name, value in headers or ():
+                if name == "dlq-source-topic":
+                    metrics.dead_letters.labels(value.decode()).inc()
+
+    return observe
 
 
 async def dead_letter(dlq: faust.TopicT, event: faust.EventT, reason: str) -> None:
@@ -85,6 +108,9 @@ def handlers(runtime: Runtime) -> dict[bytes, Handler]:
 def register(runtime: Runtime) -> None:
     app, names = runtime.app, runtime.names
     registry = handlers(runtime)
+    watch = watch_of(app)
+    watch.dead_letter_max_bytes = runtime.settings.dead_letter_max_bytes
+    watch.observers.append(count_dead_letters(runtime.metrics))
     dlq = runtime.topic(names.internal_dlq)
 
     @app.agent(runtime.topic(names.internal), name="internal")

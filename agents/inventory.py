@@ -15,18 +15,25 @@ Two steps, both at-least-once and idempotent:
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
 
-from agents.delivery import Message, deliver
+from agents.delivery import Message, deliver, source_of
 from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_message
 from agents.internal import handlers as internal_handlers
-from stream_app.domain.inventory import apply_change, empty_state
+from stream_app.domain.inventory import apply_change, empty_state, not_applied_reason
 from stream_app.partitioning import partition_for
-from stream_app.records import InventoryRecord, Rejected, from_wire, parse_message, to_wire
+from stream_app.records import (
+    InventoryRecord,
+    Limits,
+    Rejected,
+    from_wire,
+    parse_message,
+    to_wire,
+)
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -53,6 +60,7 @@ async def deliver_until_done(
     dlq: faust.TopicT,
     batches: list[tuple[int, list[list[Any]]]],
     dead: list[tuple[faust.EventT, Rejected]],
+    source: str | None = None,
 ) -> None:
     """Send every forward and dead letter, retrying while the broker refuses: the stream
     stalls rather than acknowledging events whose records were not delivered."""
@@ -65,7 +73,7 @@ async def deliver_until_done(
         dead_letter_message(dlq, event, rejected.reason, rejected.original)
         for event, rejected in dead
     ]
-    await deliver(apply_topic.app, messages)
+    await deliver(apply_topic.app, messages, source=source)
 
 
 def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]:
@@ -74,16 +82,27 @@ def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]
     for record in records:
         by_key[record.key].append(record)
 
+    skipped: Counter[str] = Counter()
+
     def change(key: str, old: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bool]:
         state = old if old is not None else empty_state()
         changed = False
         for record in by_key[key]:
-            changed = apply_change(state, record) or changed
+            if apply_change(state, record):
+                changed = True
+            else:
+                skipped[not_applied_reason(state, record)] += 1
         return state, changed
 
     # rewrite: a message that changes nothing is most likely a replay, whose effect local
     # state may hold without the changelog (one bucket write, as for a changing message)
-    return runtime.inventory.update(by_key.keys(), change, rewrite=True)
+    changed = runtime.inventory.update(by_key.keys(), change, rewrite=True)
+    for reason, count in skipped.items():
+        runtime.metrics.records_not_applied.labels(reason).inc(count)
+    if skipped["stale"]:
+        log.info("%d stale records dropped (a newer update of their channel is applied)",
+                 skipped["stale"])
+    return changed
 
 
 def register(runtime: Runtime) -> None:
@@ -93,29 +112,50 @@ def register(runtime: Runtime) -> None:
     dlq = runtime.topic(names.inventory_changes_dlq)
     after_apply = runtime.extras.setdefault("after_inventory_apply", [])
 
+    skew_us = int(settings.max_clock_skew_seconds * 1_000_000)
+
+    def limits_for(event: faust.EventT) -> Limits:
+        stamp = event.message.timestamp  # seconds; -1/0 when the producer set none
+        sent_at = int(stamp * 1_000_000) if stamp and stamp > 0 else None
+        return Limits(settings.max_quantity, skew_us, sent_at)
+
+    async def ingest_group(events: list[faust.EventT]) -> None:
+        records: list[InventoryRecord] = []
+        dead: list[tuple[faust.EventT, Rejected]] = []
+        for event in events:
+            try:
+                good, bad = parse_message(event.value, settings.max_event_bytes, limits_for(event))
+            except Exception as exc:  # never let one message stop the stream
+                log.exception("unexpected error parsing a message")
+                good, bad = [], [Rejected(event.value or b"", f"internal error: {exc!r}")]
+            records.extend(good)
+            dead.extend((event, rejected) for rejected in bad)
+        batches = group_by_partition(records, settings.partitions, settings.apply_chunk_records)
+        for _event, rejected in dead:  # counted once delivered (agents.internal)
+            log.warning("dead letter from %s: %s", names.inventory_changes, rejected.reason)
+        await deliver_until_done(apply_topic, dlq, batches, dead, source_of(events[0]))
+        runtime.metrics.records_ingested.inc(len(records))
+
     @app.agent(source, name="inventory-ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(  # type: ignore[attr-defined]
             settings.ingest_batch_max, settings.ingest_batch_within
         ):
-            records: list[InventoryRecord] = []
-            dead: list[tuple[faust.EventT, Rejected]] = []
-            for event in events:
-                try:
-                    good, bad = parse_message(event.value, settings.max_event_bytes)
-                except Exception as exc:  # never let one message stop the stream
-                    log.exception("unexpected error parsing a message")
-                    good, bad = [], [Rejected(event.value or b"", f"internal error: {exc!r}")]
-                records.extend(good)
-                dead.extend((event, rejected) for rejected in bad)
-            runtime.metrics.records_ingested.inc(len(records))
-            batches = group_by_partition(records, settings.partitions, settings.apply_chunk_records)
-            for _event, rejected in dead:
-                runtime.metrics.dead_letters.labels(names.inventory_changes).inc()
-                log.warning("dead letter from %s: %s", names.inventory_changes, rejected.reason)
             # take_events acknowledges this group when the loop moves on, even after an
-            # error: so never move on before every forward and dead letter is on the broker.
-            await deliver_until_done(apply_topic, dlq, batches, dead)
+            # error: so never move on before every event is forwarded or dead-lettered
+            try:
+                await ingest_group(events)
+            except Exception:
+                log.exception("a group of %d events failed: handling them one by one", len(events))
+                for event in events:
+                    try:
+                        await ingest_group([event])
+                    except Exception as exc:
+                        log.exception("event %s[%d]@%d dead-lettered after an internal error",
+                                      event.message.topic, event.message.partition,
+                                      event.message.offset)
+                        letter = dead_letter_message(dlq, event, f"internal error: {exc!r}")
+                        await deliver(app, [letter], source=source_of(event))
 
     async def apply(event: faust.EventT) -> None:
         try:

@@ -16,6 +16,19 @@ class Metrics:
             "stream_app_inventory_records_applied_total", "Inventory records applied to the table",
             registry=self.registry,
         )
+        self.records_not_applied = Counter(
+            "stream_app_inventory_records_not_applied_total",
+            "Inventory records that changed nothing: duplicate (same version) or stale "
+            "(a newer one of the channel is applied)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.stalled = Gauge(
+            "stream_app_stalled_seconds",
+            "Seconds a stream has been waiting for the broker to take its outputs",
+            ["source"],
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "stream_app_dead_letters_total", "Messages sent to a dead-letter topic", ["topic"],
             registry=self.registry,

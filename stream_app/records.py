@@ -76,6 +76,10 @@ def split_key(key: str) -> tuple[str, str]:
     return sku, location
 
 
+#: the longest identifier (eventId, sku, location, channel, ref) a record may carry
+MAX_TEXT = 256
+
+
 def _text(obj: dict[str, Any], field: str) -> str:
     value = obj.get(field)
     if isinstance(value, bool) or value is None:
@@ -86,11 +90,18 @@ def _text(obj: dict[str, Any], field: str) -> str:
         raise BadRecord(f"field '{field}' must be a non-empty string")
     if "|" in value and field in ("sku", "location"):
         raise BadRecord(f"field '{field}' must not contain '|'")
+    if len(value) > MAX_TEXT:
+        raise BadRecord(f"field '{field}' is longer than {MAX_TEXT} characters")
     return value.strip()
 
 
-def parse_quantity(value: Any, field: str) -> int:
-    """A non-negative whole number given as a JSON number or a numeric string."""
+#: the largest quantity a record may carry: Fluent's GraphQL ``Int`` is 32-bit, and every
+#: quantity the product stores ends up in one (settings: ``STREAM_APP_MAX_QUANTITY``)
+MAX_QUANTITY = 2**31 - 1
+
+
+def parse_quantity(value: Any, field: str, max_quantity: int = MAX_QUANTITY) -> int:
+    """A whole number in ``0..max_quantity`` given as a JSON number or a numeric string."""
     if value is None:
         raise BadRecord(f"missing field '{field}'")
     if isinstance(value, bool):
@@ -110,6 +121,8 @@ def parse_quantity(value: Any, field: str) -> int:
         raise BadRecord(f"field '{field}' is negative")
     if number != int(number):
         raise BadRecord(f"field '{field}' is not a whole number")
+    if number > max_quantity:
+        raise BadRecord(f"field '{field}' exceeds the largest quantity {max_quantity}")
     return int(number)
 
 
@@ -150,7 +163,31 @@ def parse_date(value: Any, field: str) -> str:
     return moment.date().isoformat()
 
 
-def parse_record(obj: Any) -> InventoryRecord:
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a record may carry (settings ``STREAM_APP_MAX_QUANTITY``,
+    ``STREAM_APP_MAX_CLOCK_SKEW_SECONDS``): quantities up to ``max_quantity``; an
+    ``updatedAt`` at most ``max_skew_us`` after its message's timestamp ``sent_at_us``
+    (None: not checked), so one far-future clock cannot pin a channel."""
+
+    max_quantity: int = MAX_QUANTITY
+    max_skew_us: int = 300_000_000
+    sent_at_us: int | None = None
+
+    def check_time(self, updated_at: str, updated_us: int) -> None:
+        if self.sent_at_us is None or updated_us <= self.sent_at_us + self.max_skew_us:
+            return
+        ahead = (updated_us - self.sent_at_us) / 1e6
+        raise BadRecord(
+            f"field 'updatedAt' {updated_at} is {ahead:.0f}s ahead of the message timestamp "
+            f"(more than {self.max_skew_us / 1e6:.0f}s of clock skew)"
+        )
+
+
+NO_LIMITS = Limits()
+
+
+def parse_record(obj: Any, limits: Limits = NO_LIMITS) -> InventoryRecord:
     """One decoded record → typed record, or :class:`BadRecord` naming what is wrong."""
     if not isinstance(obj, dict):
         raise BadRecord("record is not a JSON object")
@@ -162,13 +199,15 @@ def parse_record(obj: Any) -> InventoryRecord:
     sku = _text(obj, "sku")
     location = _text(obj, "location")
     updated_at, updated_us = parse_timestamp(obj.get("updatedAt"))
+    limits.check_time(updated_at, updated_us)
+    most = limits.max_quantity
     if kind == EXPECTED_TYPE:
         return ExpectedArrival(
             event_id=event_id,
             ref=_text(obj, "ref"),
             sku=sku,
             location=location,
-            quantity=parse_quantity(obj.get("quantity"), "quantity"),
+            quantity=parse_quantity(obj.get("quantity"), "quantity", most),
             expected_on=parse_date(obj.get("expectedOn"), "expectedOn"),
             updated_at=updated_at,
             updated_at_us=updated_us,
@@ -184,15 +223,17 @@ def parse_record(obj: Any) -> InventoryRecord:
         channel=channel,
         sku=sku,
         location=location,
-        on_hand=parse_quantity(obj.get("onHand"), "onHand"),
-        reserved=parse_quantity(obj.get("reserved"), "reserved"),
-        buffer=None if buffer_raw is None else parse_quantity(buffer_raw, "buffer"),
+        on_hand=parse_quantity(obj.get("onHand"), "onHand", most),
+        reserved=parse_quantity(obj.get("reserved"), "reserved", most),
+        buffer=None if buffer_raw is None else parse_quantity(buffer_raw, "buffer", most),
         updated_at=updated_at,
         updated_at_us=updated_us,
     )
 
 
-def parse_message(raw: bytes | None, max_bytes: int) -> tuple[list[InventoryRecord], list[Rejected]]:
+def parse_message(
+    raw: bytes | None, max_bytes: int, limits: Limits = NO_LIMITS
+) -> tuple[list[InventoryRecord], list[Rejected]]:
     """Raw message value → good records and rejected parts (never raises)."""
     if raw is None:
         return [], [Rejected(b"", "empty message")]
@@ -210,12 +251,12 @@ def parse_message(raw: bytes | None, max_bytes: int) -> tuple[list[InventoryReco
         bad: list[Rejected] = []
         for index, item in enumerate(items):
             try:
-                good.append(parse_record(item))
+                good.append(parse_record(item, limits))
             except BadRecord as exc:
                 bad.append(Rejected(orjson.dumps(item), f"records[{index}]: {exc}"))
         return good, bad
     try:
-        return [parse_record(obj)], []
+        return [parse_record(obj, limits)], []
     except BadRecord as exc:
         return [], [Rejected(raw, str(exc))]
 

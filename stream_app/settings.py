@@ -55,6 +55,26 @@ class Settings(BaseSettings):
     )
     oversell_protection: bool = True
     max_event_bytes: int = Field(1_000_000, ge=1024)
+    max_quantity: int = Field(
+        2**31 - 1, ge=1, le=2**31 - 1,
+        description="the largest onHand/reserved/buffer/quantity a record may carry (Fluent's "
+        "GraphQL Int is 32-bit); larger is a validation error (dead letter)",
+    )
+    max_clock_skew_seconds: float = Field(
+        300.0, gt=0,
+        description="an updatedAt more than this ahead of its message's timestamp is a "
+        "validation error (dead letter): one far-future clock must not pin a channel",
+    )
+    dead_letter_max_bytes: int = Field(
+        65536, ge=1024, le=900_000,
+        description="a dead letter keeps at most this many bytes of its original (the size "
+        "and a SHA-256 of the whole original go in its headers): a dead letter always fits",
+    )
+    stall_seconds: float = Field(
+        60.0, gt=0,
+        description="a stream waiting this long for the broker to take its outputs makes "
+        "/health not ready, naming the topic and partition (stream_app_stalled_seconds)",
+    )
     ingest_batch_max: int = Field(2000, ge=1, description="events grouped per repartition step")
     ingest_batch_within: float = Field(0.2, gt=0, description="seconds to wait filling a group")
     apply_chunk_records: int = Field(1000, ge=1, le=20000, description="records per internal message")
@@ -122,9 +142,8 @@ class Settings(BaseSettings):
         False,
         description="after an unclean stop (kill -9, OOM) delete local table state and "
         "rebuild every table from its changelog (stream_app.local_state). Off by default: "
-        "seen here, a worker that rebuilds at start-up while release commands are in flight "
-        "can lose the commands Faust fetched during recovery (docs/reliability.md); replays "
-        "rewrite what they find already applied, so the changelog catches up either way",
+        "a rebuild reads every changelog from the start, and replays rewrite what they find "
+        "already applied, so the changelog catches up either way (docs/reliability.md)",
     )
     gc_thresholds: tuple[int, int, int] = Field(
         (50_000, 20, 1_000),

@@ -103,6 +103,17 @@ def apply_expected(state: State, arrival: ExpectedArrival) -> bool:
     return True
 
 
+def not_applied_reason(state: Mapping[str, Any], change: StockChange | ExpectedArrival) -> str:
+    """Why ``change`` left ``state`` as it was: ``"duplicate"`` (the same version is
+    there: a replay or a resend) or ``"stale"`` (a newer version is there)."""
+    if isinstance(change, ExpectedArrival):
+        existing = state.get("expected", {}).get(change.ref)
+    else:
+        existing = state.get("channels", {}).get(change.channel)
+    same = existing is not None and _version(existing) == (change.updated_at_us, change.event_id)
+    return "duplicate" if same else "stale"
+
+
 def apply_change(state: State, change: StockChange | ExpectedArrival) -> bool:
     if isinstance(change, ExpectedArrival):
         return apply_expected(state, change)

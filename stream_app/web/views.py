@@ -6,6 +6,7 @@ router, driven by the partition of our own partitioner rather than by the table 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
+from stream_app.delivery_watch import watch_of
 from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
 from stream_app.records import inventory_key
 
@@ -82,26 +84,42 @@ def inventory_view(runtime: Runtime, sku: str, location: str, state: dict[str, A
 def register(runtime: Runtime) -> None:
     app = runtime.app
 
+    watch = watch_of(app)
+
+    def stalls() -> dict[str, float]:
+        now = asyncio.get_running_loop().time()
+        return watch.stalls(now, runtime.settings.stall_seconds)
+
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            ready = is_ready(app)
+            stalled = stalls()
+            ready = is_ready(app) and not stalled
             assigned = sorted(
                 tp.partition
                 for tp in (app.assignor.assigned_actives() if app.consumer else set())
                 if tp.topic == runtime.inventory.changelog_topic
             )
-            return self.json(
-                {"live": True, "ready": ready, "appId": runtime.settings.app_id,
-                 "partitions": assigned},
-                status=200 if ready else 503,
-            )
+            body: dict[str, Any] = {
+                "live": True, "ready": ready, "appId": runtime.settings.app_id,
+                "partitions": assigned,
+            }
+            if stalled:
+                body["stalled"] = {where: round(s, 1) for where, s in sorted(stalled.items())}
+                body["reason"] = "outputs not taken by the broker for " + ", ".join(
+                    f"{where} ({s:.0f}s)" for where, s in sorted(stalled.items())
+                )
+            return self.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
             metrics = runtime.metrics
-            metrics.ready.set(1 if is_ready(app) else 0)
+            now = asyncio.get_running_loop().time()
+            metrics.stalled.clear()
+            for where, seconds in watch.stalls(now, 0.0).items():
+                metrics.stalled.labels(where).set(seconds)
+            metrics.ready.set(1 if is_ready(app) and not stalls() else 0)
             sync = runtime.extras.get("sync")
             if sync is not None:
                 metrics.dirty_keys.set(sync.dirty_count())

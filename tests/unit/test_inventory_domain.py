@@ -158,3 +158,18 @@ def test_property_atp_matches_the_latest_record_per_channel(evs: list, protect: 
     assert agg.atp == expected_atp
     if protect:
         assert agg.atp >= 0
+
+
+def test_a_record_that_changes_nothing_is_a_duplicate_or_stale() -> None:
+    from stream_app.domain.inventory import apply_change, empty_state, not_applied_reason
+    from stream_app.records import StockChange
+
+    def change(event_id: str, at_us: int) -> StockChange:
+        return StockChange(event_id, "WMS", "S", "L", 5, 0, None, "t", at_us)
+
+    state = empty_state()
+    assert apply_change(state, change("e2", 2_000))
+    assert not apply_change(state, change("e2", 2_000))
+    assert not_applied_reason(state, change("e2", 2_000)) == "duplicate"
+    assert not apply_change(state, change("e1", 1_000))
+    assert not_applied_reason(state, change("e1", 1_000)) == "stale"

@@ -82,3 +82,36 @@ def test_partition_matches_kafka_default_partitioner(key: str, partitions: int) 
     expected = DefaultPartitioner()(key.encode(), list(range(partitions)), list(range(partitions)))
     assert partition_for(key, partitions) == expected
     assert bucket_for(key, expected, 16).startswith(f"{expected}:")
+
+
+def test_quantities_beyond_what_the_product_stores_are_rejected() -> None:
+    from stream_app.records import MAX_QUANTITY
+
+    for value in (1e308, MAX_QUANTITY + 1, str(10**12)):
+        good, bad = parse_message(orjson.dumps({**GOOD, "onHand": value}), 10_000)
+        assert good == [] and "exceeds the largest quantity" in bad[0].reason, value
+    good, bad = parse_message(orjson.dumps({**GOOD, "onHand": MAX_QUANTITY}), 10_000)
+    assert bad == [] and good[0].on_hand == MAX_QUANTITY  # type: ignore[union-attr]
+
+
+def test_an_update_from_the_future_is_rejected_beyond_the_allowed_skew() -> None:
+    from stream_app.records import Limits, parse_timestamp
+
+    _, sent_us = parse_timestamp("2026-11-20T10:00:00Z")
+    limits = Limits(max_skew_us=300_000_000, sent_at_us=sent_us)
+    ahead = {**GOOD, "updatedAt": "2026-11-20T10:05:01Z"}
+    good, bad = parse_message(orjson.dumps(ahead), 10_000, limits)
+    assert good == [] and "ahead of the message timestamp" in bad[0].reason
+    within = {**GOOD, "updatedAt": "2026-11-20T10:05:00Z"}
+    assert parse_message(orjson.dumps(within), 10_000, limits)[1] == []
+    far = {**GOOD, "updatedAt": "2099-01-01T00:00:00Z"}  # no timestamp known: not checked
+    assert parse_message(orjson.dumps(far), 10_000, Limits(sent_at_us=None))[1] == []
+    envelope = {"records": [GOOD | {"updatedAt": "2026-11-20T09:00:00Z"}, far]}
+    good, bad = parse_message(orjson.dumps(envelope), 10_000, limits)
+    assert len(good) == 1 and bad[0].reason.startswith("records[1]: field 'updatedAt'")
+
+
+def test_identifiers_are_bounded() -> None:
+    good, bad = parse_message(orjson.dumps({**GOOD, "sku": "S" * 257}), 10_000)
+    assert good == [] and bad[0].reason == "field 'sku' is longer than 256 characters"
+    assert parse_message(orjson.dumps({**GOOD, "sku": "S" * 256}), 10_000)[1] == []
