@@ -6,6 +6,7 @@ benchmarks. Memory storage only: the broker's data lives as long as its process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -71,6 +72,8 @@ class EmbeddedBroker:
         if self.running:
             return self
         if port_open(self.host, self.port):
+            self._replace_leftover()
+        if port_open(self.host, self.port):
             raise EmbeddedBrokerError(
                 f"port {self.host}:{self.port} is already in use; set "
                 "STREAM_APP_EMBEDDED_KAFKA_PORT to a free port or STREAM_APP_KAFKA_BROKER "
@@ -112,6 +115,17 @@ class EmbeddedBroker:
         self.stop()
         raise EmbeddedBrokerError(f"embedded broker did not listen on {self.bootstrap} in time")
 
+    def _replace_leftover(self, timeout: float = 5.0) -> None:
+        """Stop a broker of an earlier run that still holds our port: recognised by its
+        command line (this broker binary, this listener). It keeps nothing (memory
+        storage) that a new run could use. Anything else on the port is left alone."""
+        for pid in leftover_brokers(broker_binary(), f"tcp://{self.host}:{self.port}"):
+            log.warning(
+                "an embedded broker of an earlier run (pid %d) still holds %s: stopping it",
+                pid, self.bootstrap,
+            )
+            terminate_pid(pid, timeout)
+
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
@@ -148,3 +162,41 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+def leftover_brokers(binary: Path, listener_url: str, proc_root: Path = Path("/proc")) -> list[int]:
+    """PIDs of running processes started as ``<binary> broker --listener-url <url> …``."""
+    found: list[int] = []
+    for entry in proc_root.iterdir() if proc_root.is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        if (
+            len(args) >= 4
+            and Path(args[0]).name == binary.name
+            and args[1] == "broker"
+            and listener_url in args
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def terminate_pid(pid: int, timeout: float) -> None:
+    """SIGTERM ``pid``, wait up to ``timeout`` for it to go, then SIGKILL."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

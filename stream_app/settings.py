@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     broker_rebalance_timeout: float = Field(3.0, gt=0)
     log_level: str = "INFO"
     correct_end_offsets: bool = Field(
-        False, description="probe true end offsets (Tansu bug); always on for the embedded broker"
+        True,
+        description="check the end offsets a broker reports against a fetch at recovery "
+        "(the embedded broker reports too little after batched writes; an honest broker's "
+        "values are never lowered): one short fetch per changelog partition at recovery. "
+        "Always on for the embedded broker",
     )
     table_standby_replicas: int = Field(0, ge=0)
 

@@ -136,7 +136,6 @@ def worker_env(kafka: KafkaCluster, prefix: str, **extra: str) -> dict[str, str]
     return {
         "STREAM_APP_KAFKA_BROKER": kafka.bootstrap,
         "STREAM_APP_APP_ID": prefix,
-        "STREAM_APP_CORRECT_END_OFFSETS": "true" if kafka.embedded else "false",
         "STREAM_APP_PARTITIONS": "4",
         "STREAM_APP_FLUENT_SIM_PORT": str(free_port()),
         "STREAM_APP_PRE_ORDER_WAIT_SECONDS": "10",
