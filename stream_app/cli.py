@@ -52,9 +52,10 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def all_topic_names(settings: Settings) -> list[str]:
+    from stream_app.layout import layout_topic
     from stream_app.topics import TopicNames
 
-    return TopicNames.from_settings(settings).all()
+    return [*TopicNames.from_settings(settings).all(), layout_topic(settings.app_id)]
 
 
 def bootstrap_topics(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
@@ -75,6 +76,24 @@ def bootstrap_topics(settings: Settings, loop: asyncio.AbstractEventLoop) -> Non
         _fail(f"cannot reach the Kafka broker at {settings.bootstrap_servers}: {exc}")
     if created:
         log.info("created %d topics", len(created))
+    check_storage_layout(settings, loop)
+
+
+def check_storage_layout(settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    """Refuse to start on state written with another layout (stream_app.layout)."""
+    from stream_app.layout import LayoutMismatchError, check_layout, current_layout, layout_topic
+    from tables.reservations import CHUNK_SIZE
+
+    wanted = current_layout(settings.buckets_per_partition, CHUNK_SIZE)
+    try:
+        verdict = loop.run_until_complete(asyncio.wait_for(
+            check_layout(settings.bootstrap_servers, layout_topic(settings.app_id), wanted), 60
+        ))
+    except LayoutMismatchError as exc:
+        _fail(f"refusing to start: {exc}")
+    except Exception as exc:  # broker unreachable and friends
+        _fail(f"cannot check the storage layout on {settings.bootstrap_servers}: {exc!r}")
+    log.info("storage layout %s: %s", verdict, wanted)
 
 
 def pin_library_log_levels(level: str) -> None:
