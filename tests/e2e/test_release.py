@@ -114,6 +114,18 @@ class App:
             actual = {r: self.status(r) for r in expected}
             raise AssertionError(f"expected {expected}\nactual   {actual}") from None
 
+    def reserve_all(self, skus: list[str], per_sku: int, prefix: str, days: int) -> dict[str, str]:
+        """``per_sku`` STANDARD pre-orders on each SKU (100 units each), all RESERVED;
+        returns what a release confirms: every reservation id → CONFIRMED."""
+        expected: dict[str, str] = {}
+        for sku in skus:
+            self.set_stock(sku, 100)
+            orders = [f"{prefix}{i}-{sku}" for i in range(per_sku)]
+            self.send("pre-orders", [preorder(o, sku, "STANDARD", days) for o in orders], sku)
+            expected.update({rid(o, sku): "CONFIRMED" for o in orders})
+        self.wait_statuses({r: "RESERVED" for r in expected})
+        return expected
+
     def release(self, day: str) -> str:
         code, body = self.worker.post(f"/admin/release?date={day}", headers=ADMIN)
         assert code == 202, body
@@ -398,12 +410,7 @@ def test_worker_killed_mid_release_converges_without_duplicates(
         mine = App(kafka, app.sim, worker, app_id)
         days, per_sku = 4, 20
         skus = [f"KILL-{discard}-{name}" for name in "ABC"]  # the simulator is shared
-        expected: dict[str, str] = {}
-        for sku in skus:
-            mine.set_stock(sku, 100)
-            mine.send("pre-orders", [preorder(f"K{i}-{sku}", sku, "STANDARD", days) for i in range(per_sku)], sku)
-            expected.update({rid(f"K{i}-{sku}", sku): "CONFIRMED" for i in range(per_sku)})
-        mine.wait_statuses({r: "RESERVED" for r in expected})
+        expected = mine.reserve_all(skus, per_sku, "K", days)
         refs = {"PO-" + r for r in expected}
         app.sim.post("/_sim/faults", {"latency": 0.25, "count": 100000, "path": "/graphql"})
         mine.release(ship(days))
@@ -452,12 +459,7 @@ def test_a_rebalance_mid_release_yields_and_the_owner_resumes(
         w1.wait_ready(90)
         mine = App(kafka, app.sim, w1, app_id)
         days, skus, per_sku = 4, ["YIELD-A", "YIELD-B", "YIELD-C"], 12
-        expected: dict[str, str] = {}
-        for sku in skus:
-            mine.set_stock(sku, 100)
-            mine.send("pre-orders", [preorder(f"Y{i}-{sku}", sku, "STANDARD", days) for i in range(per_sku)], sku)
-            expected.update({rid(f"Y{i}-{sku}", sku): "CONFIRMED" for i in range(per_sku)})
-        mine.wait_statuses({r: "RESERVED" for r in expected})
+        expected = mine.reserve_all(skus, per_sku, "Y", days)
         refs = {"PO-" + r for r in expected}
         app.sim.post("/_sim/faults", {"latency": 0.3, "count": 100000, "path": "/graphql"})
         run_id = mine.release(ship(days))
