@@ -44,7 +44,7 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from bench.common import ROOT, preload  # noqa: E402
-from stream_app.consumers import assign_from_end  # noqa: E402
+from stream_app.broker.consumers import assign_from_end  # noqa: E402
 from stream_app.embedded import EmbeddedBroker, free_port, stop_process  # noqa: E402
 
 PARTITIONS = 8

@@ -13,9 +13,8 @@ from typing import Any
 
 import faust
 
+from stream_app.broker import patches
 from stream_app.domain.inventory import BufferPolicy
-from stream_app.fetch_scope import fetch_consumed_only
-from stream_app.flow_control import install_flow_control
 from stream_app.metrics import Metrics
 from stream_app.settings import Settings
 from stream_app.topics import TopicNames
@@ -70,7 +69,6 @@ def create_faust_app(settings: Settings) -> faust.App:
         # long-running release yields between groups (agents.release)
         stream_wait_empty=True,
     )
-    install_flow_control(app)
     return app
 
 
@@ -86,20 +84,9 @@ def raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
     )
 
 
-def tune_consumer(app: faust.App, settings: Settings) -> None:
-    """The worker consumer's settings that Faust has no option for."""
-    if settings.consumer_fetch_consumed_only:
-        fetch_consumed_only(app)
-    if settings.embedded or settings.correct_end_offsets:  # the embedded (Tansu) broker
-        from stream_app.tansu_offsets import tune_embedded_consumer
-
-        tune_embedded_consumer(
-            app, settings.consumer_fetch_max_wait_ms, settings.consumer_prefetch_backoff_ms
-        )
-
-
 def create_runtime(settings: Settings) -> Runtime:
     app = create_faust_app(settings)
+    patches.install(app, settings)  # before any topic or agent exists
     names = TopicNames.from_settings(settings)
     topics = {name: raw_topic(app, name, settings.partitions) for name in names.all()}
     inventory = define_bucketed_table(
@@ -118,7 +105,6 @@ def create_runtime(settings: Settings) -> Runtime:
         buffers=BufferPolicy(settings.default_buffer, dict(settings.channel_buffers)),
         metrics=Metrics(),
     )
-    tune_consumer(app, settings)
     for module in REGISTRY:
         importlib.import_module(module).register(runtime)
     return runtime

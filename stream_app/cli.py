@@ -122,10 +122,6 @@ def run_worker(settings: Settings, fresh_broker: bool = False) -> int:
     asyncio.set_event_loop(loop)
     bootstrap_topics(settings, loop)
     runtime = create_runtime(settings)
-    if settings.embedded or settings.correct_end_offsets:
-        from stream_app.tansu_offsets import install_end_offset_correction
-
-        install_end_offset_correction(runtime.app, settings.bootstrap_servers)
     _say(f"web view:  http://{runtime.app.conf.web_host}:{settings.web_port}/")
     return serve(runtime.app, settings, loop, fresh_broker)
 

@@ -33,7 +33,7 @@ from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
 from agents.preorders import supply_for
-from stream_app.consumers import assign_from_end
+from stream_app.broker.consumers import assign_from_end
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.preorders import Policy, pre_order_result, validate_pre_order
 from stream_app.domain.reservations import key_of_reservation_id

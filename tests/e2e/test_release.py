@@ -391,7 +391,7 @@ def test_worker_killed_mid_release_converges_without_duplicates(
 ) -> None:
     """With its local tables kept (replays rewrite them) or discarded (rebuilt from the
     changelogs at start-up: commands fetched at the end of that recovery were lost before
-    stream_app.flow_control)."""
+    stream_app.broker.flow_control)."""
     factory = ProcessFactory(tmp_path)
     app_id = f"relkill-{uuid.uuid4().hex[:6]}"
     try:

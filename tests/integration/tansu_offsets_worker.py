@@ -27,7 +27,7 @@ import faust
 from faust.tables.manager import TableManager
 from faust.types import TP
 
-from stream_app.tansu_offsets import install_end_offset_correction
+from stream_app.broker.tansu_offsets import install_end_offset_correction
 
 HighwatersFn = Callable[..., Awaitable[Mapping[TP, int]]]
 

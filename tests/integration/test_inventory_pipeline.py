@@ -176,6 +176,11 @@ def test_health_reports_ready(pipeline: Pipeline) -> None:
     assert status == 200 and body["ready"] is True and body["partitions"] == [0, 1, 2, 3]
 
 
+def test_the_worker_checked_its_faust_patches_at_start_up(pipeline: Pipeline) -> None:
+    wait_for(lambda: "Faust/aiokafka patches checked: all in effect"
+             in pipeline.worker.log_path.read_text(), 30, 0.2, "the patch check in the log")
+
+
 def test_metrics_and_dashboard(pipeline: Pipeline) -> None:
     pipeline.send(stock("met1", "A", 1, 0, "2026-11-20T10:00:00Z", sku="SKU-MET"), b"garbage")
     pipeline.wait_inventory("SKU-MET", "LOC-1", lambda b: b["atp"] == 1, "metric event applied")

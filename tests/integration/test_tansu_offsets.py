@@ -29,21 +29,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
-from stream_app.embedded import EmbeddedBroker, free_port
-from stream_app.tansu_offsets import (
+from stream_app.broker.tansu_offsets import (
     bootstrap_list,
     corrected_end_offsets,
     install_end_offset_correction,
     probe_true_end_offsets,
     tune_embedded_consumer,
 )
+from stream_app.embedded import EmbeddedBroker, free_port
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BUG_GONE = (
     "Tansu no longer reports the last batch's base offset + 1 as the end offset "
-    "(expected {expected}, got {got}): the broker bug that stream_app/tansu_offsets.py "
+    "(expected {expected}, got {got}): the broker bug that stream_app/broker/tansu_offsets.py "
     "works around may be fixed; re-check whether the correction is still needed."
 )
 
@@ -262,7 +262,7 @@ async def test_fetch_scope_leaves_paused_partitions_out_of_real_fetch_requests(
     import faust
     from aiokafka.consumer.subscription_state import Assignment
 
-    from stream_app.fetch_scope import fetch_consumed_only
+    from stream_app.broker.fetch_scope import fetch_consumed_only
 
     topic = unique("scoped")
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)

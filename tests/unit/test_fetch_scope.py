@@ -9,7 +9,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 from faust.types import TP
 
-from stream_app.fetch_scope import ConsumedOnly, scoped_actions
+from stream_app.broker.fetch_scope import ConsumedOnly, scoped_actions
 
 
 class Assignment:

@@ -8,7 +8,8 @@ import pytest
 from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
 from stream_app.app import create_faust_app
-from stream_app.flow_control import (
+from stream_app.broker import patches
+from stream_app.broker.flow_control import (
     ResumeClearsOnlyWhenSuspended,
     check_flow_control,
     install_flow_control,
@@ -62,7 +63,9 @@ def test_a_resume_after_a_suspend_still_clears() -> None:
 
 
 def test_the_app_gets_it_and_the_start_up_check_sees_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    app = create_faust_app(Settings(data_dir=tmp_path, app_id="flow-check"))
+    settings = Settings(data_dir=tmp_path, app_id="flow-check")
+    app = create_faust_app(settings)
+    patches.install(app, settings)
     assert isinstance(app.flow_control, ResumeClearsOnlyWhenSuspended)
     check_flow_control(app)
     install_flow_control(app)  # idempotent

@@ -54,12 +54,12 @@ def check_flow_control(app: faust.App) -> None:
     control = app.flow_control
     if not isinstance(control, ResumeClearsOnlyWhenSuspended):
         raise RuntimeError(
-            "stream_app.flow_control: app.flow_control is not the patched event "
+            "stream_app.broker.flow_control: app.flow_control is not the patched event "
             f"({type(control).__name__}); this code was written for faust-streaming 0.15.3"
         )
     for name in ("_suspend", "_resume", "_queues"):
         if not hasattr(control, name):
             raise RuntimeError(
-                f"stream_app.flow_control: mode's FlowControlEvent has no {name}; this code "
+                f"stream_app.broker.flow_control: mode's FlowControlEvent has no {name}; this code "
                 "was written for mode-streaming 0.7.1"
             )

@@ -32,7 +32,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, ConsumerT
 
-from stream_app.consumers import on_worker_consumer
+from stream_app.broker.consumers import on_worker_consumer
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import faust
 
-from stream_app.consumers import on_worker_consumer
+from stream_app.broker.consumers import on_worker_consumer
 
 
 class ConsumedOnly:

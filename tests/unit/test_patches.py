@@ -1,0 +1,47 @@
+"""The start-up check of the Faust/aiokafka patches names what did not take effect."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from stream_app.app import create_faust_app
+from stream_app.broker import patches
+from stream_app.broker.fetch_scope import scoped_actions
+from stream_app.settings import Settings
+
+
+def app_with(settings: Settings, *, wrapped: bool, flagged: bool, tuned: bool) -> Any:
+    app = create_faust_app(settings)
+    patches.install(app, settings)
+
+    def actions(assignment: Any) -> Any:
+        return assignment
+
+    fetcher = SimpleNamespace(
+        _get_actions_per_node=scoped_actions(actions, set) if wrapped else actions,
+        _prefetch_backoff=settings.consumer_prefetch_backoff_ms / 1000 if tuned else 0.1,
+    )
+    client = SimpleNamespace(
+        _fetcher=fetcher, _fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms if tuned else 1500
+    )
+    thread = SimpleNamespace(_consumer=client, _stream_app_tansu_end_offsets=flagged)
+    app._consumer = SimpleNamespace(_thread=thread)  # what the started worker holds
+    return app
+
+
+def test_every_patch_in_effect_reports_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path, app_id="patch-ok")
+    app = app_with(settings, wrapped=True, flagged=True, tuned=True)
+    assert patches.problems(app, settings) == []
+
+
+def test_each_missing_patch_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path, app_id="patch-missing")
+    app = app_with(settings, wrapped=False, flagged=False, tuned=False)
+    found = " | ".join(patches.problems(app, settings))
+    assert "Fetcher._get_actions_per_node is not wrapped" in found
+    assert "highwaters() is not wrapped" in found
+    assert "fetch_max_wait_ms was not lowered" in found
+    assert "prefetch backoff was not set" in found
+    assert "faust-streaming 0.15.3" in patches.pinned_versions()
