@@ -31,7 +31,13 @@ from stream_app.embedded import (
     port_open,
     stop_process,
 )
-from stream_app.local_state import claim_local_state, discard_local_state, release_local_state
+from stream_app.local_state import (
+    claim_local_state,
+    discard_local_state,
+    discard_overtaken,
+    marker_path,
+    release_local_state,
+)
 from stream_app.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -126,6 +132,21 @@ def run_worker(settings: Settings, fresh_broker: bool = False) -> int:
     return serve(runtime.app, settings, loop, fresh_broker)
 
 
+def changelog_ends(
+    settings: Settings, loop: asyncio.AbstractEventLoop, keys: list[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """End offsets of the changelogs of ``(table, partition)`` pairs (Faust names them
+    ``<app id>-<table>-changelog``)."""
+    from faust.types import TP
+
+    from stream_app.broker.tansu_offsets import true_end_offsets
+
+    topic_of = {f"{settings.app_id}-{table}-changelog": table for table, _ in keys}
+    tps = [TP(f"{settings.app_id}-{table}-changelog", p) for table, p in keys]
+    ends = loop.run_until_complete(true_end_offsets(settings.bootstrap_servers, tps))
+    return {(topic_of[tp.topic], tp.partition): end for tp, end in ends.items()}
+
+
 def serve(
     app: faust.App,
     settings: Settings,
@@ -144,8 +165,14 @@ def serve(
     if fresh_broker and discard_local_state(tabledir):
         _say("the embedded broker keeps nothing across restarts: local tables of the last "
              "run discarded (use STREAM_APP_KAFKA_BROKER for data that survives)")
+    was_unclean = marker_path(tabledir).exists()
     if claim_local_state(tabledir, discard=settings.discard_local_state_after_crash):
         _say("unclean stop before: local tables discarded, rebuilding from the changelogs")
+    elif was_unclean:
+        rebuilt = discard_overtaken(tabledir, lambda keys: changelog_ends(settings, loop, keys))
+        if rebuilt:
+            _say(f"unclean stop before: {len(rebuilt)} table partitions another worker wrote "
+                 "meanwhile are rebuilt from their changelogs")
     code = 0
     try:
         worker.execute_from_commandline()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -72,3 +73,66 @@ def release_local_state(tabledir: Path) -> None:
     """After a clean stop (tables closed, producer flushed): the next start keeps local
     state and reads only the changelog's tail."""
     marker_path(tabledir).unlink(missing_ok=True)
+
+
+#: where Faust's RocksDB store keeps the last changelog offset a partition's DB holds
+FAUST_OFFSET_KEY = b"__faust\0offset__"
+
+
+def local_partitions(tabledir: Path) -> dict[tuple[str, int], Path]:
+    """``(table, partition)`` → RocksDB directory of every table partition held locally."""
+    found: dict[tuple[str, int], Path] = {}
+    if not tabledir.is_dir():
+        return found
+    for path in tabledir.iterdir():
+        name, _, rest = path.name.rpartition("-")
+        if path.is_dir() and name and rest.endswith(".db") and rest[:-3].isdigit():
+            found[(name, int(rest[:-3]))] = path
+    return found
+
+
+def persisted_offset(path: Path) -> int | None:
+    """The changelog offset Faust recorded in a partition's DB (None: none recorded)."""
+    from rocksdict import AccessType, Rdict
+
+    db = Rdict(str(path), access_type=AccessType.read_only())
+    try:
+        raw = db.get(FAUST_OFFSET_KEY)
+    finally:
+        db.close()
+    return int(raw) if raw is not None else None
+
+
+def overtaken(persisted: dict[tuple[str, int], int | None], ends: dict[tuple[str, int], int]) -> list[tuple[str, int]]:
+    """The table partitions whose changelog holds records after the last one this worker
+    wrote or read (end offset − 1 > persisted offset): another worker owned them while
+    this one was down. Their local state may keep writes the changelog never got (this
+    worker's, cut by the kill) that the other owner's records do not overwrite, so they
+    are rebuilt from the changelog. A partition nobody wrote since keeps its local state:
+    the replay rewrites what it finds applied (rule 2 of docs/reliability.md)."""
+    stale: list[tuple[str, int]] = []
+    for key, end in sorted(ends.items()):
+        mine = persisted.get(key)
+        if key in persisted and end - 1 > (-1 if mine is None else mine):
+            stale.append(key)
+    return stale
+
+
+def discard_overtaken(
+    tabledir: Path, ends_of: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]]
+) -> list[tuple[str, int]]:
+    """After an unclean stop with local state kept: delete the local DB of every table
+    partition another worker wrote meanwhile (:func:`overtaken`); returns them.
+    ``ends_of`` gives the changelog end offsets of ``(table, partition)`` pairs."""
+    local = local_partitions(tabledir)
+    if not local:
+        return []
+    persisted = {key: persisted_offset(path) for key, path in local.items()}
+    stale = overtaken(persisted, ends_of(sorted(local)))
+    for key in stale:
+        shutil.rmtree(local[key])
+        log.warning(
+            "table %s partition %d: another worker wrote its changelog while this one was "
+            "down; its local state is discarded and rebuilt from the changelog", *key,
+        )
+    return stale

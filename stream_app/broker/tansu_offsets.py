@@ -273,3 +273,25 @@ def tune_embedded_consumer(
             fetcher._prefetch_backoff = prefetch_backoff_ms / 1000  # type: ignore[union-attr]
 
     on_worker_consumer(app, "_stream_app_consumer_tuned", created, started)
+
+
+async def true_end_offsets(bootstrap_servers: str, tps: list[TP]) -> dict[TP, int]:
+    """The end offsets of ``tps`` as the broker reports them, corrected by the probe (any
+    broker; used before the worker starts, when no Faust consumer exists yet)."""
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_list(bootstrap_servers), group_id=None,
+        enable_auto_commit=False, client_id="stream-app-end-offsets",
+    )
+    await consumer.start()
+    try:
+        known = consumer.partitions_for_topic  # only partitions that exist
+        await consumer._client.force_metadata_update()
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps
+                  if tp.partition in (known(tp.topic) or ())]
+        reported = await consumer.end_offsets(wanted) if wanted else {}
+    finally:
+        await consumer.stop()
+    as_tp = {TP(tp.topic, tp.partition): int(end) for tp, end in reported.items()}
+    return await corrected_end_offsets(bootstrap_servers, as_tp)

@@ -82,12 +82,19 @@ def test_two_workers_share_and_survive_a_kill(kafka: KafkaCluster, processes: Pr
     assert w1.proc is not None and w1.proc.poll() is None, w1.tail()
     assert "ConsistencyError" not in w1.log_path.read_text()
 
-    # the killed worker comes back on its data dir; then the FIRST worker (the group's
-    # leader) is killed and the second serves everything, also what was written meanwhile
+    # written while the killed worker is down: the survivor writes its partitions' changelogs
+    produce(kafka.bootstrap, topic, events(2))
+    wait_for(lambda: answers_all(w1, 2), 60, 0.3, "worker 1 serves round 2 alone")
+
+    # the killed worker comes back on its data dir: the partitions another worker wrote
+    # meanwhile are rebuilt from their changelogs, the others keep their local state
     w2 = processes.start("worker", env2)
     wait_for(shared, 90, 0.3, "the restarted worker sharing the partitions again")
-    produce(kafka.bootstrap, topic, events(2))
+    log2 = w2.log_path.read_text()
+    assert "another worker wrote its changelog while this one was down" in log2, w2.tail()
     wait_for(lambda: answers_all(w1, 2) and answers_all(w2, 2), 60, 0.3, "both serve round 2")
+
+    # then the FIRST worker (the group's leader) is killed and the second serves everything
     w1.kill()
     wait_for(
         lambda: w2.health()[0] == 200 and w2.health()[1]["partitions"] == [0, 1, 2, 3],

@@ -43,3 +43,37 @@ def test_a_first_start_on_an_empty_directory(tmp_path: Path) -> None:
     tabledir = tmp_path / "fresh" / "tables"
     assert claim_local_state(tabledir, discard=True) is False
     assert marker_path(tabledir).exists()
+
+
+def test_a_partition_another_worker_wrote_meanwhile_is_overtaken() -> None:
+    from stream_app.local_state import overtaken
+
+    persisted = {("inventory", 0): 41, ("inventory", 1): 9, ("reservations", 2): None}
+    ends = {("inventory", 0): 42, ("inventory", 1): 15, ("reservations", 2): 3,
+            ("reservations", 3): 8}  # not held locally: nothing to discard
+    assert overtaken(persisted, ends) == [("inventory", 1), ("reservations", 2)]
+    assert overtaken({("x", 0): None}, {("x", 0): 0}) == []  # an empty changelog
+
+
+def test_discard_overtaken_reads_faust_s_offsets_and_deletes_only_those(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rocksdict import Rdict
+
+    from stream_app.local_state import FAUST_OFFSET_KEY, discard_overtaken, local_partitions
+
+    tabledir = tmp_path / "tables"
+    tabledir.mkdir()
+    for name, offset in (("inventory-0.db", b"41"), ("inventory-1.db", b"9")):
+        db = Rdict(str(tabledir / name))
+        db[FAUST_OFFSET_KEY] = offset
+        db.close()
+    (tabledir / "inventory-backups").mkdir()  # Faust's, not a partition
+    assert sorted(local_partitions(tabledir)) == [("inventory", 0), ("inventory", 1)]
+    asked: list[list[tuple[str, int]]] = []
+
+    def ends_of(keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        asked.append(keys)
+        return {("inventory", 0): 42, ("inventory", 1): 12}
+
+    assert discard_overtaken(tabledir, ends_of) == [("inventory", 1)]
+    assert asked == [[("inventory", 0), ("inventory", 1)]]
+    assert (tabledir / "inventory-0.db").exists() and not (tabledir / "inventory-1.db").exists()
