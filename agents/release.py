@@ -487,6 +487,10 @@ class ReleaseService:
                 elif calls.done():
                     calls.result()  # re-raise a bug in the callers
                     return None
+                else:  # nothing back yet (a slow or failing Fluent): may still have to yield
+                    reason = self._must_yield(epoch)
+                    if reason is not None:
+                        return reason
         finally:
             if not calls.done():
                 calls.cancel()
