@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import faust
@@ -63,19 +64,27 @@ def source_of(event: faust.EventT | None = None) -> str:
     return f"{event.message.topic}[{event.message.partition}]"
 
 
+@contextmanager
+def waiting_on_broker(app: faust.types.AppT, source: str | None = None) -> Iterator[None]:
+    """Note the stream (``source``, default :func:`source_of`) as waiting for the broker
+    while the block runs: the stall report of ``/health``."""
+    waiting = watch_of(app).waiting
+    where = source or source_of()
+    waiting.setdefault(where, asyncio.get_running_loop().time())
+    try:
+        yield
+    finally:
+        waiting.pop(where, None)
+
+
 async def flush_writes(app: faust.types.AppT, source: str | None = None) -> None:
     """Return once the broker has every message queued so far, table changelog writes
     included (Faust queues those in its own buffer before aiokafka sees them)."""
     producer: Any = app.producer
-    waiting = watch_of(app).waiting
-    source = source or source_of()
-    waiting.setdefault(source, asyncio.get_running_loop().time())
-    try:
+    with waiting_on_broker(app, source):
         while producer.buffer.size:
             await producer.buffer.flush()
         await producer.flush()
-    finally:
-        waiting.pop(source, None)
 
 
 async def deliver(
@@ -90,17 +99,11 @@ async def deliver(
     of failed attempts. After a failure everything from the first undelivered message on
     is sent again (keeps the order of a key's messages; a duplicate is harmless, a gap is
     not). ``source`` names the stream waiting (:func:`source_of`)."""
-    producer = app.producer
-    watch = watch_of(app)
-    source = source or source_of()
     if not messages:
         return 0
-    watch.waiting.setdefault(source, asyncio.get_running_loop().time())
-    try:
-        failures = await _send_all(producer, messages, max_backoff, sleep)
-    finally:
-        watch.waiting.pop(source, None)
-    for observe in watch.observers:
+    with waiting_on_broker(app, source):
+        failures = await _send_all(app.producer, messages, max_backoff, sleep)
+    for observe in watch_of(app).observers:
         observe(messages)
     return failures
 

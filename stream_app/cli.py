@@ -140,9 +140,12 @@ def changelog_ends(
     from faust.types import TP
 
     from stream_app.broker.tansu_offsets import true_end_offsets
+    from stream_app.topics import changelog_topics
 
-    topic_of = {f"{settings.app_id}-{table}-changelog": table for table, _ in keys}
-    tps = [TP(f"{settings.app_id}-{table}-changelog", p) for table, p in keys]
+    tables = sorted({table for table, _ in keys})
+    topic_of = dict(zip(changelog_topics(settings, tables), tables, strict=True))
+    name_of = {table: topic for topic, table in topic_of.items()}
+    tps = [TP(name_of[table], p) for table, p in keys]
     ends = loop.run_until_complete(true_end_offsets(settings.bootstrap_servers, tps))
     return {(topic_of[tp.topic], tp.partition): end for tp, end in ends.items()}
 

@@ -19,7 +19,11 @@ import faust
 
 from stream_app.broker.fetch_scope import fetch_consumed_only
 from stream_app.broker.flow_control import check_flow_control, install_flow_control
-from stream_app.broker.tansu_offsets import install_end_offset_correction, tune_embedded_consumer
+from stream_app.broker.tansu_offsets import (
+    WRAPPED_FLAG,
+    install_end_offset_correction,
+    tune_embedded_consumer,
+)
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,7 @@ def problems(app: faust.App, settings: Settings) -> list[str]:
         if not hasattr(actions, "__wrapped__"):
             found.append("fetch scope: aiokafka's Fetcher._get_actions_per_node is not wrapped")
     if settings.embedded or settings.correct_end_offsets:
-        if not getattr(thread, "_stream_app_tansu_end_offsets", False):
+        if not getattr(thread, WRAPPED_FLAG, False):
             found.append("end offsets: the consumer thread's highwaters() is not wrapped")
         wait = settings.consumer_fetch_max_wait_ms
         if wait > 0 and not getattr(client, "_fetch_max_wait_ms", wait + 1) <= wait:

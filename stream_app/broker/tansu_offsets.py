@@ -41,7 +41,7 @@ DEFAULT_PROBE_TIMEOUT = 10.0
 #: How long the broker may hold a fetch that has nothing to return (empty partitions).
 _FETCH_MAX_WAIT_MS = 100
 #: Attribute set on an app (and on the object whose ``highwaters`` is wrapped).
-_FLAG = "_stream_app_tansu_end_offsets"
+WRAPPED_FLAG = "_stream_app_tansu_end_offsets"
 
 HighwatersFn = Callable[..., Awaitable[Mapping[TP, int]]]
 
@@ -183,7 +183,7 @@ async def corrected_end_offsets(
 
 def _wrap_highwaters(app: faust.App, target: Any, servers: str, timeout: float) -> None:
     """Replace ``target.highwaters`` (an instance attribute) by the correcting version."""
-    if getattr(target, _FLAG, False):
+    if getattr(target, WRAPPED_FLAG, False):
         return
     original: HighwatersFn = target.highwaters
 
@@ -196,7 +196,7 @@ def _wrap_highwaters(app: faust.App, target: Any, servers: str, timeout: float) 
         return await corrected_end_offsets(servers, reported, probe_timeout=timeout)
 
     setattr(target, "highwaters", highwaters)  # noqa: B010 - per instance, not the class
-    setattr(target, _FLAG, True)  # noqa: B010
+    setattr(target, WRAPPED_FLAG, True)  # noqa: B010
 
 
 def _patch_consumer(app: faust.App, consumer: ConsumerT, servers: str, timeout: float) -> None:
@@ -225,9 +225,9 @@ def install_end_offset_correction(
     ``bootstrap_servers`` is ``host:port[,host:port]`` or the app's ``kafka://`` URL.
     """
     servers = ",".join(bootstrap_list(bootstrap_servers))
-    if getattr(app, _FLAG, None) is not None:
+    if getattr(app, WRAPPED_FLAG, None) is not None:
         return
-    setattr(app, _FLAG, servers)  # noqa: B010
+    setattr(app, WRAPPED_FLAG, servers)  # noqa: B010
 
     existing: ConsumerT | None = getattr(app, "_consumer", None)
     if existing is not None:

@@ -19,7 +19,7 @@ from confluent_kafka import Producer as RdKafkaProducer
 
 from stream_app.embedded import EmbeddedBroker, free_port
 from tests.fixtures.kafka import KafkaCluster, consume, produce
-from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.procs import ProcessFactory, wait_for
 from tests.integration.test_inventory_pipeline import stock, worker_env
 
 pytestmark = pytest.mark.e2e
@@ -27,15 +27,6 @@ pytestmark = pytest.mark.e2e
 
 def now_iso(offset: timedelta = timedelta(0)) -> str:
     return (datetime.now(UTC) + offset).isoformat().replace("+00:00", "Z")
-
-
-def metrics(worker: StreamAppProcess) -> dict[str, float]:
-    status, text = worker.get("/metrics")
-    assert status == 200
-    return {
-        name: float(value)
-        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
-    }
 
 
 def test_poison_events_are_dead_lettered_with_reasons_and_every_valid_one_is_applied(
@@ -99,7 +90,7 @@ def test_poison_events_are_dead_lettered_with_reasons_and_every_valid_one_is_app
         assert cut.value == huge[:65536]
 
         def counted() -> dict[str, float] | None:
-            found = metrics(worker)
+            found = worker.metrics()
             return found if found.get(f'stream_app_dead_letters_total{{topic="{topic}"}}') == len(dead) else None
 
         found = wait_for(counted, 30, 0.2, "the dead-letter counter matching the topic")
@@ -137,9 +128,9 @@ def test_a_stream_whose_outputs_are_refused_turns_health_not_ready_with_the_reas
             producer.produce(topic, value=orjson.dumps(event), key=event["sku"].encode())
             producer.poll(0)
         assert producer.flush(60) == 0
-        wait_for(lambda: metrics(worker).get("stream_app_inventory_records_total", 0) > 0,
+        wait_for(lambda: worker.metrics().get("stream_app_inventory_records_total", 0) > 0,
                  60, 0.05, "ingest started")
-        assert metrics(worker)["stream_app_inventory_records_total"] < len(events) / 2
+        assert worker.metrics()["stream_app_inventory_records_total"] < len(events) / 2
         assert broker._proc is not None
         os.kill(broker._proc.pid, signal.SIGSTOP)
         frozen = True

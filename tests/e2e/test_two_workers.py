@@ -43,6 +43,11 @@ def answers_all(worker: StreamAppProcess, round_: int) -> bool:
     return True
 
 
+def owns_all(worker: StreamAppProcess) -> bool:
+    status, body = worker.health()
+    return status == 200 and body["partitions"] == [0, 1, 2, 3]
+
+
 def test_two_workers_share_and_survive_a_kill(kafka: KafkaCluster, processes: ProcessFactory) -> None:
     app_id = f"two-{uuid.uuid4().hex[:6]}"
     base = {
@@ -74,10 +79,7 @@ def test_two_workers_share_and_survive_a_kill(kafka: KafkaCluster, processes: Pr
     wait_for(lambda: answers_all(w1, 1) and answers_all(w2, 1), 60, 0.3, "both answer every key")
 
     w2.kill()
-    wait_for(
-        lambda: w1.health()[0] == 200 and w1.health()[1]["partitions"] == [0, 1, 2, 3],
-        90, 0.3, "worker 1 takes over every partition",
-    )
+    wait_for(lambda: owns_all(w1), 90, 0.3, "worker 1 takes over every partition")
     wait_for(lambda: answers_all(w1, 1), 60, 0.3, "worker 1 serves every key after the kill")
     assert w1.proc is not None and w1.proc.poll() is None, w1.tail()
     assert "ConsistencyError" not in w1.log_path.read_text()
@@ -96,10 +98,7 @@ def test_two_workers_share_and_survive_a_kill(kafka: KafkaCluster, processes: Pr
 
     # then the FIRST worker (the group's leader) is killed and the second serves everything
     w1.kill()
-    wait_for(
-        lambda: w2.health()[0] == 200 and w2.health()[1]["partitions"] == [0, 1, 2, 3],
-        90, 0.3, "worker 2 takes over every partition from the leader",
-    )
+    wait_for(lambda: owns_all(w2), 90, 0.3, "worker 2 takes over every partition from the leader")
     wait_for(lambda: answers_all(w2, 2), 60, 0.3, "worker 2 serves every key after the kill")
     w1 = processes.start("worker", env1)
     wait_for(shared, 90, 0.3, "the leader restarted after kill -9 sharing again")
