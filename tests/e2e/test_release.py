@@ -10,6 +10,7 @@ date through the admin endpoint ("ship date ≤ date"), so no test waits for 02:
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -442,28 +443,37 @@ def test_worker_killed_mid_release_converges_without_duplicates(
         factory.stop_all()
 
 
+@pytest.mark.parametrize("fluent", ["slow", "silent"])
 def test_a_rebalance_mid_release_yields_and_the_owner_resumes(
-    kafka: KafkaCluster, app: App, tmp_path: Path
+    kafka: KafkaCluster, app: App, tmp_path: Path, fluent: str
 ) -> None:
-    """A second worker joins while a slow release runs: the running release stops after
-    its current group (the revoke waits for it), sends its command again, and the
-    partitions' owners finish the run: every order once, every reservation CONFIRMED."""
+    """A second worker joins while a release runs against a slow Fluent (answers every
+    0.3 s) or a silent one (no answer for minutes): the running release stops after its
+    current group, or at once when nothing came back (the revoke waits for it), sends its
+    command again, and the partitions' owners finish the run: every order once, every
+    reservation CONFIRMED."""
     factory = ProcessFactory(tmp_path)
     app_id = f"relyield-{uuid.uuid4().hex[:6]}"
     try:
         base = env_for(
             kafka, app_id, app.sim,
             STREAM_APP_RELEASE_ORDER_CONCURRENCY="1", STREAM_APP_RELEASE_ORDERS_PER_REQUEST="2",
+            STREAM_APP_FLUENT_TIMEOUT_SECONDS="60",  # silent: no error comes back either
         )
         w1 = factory.start("worker", factory.env(base))
         w1.wait_ready(90)
         mine = App(kafka, app.sim, w1, app_id)
-        days, skus, per_sku = 4, ["YIELD-A", "YIELD-B", "YIELD-C"], 12
+        days, skus, per_sku = 4, [f"YIELD-{fluent}-{n}" for n in "ABC"], 12  # shared sim
         expected = mine.reserve_all(skus, per_sku, "Y", days)
         refs = {"PO-" + r for r in expected}
-        app.sim.post("/_sim/faults", {"latency": 0.3, "count": 100000, "path": "/graphql"})
+        latency = 0.3 if fluent == "slow" else 600.0
+        app.sim.post("/_sim/faults", {"latency": latency, "count": 100000, "path": "/graphql"})
         run_id = mine.release(ship(days))
-        wait_for(lambda: len(refs & set(app.orders())) >= 2, 60, 0.1, "orders being created")
+        if fluent == "slow":
+            wait_for(lambda: len(refs & set(app.orders())) >= 2, 60, 0.1, "orders being created")
+        else:
+            wait_for(lambda: re.search(r"allocation stored, [1-9]\d* orders to create",
+                                       w1.log_path.read_text()), 60, 0.1, "orders requested")
         w2 = factory.start("worker", factory.env(base))
         wait_for(lambda: "interrupted (a rebalance started)" in w1.log_path.read_text(), 60, 0.2,
                  "the running release yielding to the rebalance")

@@ -49,3 +49,25 @@ def test_encoded_chunk_is_the_json_object_of_its_reservations() -> None:
     assert list(decoded) == list(items)
     assert decoded["R-1"]["sequence"] == 1
     assert orjson.loads(encode_chunk({})) == {}
+
+
+def test_agents_share_one_book_object_once_recovery_ended_even_while_rebalancing() -> None:
+    """Faust delivers events after recovery but before "worker ready" (still rebalancing):
+    every agent must get the same books then; only while changelogs are read (views only)
+    are they rebuilt per call."""
+    from types import SimpleNamespace
+
+    from tables.reservations import ReservationStore
+
+    recovery = SimpleNamespace(in_recovery=False)
+    app = SimpleNamespace(consumer=object(), rebalancing=True, rebalancing_count=3,
+                          tables=SimpleNamespace(recovery=recovery))
+    table = SimpleNamespace(data=SimpleNamespace(), items=dict)
+    store = ReservationStore(app, table, partitions=4)  # type: ignore[arg-type]
+    assert store.books(1) is store.books(1)
+    recovery.in_recovery = True
+    assert store.books(1) is not store.books(1)
+    recovery.in_recovery = False
+    first = store.books(1)
+    app.rebalancing_count = 4  # a new rebalance: the cache of the last one dies
+    assert store.books(1) is not first
