@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import faust
 
-from agents.delivery import deliver
+from stream_app.broker.delivery import deliver
 from stream_app.delivery_watch import Message, Observer, watch_of
 
 if TYPE_CHECKING:

@@ -8,8 +8,9 @@ Two steps, both at-least-once and idempotent:
   (kind ``inventory-apply``, :mod:`agents.internal`). The group's offsets are
   acknowledged only after every forward and dead letter was delivered.
 * ``apply`` (the internal agent's handler for that kind) owns partition *p* of the
-  table: it applies a group of records with last writer wins and writes each touched
-  bucket once.
+  table: it applies a group of records with last writer wins, writes each changed
+  SKU/location once (tables.keyed) and waits until the changelog has them before the
+  hooks (sync, pre-orders) see the keys.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 
-from agents.delivery import Message, deliver, source_of
 from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_message
 from agents.internal import handlers as internal_handlers
+from stream_app.broker.delivery import Message, deliver, source_of
 from stream_app.domain.inventory import apply_change, empty_state, not_applied_reason
 from stream_app.partitioning import partition_for
 from stream_app.records import (
@@ -94,9 +95,8 @@ def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]
                 skipped[not_applied_reason(state, record)] += 1
         return state, changed
 
-    # rewrite: a message that changes nothing is most likely a replay, whose effect local
-    # state may hold without the changelog (one bucket write, as for a changing message)
-    changed = runtime.inventory.update(by_key.keys(), change, rewrite=True)
+    # a replay needs no rewrite: the per-key table writes its changelog before local state
+    changed = runtime.inventory.update(by_key.keys(), change)
     for reason, count in skipped.items():
         runtime.metrics.records_not_applied.labels(reason).inc(count)
     if skipped["stale"]:
@@ -165,6 +165,7 @@ def register(runtime: Runtime) -> None:
             await dead_letter(dlq, event, f"internal record: {exc!r}")
             return
         changed = apply_records(runtime, records)
+        await runtime.inventory.flush(source_of(event))
         runtime.metrics.records_applied.inc(len(records))
         keys = list(dict.fromkeys(record.key for record in records))
         for hook in after_apply:  # also when nothing changed: a replay re-announces

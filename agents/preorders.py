@@ -43,7 +43,6 @@ import faust
 import faust.streams as faust_streams
 import orjson
 
-from agents.delivery import Message, deliver, flush_writes, source_of
 from agents.internal import (
     BOOK_COMMAND,
     PREORDER_DECISIONS,
@@ -54,6 +53,7 @@ from agents.internal import (
 )
 from agents.internal import handlers as internal_handlers
 from stream_app.batching import take_ready
+from stream_app.broker.delivery import Message, deliver, flush_writes, source_of
 from stream_app.domain.future_atp import Supply, overbooking_rate_for
 from stream_app.domain.inventory import aggregate, expected_arrivals, stock_as_of
 from stream_app.domain.preorders import (
@@ -234,7 +234,7 @@ class Outbox:
     results: list[tuple[str, Json]] = field(default_factory=list)
     #: table writes were made: wait until they are on the broker before any message
     wrote: bool = False
-    #: the stream this outbox belongs to, for stall reports (agents.delivery.source_of)
+    #: the stream this outbox belongs to, for stall reports (stream_app.broker.delivery.source_of)
     source: str | None = None
 
     def add_result(self, topic: faust.TopicT, order_id: str, result: Json) -> None:
@@ -517,6 +517,7 @@ def register(runtime: Runtime) -> None:
     runtime.extras["order_results"] = orders
     runtime.extras["preorder_policy"] = policy
     runtime.extras["held_units"] = store.held_units
+    runtime.extras["held_keys"] = store.book_keys
 
     def held_view(sku: str, location: str, atp: int) -> Json:
         return {"preOrderHeldUnits": store.held_units(inventory_key(sku, location))}

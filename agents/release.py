@@ -49,8 +49,8 @@ from zoneinfo import ZoneInfo
 import faust
 import orjson
 
-from agents.delivery import deliver, flush_writes
 from agents.preorders import note_settled, supply_for
+from stream_app.broker.delivery import deliver, flush_writes
 from stream_app.domain.preorders import Policy
 from stream_app.domain.release import (
     FINAL_PART_STATES,

@@ -1,19 +1,30 @@
 """Delta sync to Fluent: a flush loop on every worker and the agent that records acceptance.
 
+* ``fluent_accepted`` (per key, tables.keyed) holds what Fluent last accepted per
+  SKU/location and a DIRTY MARKER on every key whose sellable quantity may differ from it.
+  After each inventory apply the internal agent recomputes the marker of every key the
+  message named (a replay restores a marker a kill -9 cut off) and waits for the
+  changelog to have it.
 * The flush loop (one per worker, every ``flush_interval_seconds`` and early when the
-  changes since the last flush reach ``batch_size``) reads the inventory and
-  ``fluent_accepted`` tables of the partitions this worker owns, sends the dirty keys to
-  Fluent in batches, polls them to COMPLETE, and publishes what Fluent accepted or refused
-  to the internal topic (kind ``sync-ack``, :mod:`agents.internal`), one message per
-  partition.
+  changes since the last flush reach ``batch_size``) considers the marked keys and the
+  keys with pre-order books (whose held units change without an inventory change) of the
+  partitions this worker owns: O(dirty + books), never the whole catalogue (a full resync
+  does read every key). It sends the dirty ones to Fluent in batches, polls them to
+  COMPLETE, and publishes what Fluent accepted or refused, and the marked keys it found
+  clean, to the internal topic (kind ``sync-ack``, :mod:`agents.internal`), one message
+  per partition.
 * The ``sync-ack`` handler of the internal agent applies those acknowledgements to
-  ``fluent_accepted`` (timers cannot write tables). A key leaves the dirty set only once Fluent accepted it; a crash
-  anywhere loses nothing because the dirty set is derived from the tables again.
+  ``fluent_accepted`` (timers cannot write tables) and clears the marker of each key that
+  is clean at that moment. A key leaves the dirty set only once Fluent accepted it; a
+  crash anywhere loses nothing: markers are written before the offset of their cause is.
+* The dirty-count gauge reads the marker counts the table keeps (O(partitions)).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import random
 import time
@@ -28,6 +39,7 @@ import orjson
 
 from agents.internal import SYNC_ACK, dead_letter
 from agents.internal import handlers as internal_handlers
+from stream_app.broker.delivery import source_of, table_deliver
 from stream_app.domain.delta import (
     SyncRun,
     apply_ack,
@@ -50,7 +62,7 @@ from stream_app.fluent.client import (
     backoff_delay,
 )
 from stream_app.records import inventory_key, split_key
-from tables.bucketed import BucketedTable, define_bucketed_table
+from tables.keyed import KeyedTable, define_keyed_table
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -59,6 +71,9 @@ log = logging.getLogger(__name__)
 
 MAX_RUNS_KEPT = 50
 MAX_ERRORS_KEPT = 20
+
+#: the marker kind of keys that may need sending (tables.keyed side keys)
+DIRTY = b"dirty"
 
 
 def now_us() -> int:
@@ -71,7 +86,7 @@ class SyncService:
     def __init__(
         self,
         runtime: Runtime,
-        accepted: BucketedTable,
+        accepted: KeyedTable,
         clock: Callable[[], int] = now_us,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -91,6 +106,11 @@ class SyncService:
         self.last_check_us = 0
         self.client: FluentClient | None = None
         self.current: SyncRun | None = None
+        #: keys with books but no marker found dirty by the last flush (for the gauge)
+        self.unmarked_dirty = 0
+        self._counts_generation = -1
+        #: (partition, key) a capped flush stopped at (the next one starts after it)
+        self._cursor: tuple[int, str] | None = None
 
     # --- reading state ---------------------------------------------------------------
     def owned_partitions(self) -> list[int]:
@@ -108,16 +128,75 @@ class SyncService:
         agg = aggregate(state, self.runtime.buffers, self.settings.oversell_protection)
         return sellable_quantity(agg.atp, self.held_units(key), self.settings.sellable_policy)
 
-    def candidates(self, partitions: list[int]) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
-        for partition in partitions:
-            accepted: dict[str, Any] = {}
-            for n in range(self.accepted.buckets):
-                accepted.update(self.accepted.load_bucket(f"{partition}:{n}"))
-            for key, state in self.runtime.inventory.items_in_partitions([partition]):
-                yield key, self.sellable_of(key, state), accepted.get(key)
+    def held_keys(self, partition: int) -> list[str]:
+        found: Callable[[int], list[str]] | None = self.runtime.extras.get("held_keys")
+        return found(partition) if found is not None else []
+
+    def candidates(
+        self, partitions: list[int], *, full: bool = False
+    ) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
+        """``(key, sellable, accepted)`` of the keys to consider: the marked keys and the
+        keys with books; with ``full`` every key (a scan of the catalogue)."""
+        inventory = self.runtime.inventory
+        if full:
+            for partition in partitions:
+                for key, state in inventory.items(partition):
+                    yield key, self.sellable_of(key, state), self.accepted.get(key)
+            return
+        # resume after the key the last capped flush stopped at: (partition, key) order
+        after_partition, after_key = self._cursor or (-1, "")
+        turn = bisect.bisect_left(partitions, after_partition)
+        for n, partition in enumerate([*partitions[turn:], *partitions[:turn], *partitions[turn:turn + 1]]):
+            keys = sorted({*self.accepted.side_keys(partition, DIRTY), *self.held_keys(partition)})
+            if partition == after_partition:  # first the keys after the cursor, last the rest
+                cut = bisect.bisect_right(keys, after_key)
+                keys = keys[cut:] if n == 0 else keys[:cut]
+            elif n == len(partitions):
+                continue
+            for key in keys:
+                found = inventory.get(key)
+                if found is not None:
+                    yield key, self.sellable_of(key, found), self.accepted.get(key)
+
+    def consider(
+        self, partitions: list[int], *, full: bool = False
+    ) -> tuple[list[tuple[str, int, dict[str, Any] | None]], bool]:
+        """The candidates one flush takes, and whether more wait. Bounded work per flush
+        (every key is dirty after an initial load): at most ``flush_max_records``, and the
+        next flush resumes after the last one taken (a full resync takes every key)."""
+        most = None if full else self.settings.flush_max_records
+        found = itertools.islice(self.candidates(partitions, full=full), None if most is None else most + 1)
+        considered = list(found)
+        more = most is not None and len(considered) > most
+        if more:
+            del considered[most:]
+            key = considered[-1][0]
+            self._cursor = (self.accepted.partition_of(key), key)
+        return considered, more
+
+    def still_dirty(self, key: str) -> bool:
+        """Whether ``key``'s sellable quantity differs from what Fluent accepted (now)."""
+        state = self.runtime.inventory.get(key)
+        if state is None:
+            return False
+        return is_dirty(self.sellable_of(key, state), self.accepted.get(key))
+
+    def refresh(self, keys: list[str]) -> None:
+        """Mark or unmark ``keys`` by what they need now (agent context; staged)."""
+        for key in keys:
+            self.accepted.mark(DIRTY, key, self.still_dirty(key))
 
     def dirty_count(self) -> int:
-        return sum(1 for _, s, a in self.candidates(self.owned_partitions()) if is_dirty(s, a))
+        """Keys waiting for Fluent on this worker: the markers the table counts (kept by
+        every write, counted again after a rebalance) and the keys with books but no
+        marker that the last flush found dirty. O(partitions), not O(keys)."""
+        app = self.runtime.app
+        recovery = getattr(app.tables, "recovery", None)
+        if app.rebalancing_count != self._counts_generation or getattr(recovery, "in_recovery", False):
+            self.accepted.forget_counts()  # recovery and standbys write the databases too
+            self._counts_generation = app.rebalancing_count
+        marked = sum(self.accepted.side_count(p, DIRTY) for p in self.owned_partitions())
+        return marked + self.unmarked_dirty
 
     def key_status(self, sku: str, location: str, atp: int) -> dict[str, Any]:
         key = inventory_key(sku, location)
@@ -164,9 +243,20 @@ class SyncService:
         self.last_check_us = start
         self.changed_since_flush.clear()
         partitions = self.owned_partitions()
-        dirty = select_dirty(self.candidates(partitions), start, full_resync=full)
+        considered, more = self.consider(partitions, full=full)
+        dirty = select_dirty(considered, start, full_resync=full)
+        clean = [key for key, sellable, entry in considered if not is_dirty(sellable, entry)]
+        marked = {key for p in partitions for key in self.accepted.side_keys(p, DIRTY)}
+        self.unmarked_dirty = sum(
+            1 for key, sellable, entry in considered
+            if key not in marked and is_dirty(sellable, entry)
+        )
+        if clean and not full:  # marked but clean again: the agent unmarks them
+            await self._acknowledge(None, [], [key for key in clean if key in marked])
         if not dirty:
-            if full:
+            if more:
+                self.trigger.set()
+            elif full:
                 self.full_resync_requested = False
             return None
         run = SyncRun(run_id=uuid.uuid4().hex[:12], started_at_us=start, full_resync=full)
@@ -190,7 +280,7 @@ class SyncService:
             run.advance("polling_batches", self.clock())
             for job_id, batch_id, records in sent:
                 outcome = await client.wait_batch(job_id, batch_id, records=records)
-                await self._acknowledge(outcome, records)
+                await self._acknowledge(outcome, records, [])
                 run.accepted += len(outcome.accepted)
                 run.failed += len(outcome.failed)
                 self.runtime.metrics.fluent_records.labels("accepted").inc(len(outcome.accepted))
@@ -201,7 +291,9 @@ class SyncService:
             self.runtime.metrics.sync_runs.labels("completed").inc()
             self.consecutive_failures = 0
             self.next_allowed_us = 0
-            if full:
+            if more:
+                self.trigger.set()
+            elif full:
                 self.full_resync_requested = False
         except (FluentError, OSError, TimeoutError) as exc:
             self._fail(run, exc, client)
@@ -230,25 +322,35 @@ class SyncService:
             run.run_id, run.dirty, delay, message,
         )
 
-    async def _acknowledge(self, outcome: BatchOutcome, records: list[InventoryRecord]) -> None:
+    async def _acknowledge(
+        self, outcome: BatchOutcome | None, records: list[InventoryRecord], clean: list[str]
+    ) -> None:
+        """Publish Fluent's answer to a batch (``outcome``) and the marked keys found
+        ``clean``, one message per partition."""
         qty = {(r.sku, r.location): r.qty for r in records}
         by_partition: dict[int, dict[str, list[Any]]] = {}
-        for sku_loc in outcome.accepted:
+
+        def part_of(key: str) -> dict[str, list[Any]]:
+            empty: dict[str, list[Any]] = {"a": [], "f": [], "c": []}
+            return by_partition.setdefault(self.accepted.partition_of(key), empty)
+
+        for sku_loc in outcome.accepted if outcome else ():
             key = inventory_key(*sku_loc)
-            part = by_partition.setdefault(self.accepted.partition_of(key), {"a": [], "f": []})
-            part["a"].append([key, qty.get(sku_loc)])
-        for sku_loc, message in outcome.failed.items():
+            part_of(key)["a"].append([key, qty.get(sku_loc)])
+        for sku_loc, message in outcome.failed.items() if outcome else ():
             key = inventory_key(*sku_loc)
-            part = by_partition.setdefault(self.accepted.partition_of(key), {"a": [], "f": []})
-            part["f"].append([key, message])
+            part_of(key)["f"].append([key, message])
+        for key in clean:
+            part_of(key)["c"].append(key)
+        batch_id = outcome.batch_id if outcome else None
         topic = self.runtime.topic(self.runtime.names.internal)
         at = self.clock()
         pending = [
             await topic.send(
                 key=SYNC_ACK,
                 value=orjson.dumps(
-                    {"type": "ack", "batchId": outcome.batch_id, "at": at,
-                     "accepted": body["a"], "failed": body["f"]}
+                    {"type": "ack", "batchId": batch_id, "at": at,
+                     "accepted": body["a"], "failed": body["f"], "clean": body["c"]}
                 ),
                 partition=partition,
                 force=True,
@@ -282,15 +384,14 @@ class SyncService:
 
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    accepted = define_bucketed_table(
-        app, "fluent_accepted", settings.partitions, settings.buckets_per_partition,
-        "Last quantity Fluent accepted per SKU/location, and sync failures",
+    accepted = define_keyed_table(
+        app, "fluent_accepted", settings.partitions,
+        "Last quantity Fluent accepted per SKU/location, sync failures, dirty markers",
+        table_deliver(app),
     )
     service = SyncService(runtime, accepted)
     runtime.extras["sync"] = service
-    runtime.extras.setdefault("after_inventory_apply", []).append(
-        _note_changes_hook(service)
-    )
+    runtime.extras.setdefault("after_inventory_apply", []).append(_mark_hook(service))
     runtime.extras.setdefault("inventory_view_enrichers", []).append(service.key_status)
 
     def backoff(failures: int) -> int:
@@ -303,10 +404,13 @@ def register(runtime: Runtime) -> None:
 
     async def acks(event: faust.EventT) -> None:
         try:
-            record_acknowledgement(accepted, orjson.loads(event.value), backoff)
+            record_acknowledgement(
+                accepted, orjson.loads(event.value), backoff, service.still_dirty
+            )
         except (ValueError, KeyError, TypeError) as exc:
             log.exception("unreadable sync acknowledgement dead-lettered")
             await dead_letter(internal_dlq, event, f"sync acknowledgement: {exc!r}")
+        await accepted.flush(source_of(event))
 
     internal_handlers(runtime)[SYNC_ACK] = acks
 
@@ -341,9 +445,14 @@ def register(runtime: Runtime) -> None:
 
 
 def record_acknowledgement(
-    accepted: BucketedTable, msg: dict[str, Any], backoff: Callable[[int], int]
+    accepted: KeyedTable,
+    msg: dict[str, Any],
+    backoff: Callable[[int], int],
+    still_dirty: Callable[[str], bool],
 ) -> list[str]:
-    """Apply one acknowledgement message (agent context); returns the keys that changed."""
+    """Apply one acknowledgement message (agent context, staged); returns the keys whose
+    entry changed. Afterwards every key it names is marked by whether it is dirty NOW: a
+    change since the flush read it keeps it marked; a refused key stays marked."""
     at, batch_id = int(msg["at"]), str(msg["batchId"])
     ok = {key: int(qty) for key, qty in msg.get("accepted", []) if qty is not None}
     bad = {key: str(err) for key, err in msg.get("failed", [])}
@@ -353,13 +462,21 @@ def record_acknowledgement(
             return apply_ack(entry, ok[key], at, batch_id)
         return apply_failure(entry, bad[key], at, batch_id, backoff)
 
-    return accepted.update([*ok, *bad], change)
+    changed = accepted.update([*ok, *bad], change)
+    for key in dict.fromkeys([*ok, *msg.get("clean", [])]):
+        accepted.mark(DIRTY, key, still_dirty(key))
+    for key in bad:
+        accepted.mark(DIRTY, key, True)
+    return changed
 
 
-def _note_changes_hook(
-    service: SyncService,
-) -> Callable[[faust.EventT, list[str], list[str]], Any]:
+def _mark_hook(service: SyncService) -> Callable[[faust.EventT, list[str], list[str]], Any]:
+    """After an inventory apply: mark the message's keys (all of them: a replay restores
+    what a kill cut off) and wait for the changelog before the offset may move on."""
+
     async def hook(event: faust.EventT, keys: list[str], changed: list[str]) -> None:
+        service.refresh(keys)
+        await service.accepted.flush(source_of(event))
         service.note_changes(changed)
 
     return hook

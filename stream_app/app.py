@@ -14,11 +14,12 @@ from typing import Any
 import faust
 
 from stream_app.broker import patches
+from stream_app.broker.delivery import table_deliver
 from stream_app.domain.inventory import BufferPolicy
 from stream_app.metrics import Metrics
 from stream_app.settings import Settings
 from stream_app.topics import TopicNames
-from tables.bucketed import BucketedTable, define_bucketed_table
+from tables.keyed import KeyedTable, define_keyed_table
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Runtime:
     app: faust.App
     names: TopicNames
     topics: dict[str, faust.TopicT]
-    inventory: BucketedTable
+    inventory: KeyedTable
     buffers: BufferPolicy
     metrics: Metrics
     extras: dict[str, Any] = field(default_factory=dict)
@@ -89,12 +90,12 @@ def create_runtime(settings: Settings) -> Runtime:
     patches.install(app, settings)  # before any topic or agent exists
     names = TopicNames.from_settings(settings)
     topics = {name: raw_topic(app, name, settings.partitions) for name in names.all()}
-    inventory = define_bucketed_table(
+    inventory = define_keyed_table(
         app,
         "inventory",
         settings.partitions,
-        settings.buckets_per_partition,
         "Latest record per channel and expected arrivals per SKU/location",
+        table_deliver(app),
     )
     runtime = Runtime(
         settings=settings,

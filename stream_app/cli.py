@@ -90,7 +90,7 @@ def check_storage_layout(settings: Settings, loop: asyncio.AbstractEventLoop) ->
     from stream_app.layout import LayoutMismatchError, check_layout, current_layout, layout_topic
     from tables.reservations import CHUNK_SIZE
 
-    wanted = current_layout(settings.buckets_per_partition, CHUNK_SIZE)
+    wanted = current_layout(CHUNK_SIZE)
     try:
         verdict = loop.run_until_complete(asyncio.wait_for(
             check_layout(settings.bootstrap_servers, layout_topic(settings.app_id), wanted), 60
@@ -159,6 +159,8 @@ def serve(
     """Run ``app`` as a Faust worker on ``loop`` until SIGTERM/SIGINT; its exit code."""
     import faust
 
+    from tables.keyed import changelog_first_tables
+
     worker = faust.Worker(app, loop=loop, loglevel=settings.log_level.lower(), quiet=True)
     # Faust's terminal spinner lowers the root logger to DEBUG at WARNING levels (and costs
     # CPU formatting every debug line); start-up progress is in the log anyway.
@@ -172,7 +174,9 @@ def serve(
     if claim_local_state(tabledir, discard=settings.discard_local_state_after_crash):
         _say("unclean stop before: local tables discarded, rebuilding from the changelogs")
     elif was_unclean:
-        rebuilt = discard_overtaken(tabledir, lambda keys: changelog_ends(settings, loop, keys))
+        rebuilt = discard_overtaken(
+            tabledir, lambda keys: changelog_ends(settings, loop, keys), changelog_first_tables(app)
+        )
         if rebuilt:
             _say(f"unclean stop before: {len(rebuilt)} table partitions another worker wrote "
                  "meanwhile are rebuilt from their changelogs")

@@ -1,6 +1,6 @@
 """What deliveries do, per app: streams waiting for the broker, dead letters delivered.
 
-:func:`agents.delivery.deliver` records here; ``/health``, ``/metrics`` and the dead-letter
+:func:`stream_app.broker.delivery.deliver` records here; ``/health``, ``/metrics`` and the dead-letter
 counter read it (a neutral module, so web views need not import agents).
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: (topic name, key, value, partition or None, headers or None)
-Message = tuple[str, bytes | None, bytes, int | None, Any]
+Message = tuple[str, bytes | None, bytes | None, int | None, Any]
 
 Observer = Callable[[Sequence[Message]], None]
 

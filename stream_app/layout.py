@@ -1,10 +1,14 @@
 """The storage layout a deployment was written with, recorded once and checked at start-up.
 
-Stored state is keyed by settings that cannot change under it:
-``STREAM_APP_BUCKETS_PER_PARTITION`` decides which inventory bucket holds a SKU/location
-(tables.bucketed), and the chunk size decides which reservation chunk holds a
-reservation (tables.reservations). A worker started with another value would look for
-every key in the wrong place and silently orphan all stored state.
+Stored state is keyed by values that cannot change under it: the chunk size decides
+which reservation chunk holds a reservation (tables.reservations), and the format
+version says how tables store their entries. A worker started with another value would
+look for every key in the wrong place and silently orphan all stored state.
+
+Versions: 1 stored inventory and Fluent acceptance as buckets of keys (one table entry
+per bucket, rewritten whole on every change); 2 stores one entry per SKU/location
+(tables.keyed). Version 1 state is refused with what to do: the buckets grew past
+Kafka's message limit at catalogue scale, which is why the format changed.
 
 The layout is recorded as one message on ``<app id>-layout`` the first time a worker of
 the app starts; every later start compares and refuses, naming the setting, when they
@@ -20,14 +24,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 #: the storage format; bump it when stored values change shape
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 _KEY = b"layout"
 
 Layout = dict[str, Any]
 
 #: layout field → the setting that decides it (for the error message)
 SETTING_OF = {
-    "bucketsPerPartition": "STREAM_APP_BUCKETS_PER_PARTITION",
     "reservationChunk": "the reservation chunk size (tables.reservations.CHUNK_SIZE)",
     "version": "the storage format version of this release",
 }
@@ -41,16 +44,20 @@ def layout_topic(app_id: str) -> str:
     return f"{app_id}-layout"
 
 
-def current_layout(buckets_per_partition: int, reservation_chunk: int) -> Layout:
-    return {
-        "version": LAYOUT_VERSION,
-        "bucketsPerPartition": buckets_per_partition,
-        "reservationChunk": reservation_chunk,
-    }
+def current_layout(reservation_chunk: int) -> Layout:
+    return {"version": LAYOUT_VERSION, "reservationChunk": reservation_chunk}
 
 
 def compare(recorded: Layout, wanted: Layout) -> str | None:
     """Why ``wanted`` cannot run on state written with ``recorded`` (None: it can)."""
+    if recorded.get("version") == 1 and wanted.get("version") == 2:
+        return (
+            "the stored state was written by a release that kept inventory in buckets of "
+            "keys (storage format 1); this release keeps one entry per SKU/location "
+            "(format 2) and cannot read format 1 tables. Start this release with a new "
+            "STREAM_APP_APP_ID and re-ingest from the channels (pre-orders of the old "
+            "deployment stay readable with the old release), or keep the old release"
+        )
     differences = [
         f"{SETTING_OF.get(field, field)} is {wanted.get(field)} here but the stored state "
         f"was written with {recorded.get(field)}"

@@ -6,9 +6,10 @@ worker marks its table directory as in use while it runs and clears the mark on 
 stop, so the next start knows which case it is in:
 
 * by default local state is kept after an unclean stop. Every replayed input that finds
-  its effect already applied writes it again (the reservations a replayed cause touched,
-  the inventory buckets a replayed record touches), so the changelog catches up with what
-  the restarted worker holds before anything else depends on it;
+  its effect already applied writes it again (the reservations a replayed cause touched),
+  so the changelog catches up with what the restarted worker holds before anything else
+  depends on it. Per-key tables (tables.keyed) write their changelog BEFORE local state,
+  so theirs is never ahead: reading the changelog's tail restores them;
 * with ``STREAM_APP_DISCARD_LOCAL_STATE_AFTER_CRASH`` the local tables are deleted and
   rebuilt from their changelogs, as Kafka Streams does after an unclean shutdown: nothing
   a dead worker held that the changelog lacks can survive (also after the partition moved
@@ -119,12 +120,15 @@ def overtaken(persisted: dict[tuple[str, int], int | None], ends: dict[tuple[str
 
 
 def discard_overtaken(
-    tabledir: Path, ends_of: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]]
+    tabledir: Path,
+    ends_of: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
+    keep: set[str] | frozenset[str] = frozenset(),
 ) -> list[tuple[str, int]]:
     """After an unclean stop with local state kept: delete the local DB of every table
     partition another worker wrote meanwhile (:func:`overtaken`); returns them.
-    ``ends_of`` gives the changelog end offsets of ``(table, partition)`` pairs."""
-    local = local_partitions(tabledir)
+    ``ends_of`` gives the changelog end offsets of ``(table, partition)`` pairs. Tables
+    named in ``keep`` are never ahead of their changelog: their tail is read instead."""
+    local = {key: path for key, path in local_partitions(tabledir).items() if key[0] not in keep}
     if not local:
         return []
     persisted = {key: persisted_offset(path) for key, path in local.items()}

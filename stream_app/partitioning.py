@@ -7,7 +7,6 @@ never needs data from another partition.
 
 from __future__ import annotations
 
-import zlib
 from functools import lru_cache
 
 from aiokafka.partitioner import murmur2
@@ -21,12 +20,3 @@ def _hash(key: str) -> int:
 def partition_for(key: str, partitions: int) -> int:
     """Kafka's default partitioner: ``murmur2(key) & 0x7fffffff % partitions``."""
     return _hash(key) % partitions
-
-
-def bucket_for(key: str, partition: int, buckets: int) -> str:
-    """The table key of the bucket holding ``key``: a few writes per batch, not one per record."""
-    return f"{partition}:{zlib.crc32(key.encode()) % buckets}"
-
-
-def bucket_partition(bucket: str) -> int:
-    return int(bucket.split(":", 1)[0])

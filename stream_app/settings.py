@@ -50,7 +50,11 @@ class Settings(BaseSettings):
         "values are never lowered): one short fetch per changelog partition at recovery. "
         "Always on for the embedded broker",
     )
-    table_standby_replicas: int = Field(0, ge=0)
+    table_standby_replicas: int = Field(
+        1, ge=0,
+        description="standby copies of each table partition on other workers (with two or "
+        "more workers a takeover reads only the changelog's tail); no effect with one worker",
+    )
 
     # --- inventory ---------------------------------------------------------------------
     default_buffer: int = Field(0, ge=0, description="buffer for channels without one")
@@ -82,7 +86,6 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(2000, ge=1, description="events grouped per repartition step")
     ingest_batch_within: float = Field(0.2, gt=0, description="seconds to wait filling a group")
     apply_chunk_records: int = Field(1000, ge=1, le=20000, description="records per internal message")
-    buckets_per_partition: int = Field(16, ge=1, le=4096)
 
     # --- topics (names are a contract; override only to namespace them) -----------------
     topic_inventory_changes: str = "inventory-changes"
@@ -101,6 +104,10 @@ class Settings(BaseSettings):
     fluent_client_secret: SecretStr = SecretStr("sim-secret")
     retailer_id: str = "1"
     flush_interval_seconds: float = Field(30.0, gt=0)
+    flush_max_records: int = Field(
+        50_000, ge=1,
+        description="keys one flush considers at most; the next flush starts at once for the rest",
+    )
     batch_size: int = Field(500, ge=1, le=5000)
     resync_cron: str = "0 1 * * *"
     fluent_max_attempts: int = Field(5, ge=1)

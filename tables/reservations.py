@@ -275,6 +275,12 @@ class ReservationStore:
         book = self.existing_book(key)
         return book.held_units() if book is not None else 0
 
+    def book_keys(self, partition: int) -> list[str]:
+        """The SKU/locations of ``partition`` that have a book (owned partitions only)."""
+        if partition not in self._parts and not self.owns(partition):
+            return []
+        return list(self.books(partition).books)
+
     # --- writes (agent context only) -----------------------------------------------
 
     def save(self, steps: Iterable[Step]) -> int:

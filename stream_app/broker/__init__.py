@@ -6,6 +6,8 @@
 * :mod:`.tansu_offsets`: the end offsets a broker reports, checked with a fetch;
 * :mod:`.fetch_scope`: fetch only the partitions Faust consumes;
 * :mod:`.consumers`: plain consumers of the app's topics, the hook into Faust's consumer.
+* :mod:`.stores`: the RocksDB database of one table partition (per-key tables).
+* :mod:`.delivery`: sends an agent can acknowledge on (every output on the broker, or a stall).
 
 May import faust, mode, aiokafka and :mod:`stream_app.settings`; nothing of the domain,
 the agents or the web views.

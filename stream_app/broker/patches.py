@@ -19,6 +19,7 @@ import faust
 
 from stream_app.broker.fetch_scope import fetch_consumed_only
 from stream_app.broker.flow_control import check_flow_control, install_flow_control
+from stream_app.broker.stores import check_store_access
 from stream_app.broker.tansu_offsets import (
     WRAPPED_FLAG,
     install_end_offset_correction,
@@ -73,6 +74,10 @@ def problems(app: faust.App, settings: Settings) -> list[str]:
         check_flow_control(app)
     except RuntimeError as exc:
         found.append(str(exc))
+    for table in app.tables.values():
+        problem = check_store_access(table)
+        if problem is not None:
+            found.append(problem)
     consumer: Any = app.consumer
     thread: Any = getattr(consumer, "_thread", None)
     client: Any = getattr(thread, "_consumer", None)

@@ -1,4 +1,4 @@
-"""agents.delivery: every message on the broker or a stall; order kept across retries."""
+"""stream_app.broker.delivery: every message on the broker or a stall; order kept across retries."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from agents.delivery import deliver
 from agents.internal import event_time
+from stream_app.broker.delivery import deliver
 
 
 class FlakyProducer:
@@ -107,7 +107,7 @@ async def test_a_stream_is_stalled_while_its_outputs_are_refused_and_observers_s
 async def test_a_message_the_broker_will_never_take_is_not_retried_for_ever() -> None:
     from aiokafka.errors import MessageSizeTooLargeError
 
-    from agents.delivery import Undeliverable
+    from stream_app.broker.delivery import Undeliverable
 
     class TooLarge(FlakyProducer):
         async def send(self, *args: Any) -> Any:

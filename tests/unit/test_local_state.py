@@ -77,3 +77,22 @@ def test_discard_overtaken_reads_faust_s_offsets_and_deletes_only_those(tmp_path
     assert discard_overtaken(tabledir, ends_of) == [("inventory", 1)]
     assert asked == [[("inventory", 0), ("inventory", 1)]]
     assert (tabledir / "inventory-0.db").exists() and not (tabledir / "inventory-1.db").exists()
+
+
+def test_tables_never_ahead_of_their_changelog_are_kept_when_overtaken(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rocksdict import Rdict
+
+    from stream_app.local_state import FAUST_OFFSET_KEY, discard_overtaken
+
+    tabledir = tmp_path / "tables"
+    tabledir.mkdir()
+    for name in ("inventory-0.db", "reservations-0.db"):
+        db = Rdict(str(tabledir / name))
+        db[FAUST_OFFSET_KEY] = b"3"
+        db.close()
+
+    def ends_of(keys: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {key: 10 for key in keys}  # both written by another worker meanwhile
+
+    assert discard_overtaken(tabledir, ends_of, {"inventory"}) == [("reservations", 0)]
+    assert (tabledir / "inventory-0.db").exists() and not (tabledir / "reservations-0.db").exists()

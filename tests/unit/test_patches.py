@@ -8,6 +8,7 @@ from typing import Any
 from stream_app.app import create_faust_app
 from stream_app.broker import patches
 from stream_app.broker.fetch_scope import scoped_actions
+from stream_app.broker.stores import check_store_access
 from stream_app.settings import Settings
 
 
@@ -45,3 +46,16 @@ def test_each_missing_patch_is_named(tmp_path) -> None:  # type: ignore[no-untyp
     assert "fetch_max_wait_ms was not lowered" in found
     assert "prefetch backoff was not set" in found
     assert "faust-streaming 0.15.3" in patches.pinned_versions()
+
+
+def test_a_table_whose_store_lacks_per_partition_databases_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(data_dir=tmp_path, app_id="patch-store")
+    app = app_with(settings, wrapped=True, flagged=True, tuned=True)
+    rocks = app.Table("rocks", default=None, key_type=bytes, value_type=bytes)
+    assert check_store_access(rocks) is None
+    assert patches.problems(app, settings) == []
+    memory: Any = SimpleNamespace(name="mem", data=SimpleNamespace())  # a store without it
+    app.tables["mem"] = memory
+    found = patches.problems(app, settings)
+    assert found == [check_store_access(memory)]
+    assert "table mem" in found[0] and "RocksDB" in found[0]

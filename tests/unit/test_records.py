@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_app.partitioning import bucket_for, partition_for
+from stream_app.partitioning import partition_for
 from stream_app.records import (
     ExpectedArrival,
     StockChange,
@@ -81,7 +81,6 @@ def test_partition_matches_kafka_default_partitioner(key: str, partitions: int) 
 
     expected = DefaultPartitioner()(key.encode(), list(range(partitions)), list(range(partitions)))
     assert partition_for(key, partitions) == expected
-    assert bucket_for(key, expected, 16).startswith(f"{expected}:")
 
 
 def test_quantities_beyond_what_the_product_stores_are_rejected() -> None:

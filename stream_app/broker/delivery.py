@@ -94,18 +94,31 @@ async def deliver(
     max_backoff: float = 30.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     source: str | None = None,
+    offsets: list[int] | None = None,
 ) -> int:
     """Send ``messages`` in order and wait until the broker has each; returns the number
     of failed attempts. After a failure everything from the first undelivered message on
     is sent again (keeps the order of a key's messages; a duplicate is harmless, a gap is
-    not). ``source`` names the stream waiting (:func:`source_of`)."""
+    not). ``source`` names the stream waiting (:func:`source_of`); ``offsets``, when
+    given, receives the offset each message got, in order."""
     if not messages:
         return 0
     with waiting_on_broker(app, source):
-        failures = await _send_all(app.producer, messages, max_backoff, sleep)
+        failures = await _send_all(app.producer, messages, max_backoff, sleep, offsets)
     for observe in watch_of(app).observers:
         observe(messages)
     return failures
+
+
+def table_deliver(
+    app: faust.types.AppT,
+) -> Callable[[Sequence[Message], str | None, list[int]], Awaitable[int]]:
+    """:func:`deliver` in the shape per-key tables flush with (tables.keyed)."""
+
+    async def send(messages: Sequence[Message], source: str | None, offsets: list[int]) -> int:
+        return await deliver(app, messages, source=source, offsets=offsets)
+
+    return send
 
 
 async def _send_all(
@@ -113,6 +126,7 @@ async def _send_all(
     messages: Sequence[Message],
     max_backoff: float,
     sleep: Callable[[float], Awaitable[None]],
+    offsets: list[int] | None = None,
 ) -> int:
     start = 0
     failures = 0
@@ -135,6 +149,8 @@ async def _send_all(
         for future in pending:
             if future.cancelled() or future.exception() is not None:
                 break
+            if offsets is not None:
+                offsets.append(future.result().offset)
             done += 1
         if done == len(messages):
             return failures

@@ -1,0 +1,335 @@
+"""Catalogue-scale benchmark (issue 12): one worker at 100k and 1M SKU/locations.
+
+For each catalogue size, on its own embedded broker, real ``stream-app worker`` processes:
+
+1. the initial load: 3 channels per SKU/location in envelopes of 500 records, channel by
+   channel (as each channel's snapshot arrives), preloaded; records/s from the first
+   record applied to the last;
+2. a steady stream of single-record events over the whole key space (preloaded), with
+   ``GET /inventory`` p50/p99 sampled while it runs; events/s against (0);
+3. changelog bytes per record and the largest changelog message (the inventory and
+   fluent_accepted changelogs read back whole);
+4. worker RSS;
+5. restart to ready with local state kept, after a clean stop and after kill -9;
+6. a worker with an EMPTY data dir rebuilding from the changelog;
+7. two workers with a standby replica: kill -9 one, time until the survivor serves
+   every key of a sample from each partition.
+
+(0), the baseline measured in the same run: a bare Faust agent decoding single-record
+events (bench/ingest.py's, same broker, same partitions).
+Usage: python bench/scale.py [--keys 100000,1000000] [--events N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import orjson  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+
+from bench.common import ROOT, preload  # noqa: E402
+from bench.ingest import measure  # noqa: E402
+from stream_app.embedded import EmbeddedBroker, free_port  # noqa: E402
+from tests.fixtures.procs import StreamAppProcess, http, wait_for  # noqa: E402
+
+PARTITIONS = 8
+CHANNELS = ("WMS", "STORE", "MARKETPLACE")
+ENVELOPE = 500
+BASE_US = 1_795_000_000_000_000
+
+
+def key_of(n: int) -> tuple[str, str]:
+    return f"SKU-{n // 20}", f"LOC-{n % 20}"
+
+
+def record(n: int, channel: str, seq: int) -> dict[str, Any]:
+    sku, location = key_of(n)
+    return {
+        "eventId": f"{channel}-{seq}", "channel": channel, "sku": sku, "location": location,
+        "onHand": 10 + seq % 90, "reserved": seq % 3,
+        "updatedAt": (BASE_US + seq) // 1000,
+    }
+
+
+def envelopes(keys: int) -> list[bytes]:
+    out: list[bytes] = []
+    seq = 0
+    for channel in CHANNELS:
+        for start in range(0, keys, ENVELOPE):
+            batch = []
+            for n in range(start, min(start + ENVELOPE, keys)):
+                batch.append(record(n, channel, seq))
+                seq += 1
+            out.append(orjson.dumps({"records": batch}))
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Cluster:
+    def __init__(self, bootstrap: str, root: Path, app_id: str) -> None:
+        self.bootstrap, self.root, self.app_id = bootstrap, root, app_id
+        self.topic = f"{app_id}-inventory-changes"
+
+    def env(self, data_dir: Path, **extra: str) -> dict[str, str]:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "STREAM_APP_KAFKA_BROKER": self.bootstrap, "STREAM_APP_APP_ID": self.app_id,
+            "STREAM_APP_PARTITIONS": str(PARTITIONS), "STREAM_APP_DATA_DIR": str(data_dir),
+            "STREAM_APP_WEB_PORT": str(free_port()), "STREAM_APP_LOG_LEVEL": "WARNING",
+            "STREAM_APP_TOPIC_INVENTORY_CHANGES": self.topic,
+            "STREAM_APP_BROKER_SESSION_TIMEOUT": "6",
+            "STREAM_APP_FLUENT_BASE_URL": "http://127.0.0.1:9",  # no Fluent: sync backs off
+            **extra,
+        }
+
+    def worker(self, data_dir: Path, **extra: str) -> StreamAppProcess:
+        env = self.env(data_dir, **extra)
+        return StreamAppProcess("worker", env, data_dir / "worker.log").start()
+
+
+def applied(proc: StreamAppProcess) -> float:
+    return proc.metrics().get("stream_app_inventory_records_applied_total", 0.0)
+
+
+def timed_apply(proc: StreamAppProcess, total: int, timeout: float) -> tuple[float, float]:
+    """(seconds from the first applied record to ``total``, records/s)."""
+    first = wait_for(lambda: (applied(proc) > 0) and time.perf_counter(), timeout, 0.05, "first apply")
+    start_count = applied(proc)
+    wait_for(lambda: applied(proc) >= total, timeout, 0.2, f"{total} records applied")
+    seconds = time.perf_counter() - first
+    return seconds, (total - min(start_count, total * 0.01)) / seconds
+
+
+def ready_seconds(proc: StreamAppProcess, timeout: float) -> float:
+    started = time.perf_counter()
+    proc.wait_ready(timeout)
+    return time.perf_counter() - started
+
+
+async def changelog_sizes(bootstrap: str, topics: list[str]) -> dict[str, float]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8_000_000, fetch_max_bytes=64_000_000)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        count = total = largest = 0
+        idle = 0
+        while idle < 3:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=100_000)
+            if not batch:
+                idle += 1
+                continue
+            idle = 0
+            for records in batch.values():
+                for rec in records:
+                    size = len(rec.key or b"") + len(rec.value or b"")
+                    count += 1
+                    total += size
+                    largest = max(largest, size)
+        return {"messages": count, "bytes": total, "largest": largest}
+    finally:
+        await consumer.stop()
+
+
+def inventory_of(proc: StreamAppProcess, n: int) -> tuple[int, Any]:
+    sku, location = key_of(n)
+    return http("GET", f"{proc.url}/inventory/{sku}/{location}")
+
+
+def sample_keys(keys: int, per_partition: int = 5) -> list[int]:
+    from stream_app.partitioning import partition_for
+
+    found: dict[int, list[int]] = {p: [] for p in range(PARTITIONS)}
+    rng = random.Random(7)
+    while any(len(v) < per_partition for v in found.values()):
+        n = rng.randrange(keys)
+        part = found[partition_for("|".join(key_of(n)), PARTITIONS)]
+        if len(part) < per_partition:
+            part.append(n)
+    return [n for v in found.values() for n in v]
+
+
+def run_size(keys: int, events: int, bare_per_s: float) -> dict[str, Any]:
+    broker = EmbeddedBroker(port=free_port()).start()
+    root = Path(tempfile.mkdtemp(prefix=f"scale-{keys}-"))
+    app_id = f"scale{keys}-{uuid.uuid4().hex[:4]}"
+    cluster = Cluster(broker.bootstrap, root, app_id)
+    out: dict[str, Any] = {"keys": keys, "records": keys * len(CHANNELS)}
+    procs: list[StreamAppProcess] = []
+    try:
+        # topics and layout first (the worker creates them), then preload the load
+        first = cluster.worker(root / "w1")
+        procs.append(first)
+        first.wait_ready(180)
+        loads = envelopes(keys)
+        out["preload_seconds"] = asyncio.run(preload(broker.bootstrap, cluster.topic, loads))
+        total = keys * len(CHANNELS)
+        seconds, per_s = timed_apply(first, total, 3600)
+        out["load_seconds"], out["load_records_per_s"] = seconds, per_s
+        out["rss_mb_after_load"] = rss_mb(first.proc.pid)  # type: ignore[union-attr]
+        print(f"  [{keys:,}] initial load: {per_s:,.0f} records/s ({seconds:.0f} s)", flush=True)
+
+        # steady stream of single-record events over the whole key space + GET latencies
+        rng = random.Random(1)
+        singles = [
+            orjson.dumps(record(rng.randrange(keys), rng.choice(CHANNELS), total + i))
+            for i in range(events)
+        ]
+        asyncio.run(preload(broker.bootstrap, cluster.topic, singles))
+        latencies: list[float] = []
+        base = applied(first)
+        first_seen = wait_for(lambda: applied(first) > base and time.perf_counter(), 120, 0.02, "stream")
+        while applied(first) < base + events:
+            started = time.perf_counter()
+            status, _ = inventory_of(first, rng.randrange(keys))
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert status == 200
+            time.sleep(0.02)
+        stream_s = time.perf_counter() - first_seen
+        out["stream_events_per_s"] = events / stream_s
+        out["stream_ratio_to_bare"] = out["stream_events_per_s"] / bare_per_s
+        latencies.sort()
+        out["get_p50_ms"] = statistics.median(latencies)
+        out["get_p99_ms"] = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        out["get_samples"] = len(latencies)
+        out["rss_mb_after_stream"] = rss_mb(first.proc.pid)  # type: ignore[union-attr]
+        print(f"  [{keys:,}] steady stream: {out['stream_events_per_s']:,.0f} events/s, "
+              f"GET p99 {out['get_p99_ms']:.1f} ms", flush=True)
+
+        sizes = asyncio.run(changelog_sizes(
+            broker.bootstrap, [f"{app_id}-inventory-changelog", f"{app_id}-fluent_accepted-changelog"]
+        ))
+        out["changelog"] = sizes
+        out["changelog_bytes_per_record"] = sizes["bytes"] / (total + events)
+
+        # restarts with local state kept
+        first.stop(60)
+        restarted = cluster.worker(root / "w1")
+        procs.append(restarted)
+        out["restart_clean_to_ready_s"] = ready_seconds(restarted, 600)
+        restarted.kill()
+        killed = cluster.worker(root / "w1")
+        procs.append(killed)
+        out["restart_after_kill_to_ready_s"] = ready_seconds(killed, 600)
+        probe = sample_keys(keys)
+        assert all(inventory_of(killed, n)[0] == 200 for n in probe)
+        killed.stop(60)
+        print(f"  [{keys:,}] restart to ready: {out['restart_clean_to_ready_s']:.1f} s clean, "
+              f"{out['restart_after_kill_to_ready_s']:.1f} s after kill -9", flush=True)
+
+        # an empty data dir rebuilds from the changelog
+        empty = cluster.worker(root / "empty")
+        procs.append(empty)
+        out["rebuild_empty_to_ready_s"] = ready_seconds(empty, 3600)
+        expected = {n: inventory_of(empty, n)[1] for n in probe}
+        out["rss_mb_rebuilt"] = rss_mb(empty.proc.pid)  # type: ignore[union-attr]
+        print(f"  [{keys:,}] rebuild from an empty data dir: {out['rebuild_empty_to_ready_s']:.1f} s",
+              flush=True)
+
+        # two workers with a standby: kill one, the survivor serves every key
+        second = cluster.worker(root / "standby", STREAM_APP_TABLE_STANDBY_REPLICAS="1")
+        procs.append(second)
+        second.wait_ready(3600)
+
+        def split() -> bool:
+            mine = set(http("GET", f"{empty.url}/health")[1].get("partitions", []))
+            theirs = set(http("GET", f"{second.url}/health")[1].get("partitions", []))
+            return bool(mine) and bool(theirs) and not mine & theirs
+        wait_for(split, 600, 0.5, "partitions split between the two workers")
+        standby_synced = time.perf_counter()
+        theirs = set(range(PARTITIONS)) - set(http("GET", f"{second.url}/health")[1]["partitions"])
+        wait_for(lambda: standby_caught_up(broker.bootstrap, app_id, root / "standby", theirs),
+                 3600, 1.0, "standby caught up")
+        out["standby_catch_up_s"] = time.perf_counter() - standby_synced
+        empty.kill()
+        killed_at = time.perf_counter()
+
+        def serves_all() -> bool:
+            return all(inventory_of(second, n) == (200, expected[n]) for n in probe)
+        wait_for(serves_all, 600, 0.2, "survivor serves every key")
+        out["standby_takeover_s"] = time.perf_counter() - killed_at
+        print(f"  [{keys:,}] standby takeover after kill -9: {out['standby_takeover_s']:.1f} s", flush=True)
+    finally:
+        for proc in procs:
+            proc.stop(30)
+        broker.stop()
+    return out
+
+
+def standby_caught_up(bootstrap: str, app_id: str, data_dir: Path, partitions: set[int]) -> bool:
+    """The standby worker's local inventory databases of ``partitions`` hold their
+    changelog to its end (Faust's persisted offset, read read-only beside the worker)."""
+    from faust.types import TP
+
+    from stream_app.broker.tansu_offsets import true_end_offsets
+    from stream_app.local_state import persisted_offset
+
+    topic = f"{app_id}-inventory-changelog"
+    ends = asyncio.run(true_end_offsets(bootstrap, [TP(topic, p) for p in partitions]))
+    for p in partitions:
+        found = list(data_dir.glob(f"**/tables/inventory-{p}.db"))
+        offset = persisted_offset(found[0]) if found else None
+        if offset is None or offset < ends[TP(topic, p)] - 1:
+            return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--keys", default="100000,1000000")
+    parser.add_argument("--events", type=int, default=30_000)
+    args = parser.parse_args()
+    sizes = [int(k) for k in args.keys.split(",")]
+
+    broker = EmbeddedBroker(port=free_port()).start()
+    try:
+        rng = random.Random(3)
+        singles = [orjson.dumps(record(rng.randrange(10_000), "WMS", i)) for i in range(args.events)]
+        bare = measure("bare", broker.bootstrap, singles, args.events)
+    finally:
+        broker.stop()
+    print(f"(0) bare Faust agent, decode only: {bare['per_second']:,.0f} events/s", flush=True)
+    results = [run_size(keys, args.events, bare["per_second"]) for keys in sizes]
+    for r in results:
+        print(f"\n{r['keys']:,} SKU/locations ({r['records']:,} records):")
+        print(f"  initial load            {r['load_records_per_s']:>10,.0f} records/s   (target >= 20,000)")
+        print(f"  steady single records   {r['stream_events_per_s']:>10,.0f} events/s    "
+              f"ratio to bare {r['stream_ratio_to_bare']:.2f} (target >= 2)")
+        print(f"  GET /inventory          p50 {r['get_p50_ms']:.1f} ms  p99 {r['get_p99_ms']:.1f} ms "
+              f"({r['get_samples']} samples; target p99 <= 20 ms)")
+        c = r["changelog"]
+        print(f"  changelog               {r['changelog_bytes_per_record']:.0f} bytes/record, "
+              f"largest message {c['largest']:,} bytes (target <= 262,144), {c['messages']:,} messages")
+        print(f"  RSS                     {r['rss_mb_after_load']:.0f} MB after load, "
+              f"{r['rss_mb_after_stream']:.0f} MB after stream, {r['rss_mb_rebuilt']:.0f} MB rebuilt")
+        print(f"  restart to ready        {r['restart_clean_to_ready_s']:.1f} s clean, "
+              f"{r['restart_after_kill_to_ready_s']:.1f} s after kill -9 (target <= 30 s)")
+        print(f"  rebuild, empty data dir {r['rebuild_empty_to_ready_s']:.1f} s")
+        print(f"  standby takeover        {r['standby_takeover_s']:.1f} s after kill -9 (target <= 15 s)")
+    print(json.dumps({"bare": bare, "sizes": results}))
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    main()

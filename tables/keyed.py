@@ -1,0 +1,293 @@
+"""One table entry per key, written in groups: the storage layer of per-key tables.
+
+Why not Faust's own ``table[key] = value``: every such write queues one changelog message
+through Faust's per-message producer path, which bounds a worker to a few thousand writes
+per second (FAUST-NOTES). Why not buckets of keys (this project's layout 1): a change to
+one key rewrote its whole bucket, so bytes per change grew with the catalogue (3.7 MB
+per bucket at 1M keys, past Kafka's message limit). Here:
+
+* a change to a key writes that key only: one changelog message keyed by the key, whose
+  size depends on that key's state alone (a compacted changelog keeps one per key);
+* writes are STAGED by :meth:`KeyedTable.update` / :meth:`put` (a key staged twice is
+  written once) and sent by :meth:`flush` straight through aiokafka's producer, which
+  batches them: tens of thousands of messages per second;
+* :meth:`flush` writes the CHANGELOG FIRST and only then local RocksDB (values and the
+  partition's persisted changelog offset in one atomic write batch). Local state is
+  therefore never ahead of the changelog: after a kill -9 anywhere, recovery from the
+  persisted offset (the tail only) gives exactly what the changelog holds, and a replayed
+  input needs to rewrite nothing (unlike Faust-written tables, stream_app.local_state);
+* reads see staged and in-flight writes first (read your writes), then decode ONE key
+  from the partition's RocksDB.
+
+The Faust table behind it still owns the changelog topic, recovery, standby replicas and
+the partition databases: a changelog message here is exactly what Faust's recovery
+applies (raw key bytes → raw value bytes, ``None`` deletes).
+
+Writes happen in the worker that owns the key's partition (agents of that partition).
+Flushes of one table are serialised, so a key's changelog messages are in write order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import faust
+import orjson
+
+from stream_app.broker.stores import OFFSET_KEY, partition_db
+from stream_app.delivery_watch import Message
+from stream_app.partitioning import partition_for
+
+Json = dict[str, Any]
+
+#: the first byte of keys a table keeps beside its entries (markers, :meth:`mark`)
+SIDE = b"\x00"
+
+#: ``deliver(messages, source, offsets)``: every message on the broker, offsets filled
+Deliver = Callable[[Sequence[Message], str | None, list[int]], Awaitable[Any]]
+
+
+class PartitionDB(Protocol):
+    """What this layer needs of a partition's RocksDB (rocksdict ``Rdict``, raw mode)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def write(self, batch: Any) -> None: ...
+
+    def items(self, backwards: bool = ..., from_key: Any = ...) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+def encode(value: Json | None) -> bytes | None:
+    return None if value is None else orjson.dumps(value)
+
+
+def write_batch(values: dict[bytes, bytes | None], offset: int | None) -> Any:
+    """One atomic RocksDB batch: ``values`` (``None`` deletes) and the persisted offset."""
+    from rocksdict import WriteBatch
+
+    batch = WriteBatch(raw_mode=True)
+    for key, value in values.items():
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    if offset is not None:
+        batch.put(OFFSET_KEY, str(offset).encode())
+    return batch
+
+
+class KeyedTable:
+    """Per-key JSON entries of one table, by ``sku|location`` (or any string) key."""
+
+    def __init__(
+        self,
+        name: str,
+        changelog_topic: str,
+        partitions: int,
+        db_for: Callable[[int], PartitionDB],
+        deliver: Deliver,
+    ) -> None:
+        self.name = name
+        self.changelog_topic = changelog_topic
+        self.partitions = partitions
+        self._db_for = db_for
+        self._deliver = deliver
+        #: partition → key bytes → value bytes (None: delete), not yet sent
+        self._staged: dict[int, dict[bytes, bytes | None]] = {}
+        #: what a flush in progress sends (still read before local state)
+        self._in_flight: dict[int, dict[bytes, bytes | None]] = {}
+        self._lock = asyncio.Lock()
+        #: (partition, marker kind) → markers in local state, kept up to date by flushes
+        self._side_counts: dict[tuple[int, bytes], int] = {}
+
+    def partition_of(self, key: str) -> int:
+        return partition_for(key, self.partitions)
+
+    # --- reads (any context) ----------------------------------------------------------
+
+    def get_raw(self, partition: int, key: bytes) -> bytes | None:
+        for layer in (self._staged, self._in_flight):
+            part = layer.get(partition)
+            if part is not None and key in part:
+                return part[key]
+        return self._db_for(partition).get(key)
+
+    def get(self, key: str) -> Json | None:
+        """One key's entry (decodes that key only)."""
+        raw = self.get_raw(self.partition_of(key), key.encode())
+        return orjson.loads(raw) if raw is not None else None
+
+    def items(self, partition: int) -> Iterator[tuple[str, Json]]:
+        """Every entry of a partition, by key order, from local state (a full scan: for
+        explicit full passes such as a full resync, never per event or per request)."""
+        for key, raw in self._db_for(partition).items():
+            if key.startswith(SIDE) or key == OFFSET_KEY:
+                continue
+            pending = self._pending(partition, key)
+            if pending is _ABSENT:
+                yield key.decode(), orjson.loads(raw)
+            elif pending is not None:
+                yield key.decode(), orjson.loads(pending)
+
+    def side_keys(self, partition: int, kind: bytes, *, staged: bool = True) -> list[str]:
+        """The keys marked with ``kind`` in a partition (:meth:`mark`), staged marks
+        included unless ``staged`` is false. Reads the markers only, not the entries."""
+        prefix = SIDE + kind + b"\x00"
+        found: set[bytes] = set()
+        for key, _ in self._db_for(partition).items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            found.add(key)
+        for layer in (self._in_flight, self._staged) if staged else ():
+            for key, value in layer.get(partition, {}).items():
+                if key.startswith(prefix):
+                    (found.add if value is not None else found.discard)(key)
+        return sorted(key[len(prefix) :].decode() for key in found)
+
+    def side_count(self, partition: int, kind: bytes) -> int:
+        """How many keys of a partition local state marks with ``kind``: counted once
+        (a read of the markers), then kept by every flush; :meth:`forget_counts` after
+        anything else wrote the partition's database (a recovery, a standby)."""
+        found = self._side_counts.get((partition, kind))
+        if found is None:
+            found = self._side_counts[(partition, kind)] = len(
+                self.side_keys(partition, kind, staged=False)
+            )
+        return found
+
+    def forget_counts(self) -> None:
+        self._side_counts.clear()
+
+    def is_marked(self, kind: bytes, key: str) -> bool:
+        return self.get_raw(self.partition_of(key), _side_key(kind, key)) is not None
+
+    def _pending(self, partition: int, key: bytes) -> Any:
+        for layer in (self._staged, self._in_flight):
+            part = layer.get(partition)
+            if part is not None and key in part:
+                return part[key]
+        return _ABSENT
+
+    # --- writes (the owner of the key's partition) --------------------------------------
+
+    def put(self, key: str, value: Json | None) -> None:
+        """Stage ``value`` for ``key`` (``None`` deletes); sent by the next :meth:`flush`."""
+        self._stage(self.partition_of(key), key.encode(), encode(value))
+
+    def mark(self, kind: bytes, key: str, on: bool) -> bool:
+        """Set or clear the ``kind`` marker of ``key`` (a side key of the key's partition,
+        listed by :meth:`side_keys` without a scan of the entries); True when it changed."""
+        partition, side = self.partition_of(key), _side_key(kind, key)
+        if (self.get_raw(partition, side) is not None) == on:
+            return False
+        self._stage(partition, side, b"1" if on else None)
+        return True
+
+    def update(
+        self, keys: Iterable[str], change: Callable[[str, Json | None], tuple[Json | None, bool]]
+    ) -> list[str]:
+        """Apply ``change(key, old) -> (new, changed)`` to each key; ``change`` may mutate
+        ``old`` in place and ``new`` of ``None`` deletes. Returns the keys that changed,
+        whose new values are staged."""
+        changed: list[str] = []
+        for key in dict.fromkeys(keys):
+            new, was_changed = change(key, self.get(key))
+            if was_changed:
+                self.put(key, new)
+                changed.append(key)
+        return changed
+
+    def _stage(self, partition: int, key: bytes, value: bytes | None) -> None:
+        self._staged.setdefault(partition, {})[key] = value
+
+    @property
+    def staged(self) -> int:
+        return sum(len(part) for part in self._staged.values())
+
+    async def flush(self, source: str | None = None) -> int:
+        """Send every staged write to the changelog, wait until the broker has all of it,
+        then write it to local state; returns the number of writes. A failure leaves the
+        writes staged (a retry sends them again: same key, same value)."""
+        async with self._lock:
+            if not self._staged:
+                return 0
+            batch, self._staged = self._staged, {}
+            self._in_flight = batch
+            try:
+                messages: list[Message] = [
+                    (self.changelog_topic, key, value, partition, None)
+                    for partition, part in batch.items()
+                    for key, value in part.items()
+                ]
+                offsets: list[int] = []
+                await self._deliver(messages, source, offsets)
+            except BaseException:
+                for partition, part in batch.items():  # newer staged writes win
+                    part.update(self._staged.get(partition, {}))
+                self._staged = batch
+                raise
+            finally:
+                self._in_flight = {}
+            last: dict[int, int] = {}
+            for (_, _, _, sent_to, _), offset in zip(messages, offsets, strict=True):
+                assert sent_to is not None
+                last[sent_to] = max(offset, last.get(sent_to, -1))
+            for partition, part in batch.items():
+                db = self._db_for(partition)
+                self._count_sides(partition, db, part)
+                db.write(write_batch(part, last.get(partition)))
+            return len(messages)
+
+    def _count_sides(self, partition: int, db: PartitionDB, part: dict[bytes, bytes | None]) -> None:
+        """Adjust the kept marker counts of ``partition`` for a batch about to be written."""
+        for (counted, kind), count in list(self._side_counts.items()):
+            if counted != partition:
+                continue
+            prefix = SIDE + kind + b"\x00"
+            for key, value in part.items():
+                if key.startswith(prefix):
+                    count += (value is not None) - (db.get(key) is not None)
+            self._side_counts[(partition, kind)] = count
+
+
+_ABSENT = object()
+
+
+def _side_key(kind: bytes, key: str) -> bytes:
+    return SIDE + kind + b"\x00" + key.encode()
+
+
+#: set on the Faust table of every per-key table (see :func:`changelog_first_tables`)
+_CHANGELOG_FIRST = "_stream_app_changelog_first"
+
+
+def changelog_first_tables(app: faust.App) -> set[str]:
+    """Names of the app's tables whose local state is never ahead of their changelog:
+    after a kill -9 reading the changelog's tail restores them, also when another worker
+    wrote them meanwhile (stream_app.local_state keeps them)."""
+    return {str(name) for name, table in app.tables.items() if getattr(table, _CHANGELOG_FIRST, False)}
+
+
+def define_keyed_table(
+    app: faust.App, name: str, partitions: int, help_: str, deliver: Deliver
+) -> KeyedTable:
+    """A Faust table of raw bytes (its changelog, recovery and standbys) and the per-key
+    layer over its partition databases."""
+    table = app.Table(
+        name,
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=partitions,
+        help=help_,
+    )
+    setattr(table, _CHANGELOG_FIRST, True)
+    return KeyedTable(
+        name,
+        str(table.changelog_topic.get_topic_name()),
+        partitions,
+        lambda partition: partition_db(table, partition),
+        deliver,
+    )

@@ -1,0 +1,195 @@
+"""tables.keyed: per-key entries on real RocksDB databases, a changelog that a fake broker
+keeps (it may fail part-way through a flush, as a broker handing over does).
+
+The oracle is a plain dict. Checked after every step of any sequence of updates, deletes,
+flushes and failed flushes: reads equal the oracle; local state equals the replay of the
+changelog up to the persisted offset (never ahead of it); a restarted layer on the same
+databases, and one rebuilt from the changelog alone, read the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rocksdict import Options, Rdict
+
+from stream_app.delivery_watch import Message
+from tables.keyed import OFFSET_KEY, KeyedTable
+
+PARTITIONS = 3
+
+
+class Broker:
+    """Changelog partitions; ``fail_after`` makes the next delivery fail after that many."""
+
+    def __init__(self) -> None:
+        self.log: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in range(PARTITIONS)}
+        self.fail_after: int | None = None
+
+    async def deliver(self, messages: Sequence[Message], source: str | None, offsets: list[int]) -> None:
+        for n, (_, key, value, partition, _) in enumerate(messages):
+            if self.fail_after is not None and n >= self.fail_after:
+                self.fail_after = None
+                raise ConnectionError("broker went away")
+            assert partition is not None and key is not None
+            self.log[partition].append((key, value))
+            offsets.append(len(self.log[partition]) - 1)
+
+    def replay(self, partition: int, upto: int | None = None) -> dict[bytes, bytes]:
+        """What Faust's recovery rebuilds from the changelog (up to offset ``upto``)."""
+        state: dict[bytes, bytes] = {}
+        for key, value in self.log[partition][: None if upto is None else upto + 1]:
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        return state
+
+
+class Databases:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dbs: dict[int, Rdict] = {}
+
+    def __call__(self, partition: int) -> Rdict:
+        if partition not in self.dbs:
+            self.dbs[partition] = Rdict(str(self.root / f"p{partition}"), options=Options(raw_mode=True))
+        return self.dbs[partition]
+
+    def contents(self, partition: int) -> tuple[dict[bytes, bytes], int | None]:
+        data = dict(self(partition).items())
+        offset = data.pop(OFFSET_KEY, None)
+        return data, None if offset is None else int(offset)
+
+    def close(self) -> None:
+        for db in self.dbs.values():
+            db.close()
+        self.dbs.clear()
+
+
+def layer(dbs: Databases, broker: Broker) -> KeyedTable:
+    return KeyedTable("t", "t-changelog", PARTITIONS, dbs, broker.deliver)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+keys = st.sampled_from([f"SKU-{n}|LOC-{n % 3}" for n in range(12)])
+values = st.one_of(st.none(), st.integers(0, 5).map(lambda n: {"n": n, "pad": "x" * n}))
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), keys, values),
+        st.tuples(st.just("flush"), st.none(), st.none()),
+        st.tuples(st.just("fail"), st.integers(0, 4), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=steps)
+def test_any_sequence_reads_back_as_a_dict_and_the_changelog_rebuilds_it(steps: list[Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        dbs, broker = Databases(Path(tmp)), Broker()
+        table = layer(dbs, broker)
+        oracle: dict[str, Any] = {}
+        durable: dict[str, Any] = {}  # what the last successful flush made durable
+        for op, a, b in steps:
+            if op == "put":
+                table.put(a, b)
+                oracle[a] = b
+            elif op == "flush":
+                run(table.flush())
+                durable = dict(oracle)
+            else:
+                broker.fail_after = a
+                try:
+                    run(table.flush())
+                except ConnectionError:
+                    pass
+                else:
+                    durable = dict(oracle)
+                broker.fail_after = None  # also when nothing was staged to send
+            for key, value in oracle.items():
+                assert table.get(key) == value
+            for partition in range(PARTITIONS):
+                local, offset = dbs.contents(partition)
+                # local state is exactly the changelog up to its persisted offset
+                assert local == (broker.replay(partition, offset) if offset is not None else {})
+        run(table.flush())
+        durable = dict(oracle)
+        expected = {k: v for k, v in durable.items() if v is not None}
+        dbs.close()
+        restarted = layer(dbs, broker)  # same databases: a restart keeping local state
+        assert {k: restarted.get(k) for k in oracle} == durable
+        listed = {k: v for p in range(PARTITIONS) for k, v in restarted.items(p)}
+        assert listed == expected
+        for partition in range(PARTITIONS):
+            rebuilt = {k.decode(): orjson.loads(v) for k, v in broker.replay(partition).items()}
+            assert rebuilt == {k: v for k, v in expected.items() if table.partition_of(k) == partition}
+        dbs.close()
+
+
+def test_one_key_writes_one_message_whatever_the_catalogue_size(tmp_path: Path) -> None:
+    broker = Broker()
+    dbs = Databases(tmp_path)
+    table = layer(dbs, broker)
+    state = {"channels": {"WMS": {"onHand": 5, "reserved": 0, "v": [1, "e"]}}}
+    for n in range(20_000):
+        table.put(f"SKU-{n}|LOC", state)
+    run(table.flush())
+    largest = max(len(v or b"") for part in broker.log.values() for _, v in part)
+    assert largest == len(orjson.dumps(state))
+    before = sum(len(part) for part in broker.log.values())
+    table.update(["SKU-7|LOC"], lambda key, old: ({**(old or {}), "x": 1}, True))
+    table.update(["SKU-7|LOC"], lambda key, old: ({**(old or {}), "x": 2}, True))
+    assert run(table.flush()) == 1  # staged twice, written once
+    assert sum(len(part) for part in broker.log.values()) == before + 1
+    assert table.get("SKU-7|LOC") == {**state, "x": 2}
+    dbs.close()
+
+
+def test_a_failed_flush_keeps_its_writes_and_newer_ones_win(tmp_path: Path) -> None:
+    broker = Broker()
+    dbs = Databases(tmp_path)
+    table = layer(dbs, broker)
+    table.put("A|L", {"n": 1})
+    table.put("B|L", {"n": 1})
+    broker.fail_after = 1
+    with pytest.raises(ConnectionError):
+        run(table.flush())
+    assert table.staged == 2 and table.get("A|L") == {"n": 1}
+    table.put("A|L", {"n": 2})
+    run(table.flush())
+    assert table.staged == 0
+    assert table.get("A|L") == {"n": 2} and table.get("B|L") == {"n": 1}
+    dbs.close()
+
+
+def test_markers_are_listed_per_partition_without_the_entries(tmp_path: Path) -> None:
+    broker = Broker()
+    dbs = Databases(tmp_path)
+    table = layer(dbs, broker)
+    for n in range(30):
+        table.put(f"K{n}|L", {"n": n})
+    assert table.mark(b"dirty", "K1|L", True) and not table.mark(b"dirty", "K1|L", True)
+    table.mark(b"dirty", "K2|L", True)
+    by_partition = {p: table.side_keys(p, b"dirty") for p in range(PARTITIONS)}
+    assert sorted(k for ks in by_partition.values() for k in ks) == ["K1|L", "K2|L"]
+    run(table.flush())
+    assert table.mark(b"dirty", "K2|L", False)
+    assert sorted(k for p in range(PARTITIONS) for k in table.side_keys(p, b"dirty")) == ["K1|L"]
+    run(table.flush())
+    assert sorted(k for p in range(PARTITIONS) for k in table.side_keys(p, b"dirty")) == ["K1|L"]
+    assert table.is_marked(b"dirty", "K1|L") and not table.is_marked(b"dirty", "K2|L")
+    assert len({k for p in range(PARTITIONS) for k, _ in table.items(p)}) == 30  # markers apart
+    dbs.close()

@@ -1,0 +1,125 @@
+"""agents.sync's dirty markers on the per-key tables (real RocksDB, a fake broker).
+
+What a flush considers is the marked keys and the keys with books, never the whole
+catalogue; an acknowledgement unmarks only what is clean at that moment; the gauge is
+the marker count the table keeps, equal to a recount after any sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agents.sync import DIRTY, SyncService, record_acknowledgement
+from stream_app.domain.inventory import BufferPolicy
+from stream_app.settings import Settings
+from tables.keyed import KeyedTable
+from tests.unit.test_keyed_table import PARTITIONS, Broker, Databases
+
+
+def stock(on_hand: int) -> dict[str, Any]:
+    return {"channels": {"WMS": {"onHand": on_hand, "reserved": 0, "v": [1, "e"]}}, "expected": {}}
+
+
+class World:
+    def __init__(self, root: Path, flush_max: int = 50_000) -> None:
+        self.broker = Broker()
+        self.inventory = KeyedTable("inventory", "i", PARTITIONS, Databases(root / "i"), self.broker.deliver)
+        self.accepted = KeyedTable("accepted", "a", PARTITIONS, Databases(root / "a"), self.broker.deliver)
+        self.held: dict[str, int] = {}
+        runtime: Any = SimpleNamespace(
+            settings=Settings(data_dir=root, flush_max_records=flush_max),
+            inventory=self.inventory,
+            buffers=BufferPolicy(),
+            extras={
+                "held_units": lambda key: self.held.get(key, 0),
+                "held_keys": lambda p: [k for k in self.held if self.inventory.partition_of(k) == p],
+            },
+            app=SimpleNamespace(rebalancing_count=1, tables=SimpleNamespace(recovery=None)),
+        )
+        self.service = SyncService(runtime, self.accepted)
+        self.service.owned_partitions = lambda: list(range(PARTITIONS))  # type: ignore[method-assign]
+
+    def set_stock(self, key: str, on_hand: int) -> None:
+        self.inventory.put(key, stock(on_hand))
+        asyncio.run(self.inventory.flush())
+        self.service.refresh([key])
+        asyncio.run(self.accepted.flush())
+
+    def ack(self, accepted: dict[str, int], clean: list[str] = (), at: int = 1) -> None:  # type: ignore[assignment]
+        msg = {"at": at, "batchId": f"b{at}", "accepted": [[k, q] for k, q in accepted.items()],
+               "failed": [], "clean": list(clean)}
+        record_acknowledgement(self.accepted, msg, lambda n: 1, self.service.still_dirty)
+        asyncio.run(self.accepted.flush())
+
+    def considered(self) -> list[str]:
+        return [key for key, _, _ in self.service.candidates(list(range(PARTITIONS)))]
+
+    def marked(self) -> set[str]:
+        return {k for p in range(PARTITIONS) for k in self.accepted.side_keys(p, DIRTY)}
+
+
+def test_a_flush_considers_marked_and_held_keys_only(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    for n in range(50):
+        world.set_stock(f"K{n}|L", 5)
+    world.ack({f"K{n}|L": 5 for n in range(50)})
+    assert world.marked() == set() and world.considered() == []
+    world.set_stock("K3|L", 7)  # an inventory change
+    world.held["K9|L"] = 2  # held units change sellable without an inventory change
+    assert sorted(world.considered()) == ["K3|L", "K9|L"]
+    assert world.marked() == {"K3|L"}
+
+
+def test_an_ack_keeps_a_key_marked_when_it_changed_since_the_flush_read_it(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.set_stock("A|L", 5)
+    world.set_stock("A|L", 8)  # changed after the flush read 5
+    world.ack({"A|L": 5})
+    assert world.marked() == {"A|L"}
+    world.ack({"A|L": 8}, at=2)
+    assert world.marked() == set()
+
+
+def test_marked_keys_found_clean_are_unmarked_by_the_clean_list(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.set_stock("A|L", 5)
+    world.ack({"A|L": 5})
+    world.set_stock("A|L", 6)
+    world.inventory.put("A|L", stock(5))  # and back before any flush
+    asyncio.run(world.inventory.flush())
+    assert world.marked() == {"A|L"}
+    world.ack({}, clean=["A|L"], at=2)
+    assert world.marked() == set()
+
+
+def test_a_flush_takes_at_most_its_cap_and_the_next_resumes_after_it(tmp_path: Path) -> None:
+    world = World(tmp_path, flush_max=7)
+    for n in range(20):
+        world.set_stock(f"K{n:02}|L", 1)
+    seen: list[str] = []
+    for _ in range(3):
+        batch, more = world.service.consider(list(range(PARTITIONS)))
+        assert len(batch) == 7 and more
+        seen += [key for key, _, _ in batch]
+    assert len(set(seen)) == 20  # three capped flushes cover every marked key
+    assert len(world.service.consider(list(range(PARTITIONS)), full=True)[0]) == 20
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 3), st.booleans()), max_size=30))
+def test_the_kept_marker_count_equals_a_recount(tmp_path_factory: Any, steps: list[Any]) -> None:
+    world = World(tmp_path_factory.mktemp("count"))
+    assert world.service.dirty_count() == 0  # counted once, then kept by the flushes
+    for n, qty, ack in steps:
+        key = f"K{n}|L"
+        if ack:
+            world.ack({key: qty}, at=len(world.broker.log[0]) + 1)
+        else:
+            world.set_stock(key, qty)
+        assert world.service.dirty_count() == len(world.marked())
