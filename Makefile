@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/preorders.py
 	$(BIN)/python bench/release.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

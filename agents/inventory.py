@@ -35,6 +35,7 @@ from stream_app.records import (
     parse_message,
     to_wire,
 )
+from tables.keyed import flush_all
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -111,6 +112,8 @@ def register(runtime: Runtime) -> None:
     apply_topic = runtime.topic(names.internal)
     dlq = runtime.topic(names.inventory_changes_dlq)
     after_apply = runtime.extras.setdefault("after_inventory_apply", [])
+    #: ``stage(keys) -> table``: writes staged with the inventory's, flushed together
+    stagers = runtime.extras.setdefault("inventory_stagers", [])
 
     skew_us = int(settings.max_clock_skew_seconds * 1_000_000)
 
@@ -165,9 +168,10 @@ def register(runtime: Runtime) -> None:
             await dead_letter(dlq, event, f"internal record: {exc!r}")
             return
         changed = apply_records(runtime, records)
-        await runtime.inventory.flush(source_of(event))
-        runtime.metrics.records_applied.inc(len(records))
         keys = list(dict.fromkeys(record.key for record in records))
+        together = [stage(keys) for stage in stagers]
+        await flush_all([runtime.inventory, *together], source_of(event))
+        runtime.metrics.records_applied.inc(len(records))
         for hook in after_apply:  # also when nothing changed: a replay re-announces
             await hook(event, keys, changed)
 

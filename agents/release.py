@@ -72,6 +72,7 @@ from stream_app.domain.reservations import (
     iso,
     key_of_reservation_id,
     parse_iso,
+    retention_cutoff,
 )
 from stream_app.fluent.client import (
     FluentAuthError,
@@ -81,7 +82,7 @@ from stream_app.fluent.client import (
     FluentUnavailable,
 )
 from tables.releases import ReleaseRuns, define_release_table
-from tables.reservations import stored_step
+from tables.reservations import OrderResults, stored_step
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -182,8 +183,10 @@ class ReleaseService:
         runs: ReleaseRuns,
         policy: Policy,
         clock: Callable[[], datetime] = utcnow,
+        orders: OrderResults | None = None,
     ) -> None:
         self.runtime = runtime
+        self.orders = orders
         self.settings = runtime.settings
         self.store = store
         self.runs = runs
@@ -229,6 +232,14 @@ class ReleaseService:
     async def request_expiry(self, trigger: str) -> None:
         await self._broadcast({"type": "expire", "trigger": trigger, "at": iso(self.clock())})
 
+    async def request_prune(self, exported_at: datetime | None, trigger: str) -> datetime:
+        """Prune, on every partition, what ended before the retention cutoff (after the
+        export at ``exported_at`` wrote it); returns the cutoff."""
+        before = retention_cutoff(self.clock(), self.settings.retention_days, exported_at)
+        await self._broadcast({"type": "prune", "before": iso(before), "trigger": trigger})
+        log.info("pruning what finished before %s (%s)", iso(before), trigger)
+        return before
+
     async def start_up_checks(self) -> str | None:
         """Leader at start-up (or on becoming leader): release a missed night, expire."""
         run_id = None
@@ -247,8 +258,24 @@ class ReleaseService:
             out = self._step(partition)
             self.expire_partition(partition, out, f"expire@{command.get('at')}")
             await out.flush()
+        elif kind == "prune":
+            await self.prune_partition(partition, parse_iso(str(command["before"])))
         else:
             log.warning("unknown release command %r skipped", kind)
+
+    async def prune_partition(self, partition: int, before: datetime) -> tuple[int, int]:
+        """Prune finished reservations and order results of ``partition`` (idempotent: a
+        replay finds nothing left to prune); returns (reservations, order results)."""
+        reservations = self.store.prune(partition, before)
+        orders = self.orders.prune(partition, before) if self.orders is not None else 0
+        await flush_writes(self.runtime.app)
+        metrics = self.runtime.metrics
+        metrics.pruned.labels("reservations").inc(reservations)
+        metrics.pruned.labels("order_results").inc(orders)
+        if reservations or orders:
+            log.info("partition %d: %d reservations and %d order results pruned (finished "
+                     "before %s)", partition, reservations, orders, iso(before))
+        return reservations, orders
 
     def expire_partition(self, partition: int, out: Step, cause: str | None = None) -> int:
         """Uncommitted reservations past ``expiresAt`` → EXPIRED, then promotion."""
@@ -542,7 +569,7 @@ def register(runtime: Runtime) -> None:
     store: ReservationStore = runtime.extras["reservation_store"]
     policy: Policy = runtime.extras.get("preorder_policy") or Policy.from_settings(settings)
     runs = define_release_table(app, settings.partitions)
-    service = ReleaseService(runtime, store, runs, policy)
+    service = ReleaseService(runtime, store, runs, policy, orders=runtime.extras["order_results"])
     runtime.extras["release"] = service
     runtime.extras["release_runs"] = runs
     tz = ZoneInfo(settings.release_timezone)
@@ -572,12 +599,20 @@ def register(runtime: Runtime) -> None:
 
     @app.crontab(settings.export_cron, timezone=tz, on_leader=True)
     async def nightly_export() -> None:
-        if not settings.s3_bucket:
-            return
-        try:
-            await service_export(runtime)
-        except Exception:
-            log.exception("scheduled S3 export failed")
+        """Export, then prune what the export wrote and the retention lets go (with
+        exports off, by age alone; after a failed or incomplete export, nothing)."""
+        exported_at = None
+        if settings.s3_bucket:
+            try:
+                summary = await service_export(runtime)
+            except Exception:
+                log.exception("scheduled S3 export failed: nothing is pruned tonight")
+                return
+            if not summary.get("complete"):
+                log.warning("the S3 export was incomplete: nothing is pruned tonight")
+                return
+            exported_at = parse_iso(str(summary["generatedAt"]))
+        await service.request_prune(exported_at, "nightly")
 
     @app.task
     async def leader_start_up() -> None:

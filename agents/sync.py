@@ -391,7 +391,8 @@ def register(runtime: Runtime) -> None:
     )
     service = SyncService(runtime, accepted)
     runtime.extras["sync"] = service
-    runtime.extras.setdefault("after_inventory_apply", []).append(_mark_hook(service))
+    runtime.extras.setdefault("inventory_stagers", []).append(_marks_of(service))
+    runtime.extras.setdefault("after_inventory_apply", []).append(_note_hook(service))
     runtime.extras.setdefault("inventory_view_enrichers", []).append(service.key_status)
 
     def backoff(failures: int) -> int:
@@ -470,13 +471,19 @@ def record_acknowledgement(
     return changed
 
 
-def _mark_hook(service: SyncService) -> Callable[[faust.EventT, list[str], list[str]], Any]:
-    """After an inventory apply: mark the message's keys (all of them: a replay restores
-    what a kill cut off) and wait for the changelog before the offset may move on."""
+def _marks_of(service: SyncService) -> Callable[[list[str]], KeyedTable]:
+    """With an inventory apply: mark the message's keys (all of them: a replay restores
+    what a kill cut off), staged to be flushed with the inventory's writes."""
 
-    async def hook(event: faust.EventT, keys: list[str], changed: list[str]) -> None:
+    def stage(keys: list[str]) -> KeyedTable:
         service.refresh(keys)
-        await service.accepted.flush(source_of(event))
+        return service.accepted
+
+    return stage
+
+
+def _note_hook(service: SyncService) -> Callable[[faust.EventT, list[str], list[str]], Any]:
+    async def hook(event: faust.EventT, keys: list[str], changed: list[str]) -> None:
         service.note_changes(changed)
 
     return hook

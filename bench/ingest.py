@@ -55,7 +55,28 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
     meter = Meter(target, done)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    if mode == "bare":
+    if mode == "table":
+        # the plain Faust way: a per-key RocksDB table, read-modify-write per event
+        from stream_app.domain.inventory import apply_change, empty_state
+        from stream_app.records import parse_message
+
+        app = faust.App(
+            app_id, broker=f"kafka://{bootstrap}", store="rocksdb://", web_enabled=False,
+            topic_partitions=PARTITIONS, consumer_auto_offset_reset="earliest",
+            broker_rebalance_timeout=3, broker_heartbeat_interval=1, datadir=data_dir,
+        )
+        source = app.topic(topic, value_type=bytes, value_serializer="raw", partitions=PARTITIONS)
+        table = app.Table("state", default=None, partitions=PARTITIONS)
+
+        @app.agent(source)
+        async def apply(stream: faust.StreamT[bytes]) -> None:
+            async for value in stream:
+                for rec in parse_message(value, 1_000_000)[0]:
+                    state = table.get(rec.key) or empty_state()
+                    apply_change(state, rec)
+                    table[rec.key] = state
+                meter.add(1)
+    elif mode == "bare":
         app = faust.App(
             app_id, broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
             topic_partitions=PARTITIONS, consumer_auto_offset_reset="earliest",

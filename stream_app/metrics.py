@@ -37,6 +37,10 @@ class Metrics:
             "stream_app_fluent_records_total", "Records sent to Fluent by outcome", ["outcome"],
             registry=self.registry,
         )
+        self.pruned = Counter(
+            "stream_app_pruned_total", "Finished entries pruned after their retention",
+            ["table"], registry=self.registry,
+        )
         self.sync_runs = Counter(
             "stream_app_sync_runs_total", "Sync runs by final state", ["state"], registry=self.registry
         )

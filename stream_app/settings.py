@@ -207,6 +207,12 @@ class Settings(BaseSettings):
     )
     admin_api_key: SecretStr = SecretStr("")
     export_cron: str = "0 3 * * *"
+    retention_days: int = Field(
+        30, ge=1,
+        description="finished reservations (CONFIRMED and settled, CANCELLED, EXPIRED, "
+        "REJECTED) and order results older than this are pruned after the nightly export "
+        "wrote them (with exports off: by age alone)",
+    )
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
     s3_bucket: str = ""

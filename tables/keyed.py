@@ -255,6 +255,13 @@ class KeyedTable:
 _ABSENT = object()
 
 
+async def flush_all(tables: Sequence[KeyedTable], source: str | None = None) -> None:
+    """Flush several tables at once: their sends share the producer's batches, so the
+    wait for the broker is paid once (crash-safe in any order: each table's local state
+    still follows its own changelog)."""
+    await asyncio.gather(*(table.flush(source) for table in tables))
+
+
 def _side_key(kind: bytes, key: str) -> bytes:
     return SIDE + kind + b"\x00" + key.encode()
 

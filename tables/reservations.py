@@ -24,17 +24,20 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import faust
 import orjson
 from faust.types import TP, TableT
+from faust.web.exceptions import ServiceUnavailable
 
 from stream_app.domain.reservations import (
     Reservation,
     ReservationBook,
     encode_key,
     key_of_reservation_id,
+    parse_iso,
 )
 from stream_app.partitioning import partition_for
 from stream_app.records import split_key
@@ -46,6 +49,11 @@ Json = dict[str, Any]
 #: reservations per stored chunk (part of the storage format: a chunk's key is derived
 #: from it, so it must not change under existing data)
 CHUNK_SIZE = 16
+
+
+class Recovering(ServiceUnavailable):
+    """The books of a partition were asked for while its changelog is being read (a
+    Faust web error: a view raising it answers 503 with the reason)."""
 
 
 @dataclass
@@ -178,16 +186,22 @@ class ReservationStore:
         if generation != self._generation:
             self._parts.clear()
             self._generation = generation
-        recovery = getattr(app.tables, "recovery", None)
-        recovering = bool(getattr(recovery, "in_recovery", False))
-        return bool(app.consumer is not None and generation > 0 and not recovering)
+        return bool(app.consumer is not None and generation > 0 and not self._recovering())
+
+    def _recovering(self) -> bool:
+        recovery = getattr(self.app.tables, "recovery", None)
+        return bool(getattr(recovery, "in_recovery", False))
 
     def books(self, partition: int) -> PartitionBooks:
-        """The books of ``partition``, built from local table data on first use.
+        """The books of ``partition``, built from local table data once per rebalance,
+        on first use after the changelogs were read.
 
-        While the changelogs are being read, the books are built from the table every
-        time and not cached (only views read then: streams are paused)."""
+        While they are being read, :class:`Recovering` is raised instead (only views ask
+        then: streams are paused; a view answers 503 and the caller retries): building a
+        partition's books costs O(its reservations), too much per request."""
         if not self._cacheable():
+            if self._recovering():
+                raise Recovering(f"partition {partition} is being recovered from its changelog; retry shortly")
             return self._rebuild(partition)
         found = self._parts.get(partition)
         if found is None:
@@ -302,6 +316,42 @@ class ReservationStore:
             self.table[name] = encode_chunk(entries)
         return len(plan)
 
+    def prune(self, partition: int, before: datetime) -> int:
+        """Forget the reservations of ``partition`` whose story ended before ``before``
+        (:meth:`ReservationBook.prunable`) and write their chunks without them (an empty
+        chunk becomes a tombstone). Agent context, an event of ``partition``. Returns how
+        many were pruned."""
+        part = self.books(partition)
+        pruned = 0
+        touched: set[str] = set()
+        for key, book in list(part.books.items()):
+            gone = book.prunable(before)
+            if not gone:
+                continue
+            book.forget(gone)
+            pruned += len(gone)
+            for reservation in gone:
+                chunk = chunk_key(reservation, self.chunk_size)
+                part.chunks.get(chunk, {}).pop(reservation.reservation_id, None)
+                touched.add(chunk)
+                if not book.order_reservations(reservation.order_id):
+                    keys = part.orders.get(reservation.order_id, set())
+                    keys.discard(key)
+                    if not keys:
+                        part.orders.pop(reservation.order_id, None)
+            if not len(book):
+                del part.books[key]
+                part.categories.pop(key, None)
+        for chunk in sorted(touched):
+            entries = part.chunks.get(chunk)
+            if entries:
+                self.table[chunk] = encode_chunk(entries)
+            else:
+                part.chunks.pop(chunk, None)
+                if chunk in self.table:
+                    del self.table[chunk]
+        return pruned
+
     # --- web waits for command outcomes ----------------------------------------------
 
     def expect_command(self, request_id: str) -> asyncio.Future[Json]:
@@ -341,6 +391,30 @@ class OrderResults:
     def put(self, order_id: str, entry: Json) -> None:
         """Agent context only."""
         self.table[order_id] = orjson.dumps(entry)
+
+    def prune(self, partition: int, before: datetime) -> int:
+        """Delete the results of ``partition`` published for orders decided before
+        ``before`` (every decision made then): one scan of the partition's local
+        results, tombstones written (agent context, an event of ``partition``)."""
+        stale = [
+            order_id
+            for order_id, raw in list(self.table.items())
+            if raw and self.partition_of(str(order_id)) == partition
+            and decided_before(orjson.loads(raw), before)
+        ]
+        for order_id in stale:
+            del self.table[order_id]
+        return len(stale)
+
+
+def decided_before(entry: Json, before: datetime) -> bool:
+    """Whether an order-results entry has its result and every decision was made (its
+    reservation last changed when decided) before ``before``."""
+    decisions = list((entry.get("decisions") or {}).values())
+    if entry.get("result") is None or not decisions:
+        return False
+    stamps = [d.get("createdAt") or d.get("updatedAt") for d in decisions]
+    return all(isinstance(t, str) and parse_iso(t) < before for t in stamps)
 
 
 def owner_of_chunk(chunk: str) -> str | None:

@@ -98,6 +98,14 @@ def parse_iso(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def retention_cutoff(now: datetime, retention_days: int, exported_at: datetime | None) -> datetime:
+    """Before when a finished reservation (or order result) may be pruned: older than the
+    retention, and written by an export (``exported_at``: when the last complete export
+    read the state; None when exports are off and retention alone decides)."""
+    cutoff = now - timedelta(days=retention_days)
+    return cutoff if exported_at is None else min(cutoff, exported_at)
+
+
 @lru_cache(maxsize=4096)
 def expires_at_for(ship_date: date, expiry_days: int) -> datetime:
     """``shipDate − expiry_days`` at 00:00 UTC: a commit must arrive before it."""
@@ -707,6 +715,54 @@ class ReservationBook:
             queue = book._queue(date.fromisoformat(text))
             queue.last_sequence = max(queue.last_sequence, int(last))
         return book
+
+    # --- retention -------------------------------------------------------------------
+
+    def prunable(self, before: datetime) -> list[Reservation]:
+        """Reservations whose story is over (a final status, units no longer held) and
+        that last changed before ``before``; never the highest sequence of a queue, so a
+        book rebuilt from what stays numbers new arrivals as this one does."""
+        found = []
+        for queue in self._queues.values():
+            last = max(queue.by_seq, default=None)
+            for sequence, reservation in queue.by_seq.items():
+                if (
+                    sequence != last
+                    and reservation.status in FINAL
+                    and not reservation.holds()
+                    and reservation.updated_at < before
+                ):
+                    found.append(reservation)
+        return sorted(found, key=lambda r: (r.ship_date, r.sequence))
+
+    def forget(self, reservations: Iterable[Reservation]) -> None:
+        """Drop reservations :meth:`prunable` returned: the book is then what
+        :meth:`restore` builds from the others (their customer's counted units too)."""
+        for reservation in reservations:
+            rid = reservation.reservation_id
+            if self._by_id.get(rid) is not reservation or reservation.holds():
+                raise ValueError(f"reservation {rid} cannot be forgotten")
+            queue = self._queues[reservation.ship_date]
+            del queue.by_seq[reservation.sequence]
+            del self._by_id[rid]
+            order = self._by_order[reservation.order_id]
+            order.remove(rid)
+            if not order:
+                del self._by_order[reservation.order_id]
+            if reservation.status in COUNTED:
+                left = self._customer_units.get(reservation.customer_id, 0) - reservation.quantity
+                if left > 0:
+                    self._customer_units[reservation.customer_id] = left
+                else:
+                    self._customer_units.pop(reservation.customer_id, None)
+            for entry in reservation.history:
+                holders = self._caused.get(entry[0])
+                if holders is not None:
+                    holders.pop(rid, None)
+                    if not holders:
+                        del self._caused[entry[0]]
+                        self._cause_next.pop(entry[0], None)
+            self._revision += 1
 
     # --- internals -------------------------------------------------------------------
 
