@@ -2,11 +2,12 @@
 
 Two steps, both at-least-once and idempotent:
 
-* ``ingest`` reads raw messages in groups (``take_events``), parses them (batch envelopes
-  are split), sends bad parts to ``inventory-changes-dlq`` and forwards the good records,
-  grouped per target partition, as ONE message per partition to the internal topic
-  (kind ``inventory-apply``, :mod:`agents.internal`). The group's offsets are
-  acknowledged only after every forward and dead letter was delivered.
+* ``ingest`` (:func:`run_ingest`, a plain aiokafka consumer of the group
+  ``<app id>-ingest``: the step is stateless) reads raw messages in groups, parses them
+  (batch envelopes are split), sends bad parts to ``inventory-changes-dlq`` and forwards
+  the good records, grouped per target partition, as ONE message per partition to the
+  internal topic (kind ``inventory-apply``, :mod:`agents.internal`). A group's offsets are
+  committed only after every forward and dead letter was delivered.
 * ``apply`` (the internal agent's handler for that kind) owns partition *p* of the
   table: it applies a group of records with last writer wins, writes each changed
   SKU/location once (tables.keyed) and waits until the changelog has them before the
@@ -17,14 +18,19 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_message
 from agents.internal import handlers as internal_handlers
 from stream_app.broker.delivery import Message, deliver, source_of
+from stream_app.broker.tansu_offsets import bootstrap_list
 from stream_app.domain.inventory import apply_change, empty_state, not_applied_reason
 from stream_app.partitioning import partition_for
 from stream_app.records import (
@@ -39,6 +45,7 @@ from tables.keyed import flush_all
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
+    from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +113,76 @@ def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]
     return changed
 
 
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """What the ingest helpers read of a message (the shape of Faust's)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # seconds since the epoch; -1 when the producer set none
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    """A record of ``inventory-changes`` read by the ingest consumer."""
+
+    key: bytes | None
+    value: bytes | None
+    message: SourceMessage
+
+
+def source_event(record: ConsumerRecord[bytes, bytes]) -> SourceEvent:
+    stamp = record.timestamp / 1000 if record.timestamp and record.timestamp > 0 else -1.0
+    return SourceEvent(
+        record.key, record.value,
+        SourceMessage(record.topic, record.partition, record.offset, stamp),
+    )
+
+
+async def run_ingest(
+    settings: Settings, topic: str, handle: Callable[[list[Any]], Awaitable[None]]
+) -> None:
+    """The ingest stage: read ``topic`` with a plain aiokafka consumer of its own group
+    (``<app id>-ingest``), hand each partition's records to ``handle`` as one group, and
+    commit their offsets only once ``handle`` returned (every record forwarded or
+    dead-lettered: at-least-once). The stage is stateless (it only repartitions), so it
+    needs none of Faust's per-event machinery, which bounded it to Faust's per-event
+    rate (docs/benchmarks.md). A commit refused by a rebalance leaves the records to
+    the partition's next reader (a duplicate apply changes nothing)."""
+    fetch_wait = settings.consumer_fetch_max_wait_ms or 500
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap_list(settings.bootstrap_servers),
+        group_id=f"{settings.app_id}-ingest",
+        client_id=f"{settings.app_id}-ingest",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(settings.broker_session_timeout * 1000),
+        heartbeat_interval_ms=int(settings.broker_heartbeat_interval * 1000),
+        rebalance_timeout_ms=int(settings.broker_rebalance_timeout * 1000),
+        fetch_max_wait_ms=fetch_wait,
+        max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes + 65_536),
+    )
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(
+                timeout_ms=int(settings.ingest_batch_within * 1000),
+                max_records=settings.ingest_batch_max,
+            )
+            for tp, records in batches.items():
+                await handle([source_event(record) for record in records])
+                try:
+                    await consumer.commit({tp: records[-1].offset + 1})
+                except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                    log.info("ingest commit of %s refused (%r): its next reader replays it", tp, exc)
+    finally:
+        await consumer.stop()
+
+
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    source = runtime.topic(names.inventory_changes)
     apply_topic = runtime.topic(names.internal)
     dlq = runtime.topic(names.inventory_changes_dlq)
     after_apply = runtime.extras.setdefault("after_inventory_apply", [])
@@ -139,26 +213,29 @@ def register(runtime: Runtime) -> None:
         await deliver_until_done(apply_topic, dlq, batches, dead, source_of(events[0]))
         runtime.metrics.records_ingested.inc(len(records))
 
-    @app.agent(source, name="inventory-ingest")
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(  # type: ignore[attr-defined]
-            settings.ingest_batch_max, settings.ingest_batch_within
-        ):
-            # take_events acknowledges this group when the loop moves on, even after an
-            # error: so never move on before every event is forwarded or dead-lettered
-            try:
-                await ingest_group(events)
-            except Exception:
-                log.exception("a group of %d events failed: handling them one by one", len(events))
-                for event in events:
-                    try:
-                        await ingest_group([event])
-                    except Exception as exc:
-                        log.exception("event %s[%d]@%d dead-lettered after an internal error",
-                                      event.message.topic, event.message.partition,
-                                      event.message.offset)
-                        letter = dead_letter_message(dlq, event, f"internal error: {exc!r}")
-                        await deliver(app, [letter], source=source_of(event))
+    async def handle(events: list[Any]) -> None:
+        """Forward or dead-letter every event of a group before returning: a group that
+        fails is handled event by event, and an event that still fails is dead-lettered
+        with the error (so the caller may commit past all of them)."""
+        try:
+            await ingest_group(events)
+        except Exception:
+            log.exception("a group of %d events failed: handling them one by one", len(events))
+            for event in events:
+                try:
+                    await ingest_group([event])
+                except Exception as exc:
+                    log.exception("event %s[%d]@%d dead-lettered after an internal error",
+                                  event.message.topic, event.message.partition,
+                                  event.message.offset)
+                    letter = dead_letter_message(dlq, event, f"internal error: {exc!r}")
+                    await deliver(app, [letter], source=source_of(event))
+
+    @app.task
+    async def ingest() -> None:
+        # the producer and the apply side run first: start after the first recovery
+        await app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
+        await run_ingest(settings, names.inventory_changes, handle)
 
     async def apply(event: faust.EventT) -> None:
         try:
