@@ -85,11 +85,19 @@ async def deliver_until_done(
     await deliver(apply_topic.app, messages, source=source)
 
 
-def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]:
-    """Apply records of one partition to the inventory table; returns changed keys."""
+def apply_records(
+    runtime: Runtime,
+    records: list[InventoryRecord],
+    states: dict[str, Any] | None = None,
+    partition: int | None = None,
+) -> list[str]:
+    """Apply records of one partition (``partition`` when the caller knows it) to the
+    inventory table; returns changed keys. ``states``, when given, receives every named
+    key's state after the records."""
     by_key: dict[str, list[InventoryRecord]] = defaultdict(list)
     for record in records:
         by_key[record.key].append(record)
+    after = states if states is not None else {}
 
     skipped: Counter[str] = Counter()
 
@@ -101,10 +109,11 @@ def apply_records(runtime: Runtime, records: list[InventoryRecord]) -> list[str]
                 changed = True
             else:
                 skipped[not_applied_reason(state, record)] += 1
+        after[key] = state
         return state, changed
 
     # a replay needs no rewrite: the per-key table writes its changelog before local state
-    changed = runtime.inventory.update(by_key.keys(), change)
+    changed = runtime.inventory.update(by_key.keys(), change, partition)
     for reason, count in skipped.items():
         runtime.metrics.records_not_applied.labels(reason).inc(count)
     if skipped["stale"]:
@@ -186,7 +195,8 @@ def register(runtime: Runtime) -> None:
     apply_topic = runtime.topic(names.internal)
     dlq = runtime.topic(names.inventory_changes_dlq)
     after_apply = runtime.extras.setdefault("after_inventory_apply", [])
-    #: ``stage(keys) -> table``: writes staged with the inventory's, flushed together
+    #: ``stage(keys, states, partition) -> table``: writes staged with the inventory's
+    #: (``states``: each key's state after the message), flushed together
     stagers = runtime.extras.setdefault("inventory_stagers", [])
 
     skew_us = int(settings.max_clock_skew_seconds * 1_000_000)
@@ -244,9 +254,11 @@ def register(runtime: Runtime) -> None:
             log.exception("bad inventory-apply message on %s", names.internal)
             await dead_letter(dlq, event, f"internal record: {exc!r}")
             return
-        changed = apply_records(runtime, records)
-        keys = list(dict.fromkeys(record.key for record in records))
-        together = [stage(keys) for stage in stagers]
+        states: dict[str, Any] = {}
+        partition = event.message.partition  # the sender chose the records' partition
+        changed = apply_records(runtime, records, states, partition)
+        keys = list(states)
+        together = [stage(keys, states, partition) for stage in stagers]
         await flush_all([runtime.inventory, *together], source_of(event))
         runtime.metrics.records_applied.inc(len(records))
         for hook in after_apply:  # also when nothing changed: a replay re-announces

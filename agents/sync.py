@@ -120,13 +120,14 @@ class SyncService:
         topic = self.runtime.inventory.changelog_topic
         return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
 
-    def held_units(self, key: str) -> int:
-        held: Callable[[str], int] | None = self.runtime.extras.get("held_units")
-        return held(key) if held is not None else 0
+    def held_units(self, key: str, partition: int | None = None) -> int:
+        held: Callable[[str, int | None], int] | None = self.runtime.extras.get("held_units")
+        return held(key, partition) if held is not None else 0
 
-    def sellable_of(self, key: str, state: dict[str, Any]) -> int:
+    def sellable_of(self, key: str, state: dict[str, Any], partition: int | None = None) -> int:
         agg = aggregate(state, self.runtime.buffers, self.settings.oversell_protection)
-        return sellable_quantity(agg.atp, self.held_units(key), self.settings.sellable_policy)
+        held = self.held_units(key, partition)
+        return sellable_quantity(agg.atp, held, self.settings.sellable_policy)
 
     def held_keys(self, partition: int) -> list[str]:
         found: Callable[[int], list[str]] | None = self.runtime.extras.get("held_keys")
@@ -174,17 +175,26 @@ class SyncService:
             self._cursor = (self.accepted.partition_of(key), key)
         return considered, more
 
-    def still_dirty(self, key: str) -> bool:
-        """Whether ``key``'s sellable quantity differs from what Fluent accepted (now)."""
-        state = self.runtime.inventory.get(key)
+    def still_dirty(
+        self, key: str, state: dict[str, Any] | None = None, partition: int | None = None
+    ) -> bool:
+        """Whether ``key``'s sellable quantity differs from what Fluent accepted (now);
+        ``state`` (its inventory state) and ``partition`` when the caller has them."""
+        state = state if state is not None else self.runtime.inventory.get(key, partition)
         if state is None:
             return False
-        return is_dirty(self.sellable_of(key, state), self.accepted.get(key))
+        sellable = self.sellable_of(key, state, partition)
+        return is_dirty(sellable, self.accepted.get(key, partition))
 
-    def refresh(self, keys: list[str]) -> None:
-        """Mark or unmark ``keys`` by what they need now (agent context; staged)."""
+    def refresh(
+        self, keys: list[str], states: dict[str, Any] | None = None, partition: int | None = None
+    ) -> None:
+        """Mark or unmark ``keys`` (all of ``partition`` when given) by what they need
+        now (agent context; staged)."""
+        known = states or {}
         for key in keys:
-            self.accepted.mark(DIRTY, key, self.still_dirty(key))
+            dirty = self.still_dirty(key, known.get(key), partition)
+            self.accepted.mark(DIRTY, key, dirty, partition)
 
     def dirty_count(self) -> int:
         """Keys waiting for Fluent on this worker: the markers the table counts (kept by
@@ -471,12 +481,12 @@ def record_acknowledgement(
     return changed
 
 
-def _marks_of(service: SyncService) -> Callable[[list[str]], KeyedTable]:
+def _marks_of(service: SyncService) -> Callable[[list[str], dict[str, Any], int], KeyedTable]:
     """With an inventory apply: mark the message's keys (all of them: a replay restores
     what a kill cut off), staged to be flushed with the inventory's writes."""
 
-    def stage(keys: list[str]) -> KeyedTable:
-        service.refresh(keys)
+    def stage(keys: list[str], states: dict[str, Any], partition: int) -> KeyedTable:
+        service.refresh(keys, states, partition)
         return service.accepted
 
     return stage

@@ -55,17 +55,22 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
     meter = Meter(target, done)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+
+    def plain_app(store: str) -> tuple[faust.App, faust.TopicT]:
+        """A bare Faust app on the bench topic (the baselines)."""
+        made = faust.App(
+            app_id, broker=f"kafka://{bootstrap}", store=store, web_enabled=False,
+            topic_partitions=PARTITIONS, consumer_auto_offset_reset="earliest",
+            broker_rebalance_timeout=3, broker_heartbeat_interval=1, datadir=data_dir,
+        )
+        return made, made.topic(topic, value_type=bytes, value_serializer="raw", partitions=PARTITIONS)
+
     if mode == "table":
         # the plain Faust way: a per-key RocksDB table, read-modify-write per event
         from stream_app.domain.inventory import apply_change, empty_state
         from stream_app.records import parse_message
 
-        app = faust.App(
-            app_id, broker=f"kafka://{bootstrap}", store="rocksdb://", web_enabled=False,
-            topic_partitions=PARTITIONS, consumer_auto_offset_reset="earliest",
-            broker_rebalance_timeout=3, broker_heartbeat_interval=1, datadir=data_dir,
-        )
-        source = app.topic(topic, value_type=bytes, value_serializer="raw", partitions=PARTITIONS)
+        app, source = plain_app("rocksdb://")
         table = app.Table("state", default=None, partitions=PARTITIONS)
 
         @app.agent(source)
@@ -77,12 +82,7 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
                     table[rec.key] = state
                 meter.add(1)
     elif mode == "bare":
-        app = faust.App(
-            app_id, broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
-            topic_partitions=PARTITIONS, consumer_auto_offset_reset="earliest",
-            broker_rebalance_timeout=3, broker_heartbeat_interval=1, datadir=data_dir,
-        )
-        source = app.topic(topic, value_type=bytes, value_serializer="raw", partitions=PARTITIONS)
+        app, source = plain_app("memory://")
 
         @app.agent(source)
         async def decode(stream: faust.StreamT[bytes]) -> None:

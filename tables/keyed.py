@@ -37,7 +37,6 @@ import faust
 import orjson
 
 from stream_app.broker.stores import OFFSET_KEY, partition_db
-from stream_app.delivery_watch import Message
 from stream_app.partitioning import partition_for
 
 Json = dict[str, Any]
@@ -45,8 +44,9 @@ Json = dict[str, Any]
 #: the first byte of keys a table keeps beside its entries (markers, :meth:`mark`)
 SIDE = b"\x00"
 
-#: ``deliver(messages, source, offsets)``: every message on the broker, offsets filled
-Deliver = Callable[[Sequence[Message], str | None, list[int]], Awaitable[Any]]
+#: ``deliver(topic, partition → [(key, value)], source)``: every message on the broker, in
+#: order per partition; returns partition → offset of its last message
+Deliver = Callable[[str, dict[int, list[tuple[bytes, bytes | None]]], str | None], Awaitable[dict[int, int]]]
 
 
 class PartitionDB(Protocol):
@@ -108,15 +108,14 @@ class KeyedTable:
     # --- reads (any context) ----------------------------------------------------------
 
     def get_raw(self, partition: int, key: bytes) -> bytes | None:
-        for layer in (self._staged, self._in_flight):
-            part = layer.get(partition)
-            if part is not None and key in part:
-                return part[key]
-        return self._db_for(partition).get(key)
+        pending = self._pending(partition, key)
+        return self._db_for(partition).get(key) if pending is _ABSENT else pending
 
-    def get(self, key: str) -> Json | None:
-        """One key's entry (decodes that key only)."""
-        raw = self.get_raw(self.partition_of(key), key.encode())
+    def get(self, key: str, partition: int | None = None) -> Json | None:
+        """One key's entry (decodes that key only); ``partition`` when the caller knows
+        it (the hash of a key is not cached at catalogue scale)."""
+        where = self.partition_of(key) if partition is None else partition
+        raw = self.get_raw(where, key.encode())
         return orjson.loads(raw) if raw is not None else None
 
     def items(self, partition: int) -> Iterator[tuple[str, Json]]:
@@ -172,30 +171,36 @@ class KeyedTable:
 
     # --- writes (the owner of the key's partition) --------------------------------------
 
-    def put(self, key: str, value: Json | None) -> None:
+    def put(self, key: str, value: Json | None, partition: int | None = None) -> None:
         """Stage ``value`` for ``key`` (``None`` deletes); sent by the next :meth:`flush`."""
-        self._stage(self.partition_of(key), key.encode(), encode(value))
+        where = self.partition_of(key) if partition is None else partition
+        self._stage(where, key.encode(), encode(value))
 
-    def mark(self, kind: bytes, key: str, on: bool) -> bool:
+    def mark(self, kind: bytes, key: str, on: bool, partition: int | None = None) -> bool:
         """Set or clear the ``kind`` marker of ``key`` (a side key of the key's partition,
         listed by :meth:`side_keys` without a scan of the entries); True when it changed."""
-        partition, side = self.partition_of(key), _side_key(kind, key)
+        side = _side_key(kind, key)
+        partition = self.partition_of(key) if partition is None else partition
         if (self.get_raw(partition, side) is not None) == on:
             return False
         self._stage(partition, side, b"1" if on else None)
         return True
 
     def update(
-        self, keys: Iterable[str], change: Callable[[str, Json | None], tuple[Json | None, bool]]
+        self,
+        keys: Iterable[str],
+        change: Callable[[str, Json | None], tuple[Json | None, bool]],
+        partition: int | None = None,
     ) -> list[str]:
-        """Apply ``change(key, old) -> (new, changed)`` to each key; ``change`` may mutate
-        ``old`` in place and ``new`` of ``None`` deletes. Returns the keys that changed,
-        whose new values are staged."""
+        """Apply ``change(key, old) -> (new, changed)`` to each key (all of ``partition``
+        when given); ``change`` may mutate ``old`` in place and ``new`` of ``None``
+        deletes. Returns the keys that changed, whose new values are staged."""
         changed: list[str] = []
         for key in dict.fromkeys(keys):
-            new, was_changed = change(key, self.get(key))
+            where = self.partition_of(key) if partition is None else partition
+            new, was_changed = change(key, self.get(key, where))
             if was_changed:
-                self.put(key, new)
+                self.put(key, new, where)
                 changed.append(key)
         return changed
 
@@ -216,13 +221,11 @@ class KeyedTable:
             batch, self._staged = self._staged, {}
             self._in_flight = batch
             try:
-                messages: list[Message] = [
-                    (self.changelog_topic, key, value, partition, None)
-                    for partition, part in batch.items()
-                    for key, value in part.items()
-                ]
-                offsets: list[int] = []
-                await self._deliver(messages, source, offsets)
+                last = await self._deliver(
+                    self.changelog_topic,
+                    {partition: list(part.items()) for partition, part in batch.items()},
+                    source,
+                )
             except BaseException:
                 for partition, part in batch.items():  # newer staged writes win
                     part.update(self._staged.get(partition, {}))
@@ -230,15 +233,11 @@ class KeyedTable:
                 raise
             finally:
                 self._in_flight = {}
-            last: dict[int, int] = {}
-            for (_, _, _, sent_to, _), offset in zip(messages, offsets, strict=True):
-                assert sent_to is not None
-                last[sent_to] = max(offset, last.get(sent_to, -1))
             for partition, part in batch.items():
                 db = self._db_for(partition)
                 self._count_sides(partition, db, part)
                 db.write(write_batch(part, last.get(partition)))
-            return len(messages)
+            return sum(len(part) for part in batch.values())
 
     def _count_sides(self, partition: int, db: PartitionDB, part: dict[bytes, bytes | None]) -> None:
         """Adjust the kept marker counts of ``partition`` for a batch about to be written."""

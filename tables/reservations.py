@@ -281,12 +281,13 @@ class ReservationStore:
                     found.append(data)
         return sorted(found, key=lambda r: int(r.get("itemIndex", 0)))
 
-    def held_units(self, key: str) -> int:
-        """Units held by active reservations of ``key`` (0 when unknown or not owned)."""
-        partition = self.partition_of(key)
+    def held_units(self, key: str, partition: int | None = None) -> int:
+        """Units held by active reservations of ``key`` (0 when unknown or not owned);
+        ``partition``: the key's, when the caller knows it."""
+        partition = self.partition_of(key) if partition is None else partition
         if partition not in self._parts and not self.owns(partition):
             return 0
-        book = self.existing_book(key)
+        book = self.books(partition).books.get(key)
         return book.held_units() if book is not None else 0
 
     def book_keys(self, partition: int) -> list[str]:

@@ -6,11 +6,13 @@ on): the killed worker comes back, and so does the group's leader killed in turn
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stream_app.embedded import free_port
+from stream_app.local_state import local_partitions, persisted_offset
 from tests.fixtures.kafka import KafkaCluster, produce, topic_settings_env
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
 
@@ -41,6 +43,17 @@ def answers_all(worker: StreamAppProcess, round_: int) -> bool:
         if status != 200 or body["atp"] != expected_atp(i, round_):
             return False
     return True
+
+
+def standby_holds(data_dir: Path, partitions: set[int]) -> bool:
+    """The worker's local inventory databases of ``partitions`` hold changelog records."""
+    found = {part: path for (table, part), path in local_partitions_under(data_dir) if table == "inventory"}
+    offsets = {p: persisted_offset(found[p]) for p in partitions if p in found}
+    return all(offsets.get(p) is not None for p in partitions)
+
+
+def local_partitions_under(data_dir: Path) -> list[tuple[tuple[str, int], Path]]:
+    return [item for tables in data_dir.glob("**/tables") for item in local_partitions(tables).items()]
 
 
 def owns_all(worker: StreamAppProcess) -> bool:
@@ -77,6 +90,11 @@ def test_two_workers_share_and_survive_a_kill(kafka: KafkaCluster, processes: Pr
     wait_for(shared, 90, 0.3, "two workers sharing the partitions")
     produce(kafka.bootstrap, topic, events(1))  # written while both own partitions
     wait_for(lambda: answers_all(w1, 1) and answers_all(w2, 1), 60, 0.3, "both answer every key")
+    # default settings keep a standby copy: each worker holds the other's partitions too
+    for worker, env in ((w1, env1), (w2, env2)):
+        theirs = set(range(4)) - set(worker.health()[1]["partitions"])
+        wait_for(lambda env=env, theirs=theirs: standby_holds(Path(env["STREAM_APP_DATA_DIR"]), theirs),
+                 60, 0.5, "a standby copy of the other worker's partitions")
 
     w2.kill()
     wait_for(lambda: owns_all(w1), 90, 0.3, "worker 1 takes over every partition")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rocksdict import Options, Rdict
 
-from stream_app.delivery_watch import Message
 from tables.keyed import OFFSET_KEY, KeyedTable
 
 PARTITIONS = 3
@@ -34,14 +32,18 @@ class Broker:
         self.log: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in range(PARTITIONS)}
         self.fail_after: int | None = None
 
-    async def deliver(self, messages: Sequence[Message], source: str | None, offsets: list[int]) -> None:
-        for n, (_, key, value, partition, _) in enumerate(messages):
-            if self.fail_after is not None and n >= self.fail_after:
-                self.fail_after = None
-                raise ConnectionError("broker went away")
-            assert partition is not None and key is not None
-            self.log[partition].append((key, value))
-            offsets.append(len(self.log[partition]) - 1)
+    async def deliver(
+        self, topic: str, by_partition: dict[int, list[tuple[bytes, bytes | None]]], source: str | None
+    ) -> dict[int, int]:
+        n = 0
+        for partition, items in by_partition.items():
+            for key, value in items:
+                if self.fail_after is not None and n >= self.fail_after:
+                    self.fail_after = None
+                    raise ConnectionError("broker went away")
+                self.log[partition].append((key, value))
+                n += 1
+        return {p: len(self.log[p]) - 1 for p, items in by_partition.items() if items}
 
     def replay(self, partition: int, upto: int | None = None) -> dict[bytes, bytes]:
         """What Faust's recovery rebuilds from the changelog (up to offset ``upto``)."""

@@ -37,7 +37,7 @@ class World:
             inventory=self.inventory,
             buffers=BufferPolicy(),
             extras={
-                "held_units": lambda key: self.held.get(key, 0),
+                "held_units": lambda key, partition=None: self.held.get(key, 0),
                 "held_keys": lambda p: [k for k in self.held if self.inventory.partition_of(k) == p],
             },
             app=SimpleNamespace(rebalancing_count=1, tables=SimpleNamespace(recovery=None)),
