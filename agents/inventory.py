@@ -16,6 +16,7 @@ Two steps, both at-least-once and idempotent:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -41,7 +42,7 @@ from stream_app.records import (
     parse_message,
     to_wire,
 )
-from tables.keyed import flush_all
+from tables.keyed import KeyedTable, flush_all
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -83,6 +84,11 @@ async def deliver_until_done(
         for event, rejected in dead
     ]
     await deliver(apply_topic.app, messages, source=source)
+
+
+#: records applied between two yields to the event loop (a message holds up to
+#: ``apply_chunk_records``; one slice takes a few milliseconds)
+APPLY_SLICE = 200
 
 
 def apply_records(
@@ -149,11 +155,28 @@ def source_event(record: ConsumerRecord[bytes, bytes]) -> SourceEvent:
     )
 
 
+async def fill_group(
+    consumer: AIOKafkaConsumer, most: int, wait_ms: int
+) -> dict[Any, list[ConsumerRecord[bytes, bytes]]]:
+    """Records for one group: wait up to ``wait_ms`` for the first, then take what is
+    already fetched, up to ``most`` (big groups under load, no added wait when idle)."""
+    batches = await consumer.getmany(timeout_ms=wait_ms, max_records=most)
+    count = sum(len(records) for records in batches.values())
+    while batches and count < most:
+        more = await consumer.getmany(timeout_ms=0, max_records=most - count)
+        if not more:
+            break
+        for tp, records in more.items():
+            batches.setdefault(tp, []).extend(records)
+            count += len(records)
+    return batches
+
+
 async def run_ingest(
     settings: Settings, topic: str, handle: Callable[[list[Any]], Awaitable[None]]
 ) -> None:
     """The ingest stage: read ``topic`` with a plain aiokafka consumer of its own group
-    (``<app id>-ingest``), hand each partition's records to ``handle`` as one group, and
+    (``<app id>-ingest``), hand the records of each fetch to ``handle`` as one group, and
     commit their offsets only once ``handle`` returned (every record forwarded or
     dead-lettered: at-least-once). The stage is stateless (it only repartitions), so it
     needs none of Faust's per-event machinery, which bounded it to Faust's per-event
@@ -176,16 +199,16 @@ async def run_ingest(
     await consumer.start()
     try:
         while True:
-            batches = await consumer.getmany(
-                timeout_ms=int(settings.ingest_batch_within * 1000),
-                max_records=settings.ingest_batch_max,
-            )
-            for tp, records in batches.items():
-                await handle([source_event(record) for record in records])
-                try:
-                    await consumer.commit({tp: records[-1].offset + 1})
-                except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-                    log.info("ingest commit of %s refused (%r): its next reader replays it", tp, exc)
+            batches = await fill_group(consumer, settings.ingest_batch_max,
+                                       int(settings.ingest_batch_within * 1000))
+            if not batches:
+                continue
+            # one group for the whole fetch: one forward per target partition
+            await handle([source_event(r) for records in batches.values() for r in records])
+            try:
+                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                log.info("ingest commit refused (%r): the next reader replays the records", exc)
     finally:
         await consumer.stop()
 
@@ -254,12 +277,22 @@ def register(runtime: Runtime) -> None:
             log.exception("bad inventory-apply message on %s", names.internal)
             await dead_letter(dlq, event, f"internal record: {exc!r}")
             return
-        states: dict[str, Any] = {}
         partition = event.message.partition  # the sender chose the records' partition
-        changed = apply_records(runtime, records, states, partition)
-        keys = list(states)
-        together = [stage(keys, states, partition) for stage in stagers]
-        await flush_all([runtime.inventory, *together], source_of(event))
+        keys: list[str] = []
+        changed: list[str] = []
+        together: dict[int, KeyedTable] = {}
+        for start in range(0, len(records), APPLY_SLICE):
+            if start:  # let web requests in between slices (p99 of GET /inventory)
+                await asyncio.sleep(0)
+            states: dict[str, Any] = {}
+            changed += apply_records(runtime, records[start : start + APPLY_SLICE], states, partition)
+            keys += states
+            for stage in stagers:
+                table = stage(list(states), states, partition)
+                together[id(table)] = table
+        keys = list(dict.fromkeys(keys))
+        changed = list(dict.fromkeys(changed))
+        await flush_all([runtime.inventory, *together.values()], source_of(event))
         runtime.metrics.records_applied.inc(len(records))
         for hook in after_apply:  # also when nothing changed: a replay re-announces
             await hook(event, keys, changed)

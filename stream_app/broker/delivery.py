@@ -163,17 +163,22 @@ async def _send_batches(
     client: Any, topic: str, by_partition: dict[int, list[tuple[bytes, bytes | None]]]
 ) -> dict[int, int]:
     sent: list[tuple[int, int, Any]] = []  # (partition, messages, future)
+
+    async def submit(builder: Any, partition: int, count: int) -> None:
+        builder.close()  # complete: aiokafka sends a closed batch without lingering
+        sent.append((partition, count, await client.send_batch(builder, topic, partition=partition)))
+
     for partition, items in by_partition.items():
         builder, count = client.create_batch(), 0
         for key, value in items:
             if builder.append(key=key, value=value, timestamp=None) is None:
-                sent.append((partition, count, await client.send_batch(builder, topic, partition=partition)))
+                await submit(builder, partition, count)
                 builder, count = client.create_batch(), 0
                 if builder.append(key=key, value=value, timestamp=None) is None:
                     raise Undeliverable(f"a message of {len(value or b'')} bytes exceeds a batch")
             count += 1
         if count:
-            sent.append((partition, count, await client.send_batch(builder, topic, partition=partition)))
+            await submit(builder, partition, count)
     results = await asyncio.gather(*(future for _, _, future in sent))
     last: dict[int, int] = {}
     for (partition, count, _), meta in zip(sent, results, strict=True):
