@@ -86,8 +86,8 @@ async def deliver_until_done(
     await deliver(apply_topic.app, messages, source=source)
 
 
-#: records applied between two yields to the event loop (a message holds up to
-#: ``apply_chunk_records``; one slice takes a few milliseconds)
+#: records parsed or applied between two yields to the event loop (a group or message
+#: holds thousands; one slice takes a few milliseconds)
 APPLY_SLICE = 200
 
 
@@ -232,9 +232,14 @@ def register(runtime: Runtime) -> None:
     async def ingest_group(events: list[faust.EventT]) -> None:
         records: list[InventoryRecord] = []
         dead: list[tuple[faust.EventT, Rejected]] = []
+        parsed = 0
         for event in events:
+            if parsed >= APPLY_SLICE:  # let web requests in between (a group is 2,000)
+                parsed = 0
+                await asyncio.sleep(0)
             try:
                 good, bad = parse_message(event.value, settings.max_event_bytes, limits_for(event))
+                parsed += len(good) + len(bad)
             except Exception as exc:  # never let one message stop the stream
                 log.exception("unexpected error parsing a message")
                 good, bad = [], [Rejected(event.value or b"", f"internal error: {exc!r}")]
