@@ -5,6 +5,7 @@ refuses shows in ``/health``."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer as RdKafkaProducer
 
+from stream_app.bootstrap import ensure_topics
 from stream_app.embedded import EmbeddedBroker, free_port
 from tests.fixtures.kafka import KafkaCluster, consume, produce
 from tests.fixtures.procs import ProcessFactory, wait_for
@@ -115,21 +117,23 @@ def test_a_stream_whose_outputs_are_refused_turns_health_not_ready_with_the_reas
     factory = ProcessFactory(tmp_path)
     frozen = False
     try:
-        worker = factory.start("worker", factory.env(worker_env(
-            cluster, prefix, STREAM_APP_STALL_SECONDS="2", STREAM_APP_INGEST_BATCH_MAX="50",
-        )))
-        worker.wait_ready(90)
         at = now_iso()
         events: list[Any] = [
             stock(f"s-{i}", "WMS", i % 97, 0, at, sku=f"SKU-S{i % 500}") for i in range(150_000)
         ]
+        # the backlog is on the broker before the worker starts: it is still forwarding it
+        # when the broker freezes, however fast ingest is
+        asyncio.run(ensure_topics(cluster.bootstrap, [topic], 4))
         producer = RdKafkaProducer({"bootstrap.servers": cluster.bootstrap, "linger.ms": 20})
         for event in events:  # keyed: the last event of a SKU is its final state
             producer.produce(topic, value=orjson.dumps(event), key=event["sku"].encode())
             producer.poll(0)
         assert producer.flush(60) == 0
+        worker = factory.start("worker", factory.env(worker_env(
+            cluster, prefix, STREAM_APP_STALL_SECONDS="2", STREAM_APP_INGEST_BATCH_MAX="50",
+        )))
         wait_for(lambda: worker.metrics().get("stream_app_inventory_records_total", 0) > 0,
-                 60, 0.05, "ingest started")
+                 90, 0.05, "ingest started")
         assert worker.metrics()["stream_app_inventory_records_total"] < len(events) / 2
         assert broker._proc is not None
         os.kill(broker._proc.pid, signal.SIGSTOP)
