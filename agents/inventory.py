@@ -27,10 +27,11 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from faust.exceptions import NotReady
 
 from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_message
 from agents.internal import handlers as internal_handlers
-from stream_app.broker.delivery import Message, deliver, source_of
+from stream_app.broker.delivery import Message, deliver, source_of, waiting_on_broker
 from stream_app.broker.tansu_offsets import bootstrap_list
 from stream_app.domain.inventory import apply_change, empty_state, not_applied_reason
 from stream_app.partitioning import partition_for
@@ -173,7 +174,10 @@ async def fill_group(
 
 
 async def run_ingest(
-    settings: Settings, topic: str, handle: Callable[[list[Any]], Awaitable[None]]
+    app: faust.App,
+    settings: Settings,
+    topic: str,
+    handle: Callable[[list[Any]], Awaitable[None]],
 ) -> None:
     """The ingest stage: read ``topic`` with a plain aiokafka consumer of its own group
     (``<app id>-ingest``), hand the records of each fetch to ``handle`` as one group, and
@@ -205,8 +209,10 @@ async def run_ingest(
                 continue
             # one group for the whole fetch: one forward per target partition
             await handle([source_event(r) for records in batches.values() for r in records])
-            try:
-                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batches.items()})
+            where = f"{topic}[{min(tp.partition for tp in batches)}]"
+            try:  # the stream cannot move on until the broker takes the offsets: a stall
+                with waiting_on_broker(app, where):
+                    await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
             except (CommitFailedError, IllegalStateError, KafkaError) as exc:
                 log.info("ingest commit refused (%r): the next reader replays the records", exc)
     finally:
@@ -257,6 +263,8 @@ def register(runtime: Runtime) -> None:
         with the error (so the caller may commit past all of them)."""
         try:
             await ingest_group(events)
+        except NotReady:  # the worker is stopping: nothing is committed, nothing lost
+            raise
         except Exception:
             log.exception("a group of %d events failed: handling them one by one", len(events))
             for event in events:
@@ -273,7 +281,13 @@ def register(runtime: Runtime) -> None:
     async def ingest() -> None:
         # the producer and the apply side run first: start after the first recovery
         await app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
-        await run_ingest(settings, names.inventory_changes, handle)
+        try:
+            await run_ingest(app, settings, names.inventory_changes, handle)
+        except Exception:
+            if app.should_stop:  # the producer stopped first: the next start replays
+                log.info("ingest stopped with the worker (uncommitted records are replayed)")
+                return
+            raise
 
     async def apply(event: faust.EventT) -> None:
         try:
