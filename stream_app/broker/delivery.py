@@ -33,7 +33,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
-from faust.exceptions import ProducerSendError
+from faust.exceptions import NotReady, ProducerSendError
 
 from stream_app.delivery_watch import Message, watch_of
 
@@ -94,17 +94,15 @@ async def deliver(
     max_backoff: float = 30.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     source: str | None = None,
-    offsets: list[int] | None = None,
 ) -> int:
     """Send ``messages`` in order and wait until the broker has each; returns the number
     of failed attempts. After a failure everything from the first undelivered message on
     is sent again (keeps the order of a key's messages; a duplicate is harmless, a gap is
-    not). ``source`` names the stream waiting (:func:`source_of`); ``offsets``, when
-    given, receives the offset each message got, in order."""
+    not). ``source`` names the stream waiting (:func:`source_of`)."""
     if not messages:
         return 0
     with waiting_on_broker(app, source):
-        failures = await _send_all(app.producer, messages, max_backoff, sleep, offsets)
+        failures = await _send_all(app.producer, messages, max_backoff, sleep)
     for observe in watch_of(app).observers:
         observe(messages)
     return failures
@@ -129,21 +127,10 @@ async def deliver_batches(
     batches (one future per batch instead of per message: a per-key table's flush sends
     thousands) and wait until the broker has all; returns partition → offset of its last
     message. A failure sends everything again (a per-key table's flush holds each key
-    once, so a repeat writes the same values). Without the aiokafka producer it falls
-    back to :func:`deliver`."""
+    once, so a repeat writes the same values)."""
     client = batch_client(app)
     if client is None:
-        messages: list[Message] = [
-            (topic, key, value, partition, None)
-            for partition, items in by_partition.items() for key, value in items
-        ]
-        offsets: list[int] = []
-        await deliver(app, messages, source=source, offsets=offsets)
-        last: dict[int, int] = {}
-        for (_, _, _, sent_to, _), offset in zip(messages, offsets, strict=True):
-            assert sent_to is not None
-            last[sent_to] = max(offset, last.get(sent_to, -1))
-        return last
+        raise NotReady("the producer is not started")
     failures = 0
     with waiting_on_broker(app, source):
         while True:
@@ -204,7 +191,6 @@ async def _send_all(
     messages: Sequence[Message],
     max_backoff: float,
     sleep: Callable[[float], Awaitable[None]],
-    offsets: list[int] | None = None,
 ) -> int:
     start = 0
     failures = 0
@@ -227,8 +213,6 @@ async def _send_all(
         for future in pending:
             if future.cancelled() or future.exception() is not None:
                 break
-            if offsets is not None:
-                offsets.append(future.result().offset)
             done += 1
         if done == len(messages):
             return failures
