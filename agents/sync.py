@@ -192,9 +192,20 @@ class SyncService:
         """Mark or unmark ``keys`` (all of ``partition`` when given) by what they need
         now (agent context; staged)."""
         known = states or {}
-        for key in keys:
-            dirty = self.still_dirty(key, known.get(key), partition)
-            self.accepted.mark(DIRTY, key, dirty, partition)
+        if partition is None:
+            for key in keys:
+                dirty = self.still_dirty(key, known.get(key), partition)
+                self.accepted.mark(DIRTY, key, dirty, partition)
+            return
+        # one partition: entries and markers in multi-gets, not three point reads a key
+        missing = [key for key in keys if key not in known]
+        found = dict(zip(missing, self.runtime.inventory.get_many(partition, missing), strict=True))
+        entries = self.accepted.get_many(partition, keys)
+        marked = self.accepted.marks(DIRTY, partition, keys)
+        for key, entry, was in zip(keys, entries, marked, strict=True):
+            state = known[key] if key in known else found[key]
+            dirty = state is not None and is_dirty(self.sellable_of(key, state, partition), entry)
+            self.accepted.set_mark(DIRTY, key, dirty, was, partition)
 
     def dirty_count(self) -> int:
         """Keys waiting for Fluent on this worker: the markers the table counts (kept by

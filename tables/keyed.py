@@ -52,7 +52,7 @@ Deliver = Callable[[str, dict[int, list[tuple[bytes, bytes | None]]], str | None
 class PartitionDB(Protocol):
     """What this layer needs of a partition's RocksDB (rocksdict ``Rdict``, raw mode)."""
 
-    def get(self, key: bytes) -> bytes | None: ...
+    def get(self, key: Any) -> Any: ...  # bytes → bytes | None; list[bytes] → list (multi-get)
 
     def write(self, batch: Any) -> None: ...
 
@@ -110,6 +110,29 @@ class KeyedTable:
     def get_raw(self, partition: int, key: bytes) -> bytes | None:
         pending = self._pending(partition, key)
         return self._db_for(partition).get(key) if pending is _ABSENT else pending
+
+    def get_raw_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """Several keys of one partition in one RocksDB multi-get (cheaper per key than
+        point reads), staged and in-flight writes overlaid."""
+        found: list[bytes | None] = self._db_for(partition).get(keys) if keys else []
+        layers = [layer[partition] for layer in (self._in_flight, self._staged) if partition in layer]
+        for layer in layers:  # the staged layer last: it is the newer
+            for index, key in enumerate(keys):
+                if key in layer:
+                    found[index] = layer[key]
+        return found
+
+    def get_many(self, partition: int, keys: list[str]) -> list[Json | None]:
+        """Entries of several keys of ``partition`` (one multi-get)."""
+        return [
+            orjson.loads(raw) if raw is not None else None
+            for raw in self.get_raw_many(partition, [key.encode() for key in keys])
+        ]
+
+    def marks(self, kind: bytes, partition: int, keys: list[str]) -> list[bool]:
+        """Whether each key of ``partition`` has the ``kind`` marker (one multi-get)."""
+        found = self.get_raw_many(partition, [_side_key(kind, key) for key in keys])
+        return [raw is not None for raw in found]
 
     def get(self, key: str, partition: int | None = None) -> Json | None:
         """One key's entry (decodes that key only); ``partition`` when the caller knows
@@ -179,11 +202,15 @@ class KeyedTable:
     def mark(self, kind: bytes, key: str, on: bool, partition: int | None = None) -> bool:
         """Set or clear the ``kind`` marker of ``key`` (a side key of the key's partition,
         listed by :meth:`side_keys` without a scan of the entries); True when it changed."""
-        side = _side_key(kind, key)
         partition = self.partition_of(key) if partition is None else partition
-        if (self.get_raw(partition, side) is not None) == on:
+        was = self.get_raw(partition, _side_key(kind, key)) is not None
+        return self.set_mark(kind, key, on, was, partition)
+
+    def set_mark(self, kind: bytes, key: str, on: bool, was: bool, partition: int) -> bool:
+        """:meth:`mark` when the caller read the marker already (``was``, :meth:`marks`)."""
+        if was == on:
             return False
-        self._stage(partition, side, b"1" if on else None)
+        self._stage(partition, _side_key(kind, key), b"1" if on else None)
         return True
 
     def update(
@@ -196,11 +223,15 @@ class KeyedTable:
         when given); ``change`` may mutate ``old`` in place and ``new`` of ``None``
         deletes. Returns the keys that changed, whose new values are staged."""
         changed: list[str] = []
-        for key in dict.fromkeys(keys):
-            where = self.partition_of(key) if partition is None else partition
-            new, was_changed = change(key, self.get(key, where))
+        unique = list(dict.fromkeys(keys))
+        if partition is None:
+            olds = [self.get(key) for key in unique]
+        else:
+            olds = self.get_many(partition, unique)
+        for key, old in zip(unique, olds, strict=True):
+            new, was_changed = change(key, old)
             if was_changed:
-                self.put(key, new, where)
+                self.put(key, new, partition)
                 changed.append(key)
         return changed
 
