@@ -123,6 +123,11 @@ def test_any_sequence_reads_back_as_a_dict_and_the_changelog_rebuilds_it(steps: 
                 broker.fail_after = None  # also when nothing was staged to send
             for key, value in oracle.items():
                 assert table.get(key) == value
+            by_partition: dict[int, list[str]] = {}
+            for key in [*oracle, "never|written"]:
+                by_partition.setdefault(table.partition_of(key), []).append(key)
+            for partition, keys in by_partition.items():  # a multi-get reads the same
+                assert table.get_many(partition, keys) == [oracle.get(k) for k in keys]
             for partition in range(PARTITIONS):
                 local, offset = dbs.contents(partition)
                 # local state is exactly the changelog up to its persisted offset
@@ -193,5 +198,8 @@ def test_markers_are_listed_per_partition_without_the_entries(tmp_path: Path) ->
     run(table.flush())
     assert sorted(k for p in range(PARTITIONS) for k in table.side_keys(p, b"dirty")) == ["K1|L"]
     assert table.is_marked(b"dirty", "K1|L") and not table.is_marked(b"dirty", "K2|L")
+    table.mark(b"dirty", "K3|L", True)  # staged: a multi-get of the markers sees it too
+    for key, expected in (("K1|L", True), ("K2|L", False), ("K3|L", True)):
+        assert table.marks(b"dirty", table.partition_of(key), [key]) == [expected]
     assert len({k for p in range(PARTITIONS) for k, _ in table.items(p)}) == 30  # markers apart
     dbs.close()
