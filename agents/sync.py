@@ -181,31 +181,24 @@ class SyncService:
         """Whether ``key``'s sellable quantity differs from what Fluent accepted (now);
         ``state`` (its inventory state) and ``partition`` when the caller has them."""
         state = state if state is not None else self.runtime.inventory.get(key, partition)
-        if state is None:
-            return False
-        sellable = self.sellable_of(key, state, partition)
-        return is_dirty(sellable, self.accepted.get(key, partition))
+        return self._differs(key, state, self.accepted.get(key, partition), partition)
 
-    def refresh(
-        self, keys: list[str], states: dict[str, Any] | None = None, partition: int | None = None
-    ) -> None:
-        """Mark or unmark ``keys`` (all of ``partition`` when given) by what they need
-        now (agent context; staged)."""
-        known = states or {}
-        if partition is None:
-            for key in keys:
-                dirty = self.still_dirty(key, known.get(key), partition)
-                self.accepted.mark(DIRTY, key, dirty, partition)
-            return
-        # one partition: entries and markers in multi-gets, not three point reads a key
-        missing = [key for key in keys if key not in known]
+    def _differs(
+        self, key: str, state: dict[str, Any] | None, entry: dict[str, Any] | None, partition: int | None
+    ) -> bool:
+        return state is not None and is_dirty(self.sellable_of(key, state, partition), entry)
+
+    def refresh(self, keys: list[str], states: dict[str, Any], partition: int) -> None:
+        """Mark or unmark ``keys`` of ``partition`` by what they need now (agent context;
+        staged); ``states``: the inventory states the caller has. Entries and markers are
+        read in one multi-get each, not in point reads per key."""
+        missing = [key for key in keys if key not in states]
         found = dict(zip(missing, self.runtime.inventory.get_many(partition, missing), strict=True))
         entries = self.accepted.get_many(partition, keys)
         marked = self.accepted.marks(DIRTY, partition, keys)
         for key, entry, was in zip(keys, entries, marked, strict=True):
-            state = known[key] if key in known else found[key]
-            dirty = state is not None and is_dirty(self.sellable_of(key, state, partition), entry)
-            self.accepted.set_mark(DIRTY, key, dirty, was, partition)
+            state = states[key] if key in states else found[key]
+            self.accepted.set_mark(DIRTY, key, self._differs(key, state, entry, partition), was, partition)
 
     def dirty_count(self) -> int:
         """Keys waiting for Fluent on this worker: the markers the table counts (kept by

@@ -115,11 +115,11 @@ class KeyedTable:
         """Several keys of one partition in one RocksDB multi-get (cheaper per key than
         point reads), staged and in-flight writes overlaid."""
         found: list[bytes | None] = self._db_for(partition).get(keys) if keys else []
-        layers = [layer[partition] for layer in (self._in_flight, self._staged) if partition in layer]
-        for layer in layers:  # the staged layer last: it is the newer
+        if self._staged or self._in_flight:
             for index, key in enumerate(keys):
-                if key in layer:
-                    found[index] = layer[key]
+                pending = self._pending(partition, key)
+                if pending is not _ABSENT:
+                    found[index] = pending
         return found
 
     def get_many(self, partition: int, keys: list[str]) -> list[Json | None]:

@@ -48,7 +48,7 @@ class World:
     def set_stock(self, key: str, on_hand: int) -> None:
         self.inventory.put(key, stock(on_hand))
         asyncio.run(self.inventory.flush())
-        self.service.refresh([key])
+        self.service.refresh([key], {}, self.inventory.partition_of(key))
         asyncio.run(self.accepted.flush())
 
     def ack(self, accepted: dict[str, int], clean: list[str] = (), at: int = 1) -> None:  # type: ignore[assignment]
