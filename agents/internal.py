@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -29,12 +29,10 @@ from stream_app.broker.delivery import deliver
 from stream_app.delivery_watch import Message, Observer, watch_of
 
 if TYPE_CHECKING:
-    from stream_app.app import Runtime
+    from stream_app.app import Handler, Runtime
     from stream_app.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[faust.EventT], Awaitable[None]]
 
 #: message kinds (message keys) on the internal topic
 INVENTORY_APPLY = b"inventory-apply"
@@ -101,8 +99,7 @@ def event_time(event: faust.EventT) -> datetime:
 
 def handlers(runtime: Runtime) -> dict[bytes, Handler]:
     """The registry modules add their handlers to (at register time)."""
-    found: dict[bytes, Handler] = runtime.extras.setdefault("internal_handlers", {})
-    return found
+    return runtime.internal_handlers
 
 
 def register(runtime: Runtime) -> None:

@@ -223,10 +223,8 @@ def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
     apply_topic = runtime.topic(names.internal)
     dlq = runtime.topic(names.inventory_changes_dlq)
-    after_apply = runtime.extras.setdefault("after_inventory_apply", [])
-    #: ``stage(keys, states, partition) -> table``: writes staged with the inventory's
-    #: (``states``: each key's state after the message), flushed together
-    stagers = runtime.extras.setdefault("inventory_stagers", [])
+    after_apply = runtime.inventory_hooks.after_apply
+    stagers = runtime.inventory_hooks.stagers
 
     skew_us = int(settings.max_clock_skew_seconds * 1_000_000)
 

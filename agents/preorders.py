@@ -52,6 +52,7 @@ from agents.internal import (
     event_time,
 )
 from agents.internal import handlers as internal_handlers
+from stream_app.app import PreOrders
 from stream_app.batching import take_ready
 from stream_app.broker.delivery import Message, deliver, flush_writes, source_of
 from stream_app.domain.future_atp import Supply, overbooking_rate_for
@@ -512,17 +513,12 @@ def register(runtime: Runtime) -> None:
     store, orders = define_reservation_tables(app, settings.partitions)
     policy = Policy.from_settings(settings)
     books = Books(runtime, store, policy)
-    runtime.extras["reservation_store"] = store
-    runtime.extras["reservation_books"] = books  # book operations + writes + events glue
-    runtime.extras["order_results"] = orders
-    runtime.extras["preorder_policy"] = policy
-    runtime.extras["held_units"] = store.held_units
-    runtime.extras["held_keys"] = store.book_keys
+    runtime.preorders = PreOrders(store=store, orders=orders, policy=policy, books=books)
 
     def held_view(sku: str, location: str, atp: int) -> Json:
         return {"preOrderHeldUnits": store.held_units(inventory_key(sku, location))}
 
-    runtime.extras.setdefault("inventory_view_enrichers", []).append(held_view)
+    runtime.inventory_hooks.view_enrichers.append(held_view)
 
     pre_orders = runtime.topic(names.pre_orders)
     pre_orders_dlq = runtime.topic(names.pre_orders_dlq)
@@ -658,4 +654,4 @@ def register(runtime: Runtime) -> None:
         books.promote(message.partition, keys, changed, out, event_time(event), cause)
         await books.flush(out)
 
-    runtime.extras.setdefault("after_inventory_apply", []).append(promote_after_supply)
+    runtime.inventory_hooks.after_apply.append(promote_after_supply)

@@ -50,6 +50,7 @@ import faust
 import orjson
 
 from agents.preorders import note_settled, supply_for
+from stream_app.app import Release, need
 from stream_app.broker.delivery import deliver, flush_writes
 from stream_app.domain.preorders import Policy
 from stream_app.domain.release import (
@@ -566,12 +567,10 @@ class ReleaseService:
 
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    store: ReservationStore = runtime.extras["reservation_store"]
-    policy: Policy = runtime.extras.get("preorder_policy") or Policy.from_settings(settings)
+    preorders = need(runtime.preorders, "agents.preorders")
     runs = define_release_table(app, settings.partitions)
-    service = ReleaseService(runtime, store, runs, policy, orders=runtime.extras["order_results"])
-    runtime.extras["release"] = service
-    runtime.extras["release_runs"] = runs
+    service = ReleaseService(runtime, preorders.store, runs, preorders.policy, orders=preorders.orders)
+    runtime.release = Release(service=service, runs=runs)
     tz = ZoneInfo(settings.release_timezone)
 
     @app.agent(runtime.topic(names.release_commands), name="release-apply")

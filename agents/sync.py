@@ -121,8 +121,8 @@ class SyncService:
         return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
 
     def held_units(self, key: str, partition: int | None = None) -> int:
-        held: Callable[[str, int | None], int] | None = self.runtime.extras.get("held_units")
-        return held(key, partition) if held is not None else 0
+        preorders = self.runtime.preorders
+        return preorders.store.held_units(key, partition) if preorders is not None else 0
 
     def sellable_of(self, key: str, state: dict[str, Any], partition: int | None = None) -> int:
         agg = aggregate(state, self.runtime.buffers, self.settings.oversell_protection)
@@ -130,8 +130,8 @@ class SyncService:
         return sellable_quantity(agg.atp, held, self.settings.sellable_policy)
 
     def held_keys(self, partition: int) -> list[str]:
-        found: Callable[[int], list[str]] | None = self.runtime.extras.get("held_keys")
-        return found(partition) if found is not None else []
+        preorders = self.runtime.preorders
+        return preorders.store.book_keys(partition) if preorders is not None else []
 
     def candidates(
         self, partitions: list[int], *, full: bool = False
@@ -404,10 +404,11 @@ def register(runtime: Runtime) -> None:
         table_deliver(app),
     )
     service = SyncService(runtime, accepted)
-    runtime.extras["sync"] = service
-    runtime.extras.setdefault("inventory_stagers", []).append(_marks_of(service))
-    runtime.extras.setdefault("after_inventory_apply", []).append(_note_hook(service))
-    runtime.extras.setdefault("inventory_view_enrichers", []).append(service.key_status)
+    runtime.sync = service
+    hooks = runtime.inventory_hooks
+    hooks.stagers.append(_marks_of(service))
+    hooks.after_apply.append(_note_hook(service))
+    hooks.view_enrichers.append(service.key_status)
 
     def backoff(failures: int) -> int:
         return failure_backoff_us(

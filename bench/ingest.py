@@ -101,10 +101,15 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
         bootstrap_topics(settings, loop)
         runtime = create_runtime(settings)
 
-        async def count(partition: int, n_records: int, changed: list[str]) -> None:
-            meter.add(n_records)
+        applied = runtime.metrics.records_applied
+        counted = [0]
 
-        runtime.extras["after_inventory_apply"].append(count)
+        async def count(event: faust.EventT, keys: list[str], changed: list[str]) -> None:
+            total = int(applied._value.get())  # records applied so far (this process)
+            meter.add(total - counted[0])
+            counted[0] = total
+
+        runtime.inventory_hooks.after_apply.append(count)
         app = runtime.app
     worker = faust.Worker(app, loop=loop, loglevel="warning", quiet=True)
     from stream_app.cli import pin_library_log_levels

@@ -8,8 +8,9 @@ autodiscovery, no side effects at import).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import faust
 
@@ -21,10 +22,60 @@ from stream_app.settings import Settings
 from stream_app.topics import TopicNames
 from tables.keyed import KeyedTable, define_keyed_table
 
+if TYPE_CHECKING:
+    from agents.preorders import Books
+    from agents.release import ReleaseService
+    from agents.sync import SyncService
+    from stream_app.domain.preorders import Policy
+    from stream_app.web.preorder_views import ResultWaiters
+    from tables.releases import ReleaseRuns
+    from tables.reservations import OrderResults, ReservationStore
+
+T = TypeVar("T")
+
+#: a handler of one internal-topic message kind (agents.internal)
+Handler = Callable[[faust.EventT], Awaitable[None]]
+#: ``stage(keys, states, partition) -> table``: writes staged with an inventory apply's
+#: (``states``: each key's state after the message), flushed together with them
+Stager = Callable[[list[str], dict[str, Any], int], KeyedTable]
+#: ``hook(event, keys, changed)`` after an inventory apply is on the changelog
+AfterApply = Callable[[faust.EventT, list[str], list[str]], Awaitable[None]]
+#: ``enrich(sku, location, atp) -> fields`` added to ``GET /inventory/{sku}/{location}``
+ViewEnricher = Callable[[str, str, int], dict[str, Any]]
+
+
+@dataclass
+class InventoryHooks:
+    """What other flows plug into the inventory apply (agents.inventory) and its view."""
+
+    stagers: list[Stager] = field(default_factory=list)
+    after_apply: list[AfterApply] = field(default_factory=list)
+    view_enrichers: list[ViewEnricher] = field(default_factory=list)
+
+
+@dataclass
+class PreOrders:
+    """The pre-order flow's state (agents.preorders), used by sync, release and views."""
+
+    store: ReservationStore
+    orders: OrderResults
+    policy: Policy
+    books: Books
+
+
+@dataclass
+class Release:
+    """The release flow (agents.release), used by its views."""
+
+    service: ReleaseService
+    runs: ReleaseRuns
+
 
 @dataclass
 class Runtime:
-    """What agents, timers and views share: settings, topics and tables of one app."""
+    """What agents, timers and views share: settings, topics and tables of one app, and
+    each flow's services once its module has registered (``REGISTRY`` order: a module
+    reads only what the modules before it set; :func:`need` says which is missing)."""
 
     settings: Settings
     app: faust.App
@@ -33,10 +84,23 @@ class Runtime:
     inventory: KeyedTable
     buffers: BufferPolicy
     metrics: Metrics
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: internal-topic message kind -> its handler (one agent dispatches: agents.internal)
+    internal_handlers: dict[bytes, Handler] = field(default_factory=dict)
+    inventory_hooks: InventoryHooks = field(default_factory=InventoryHooks)
+    preorders: PreOrders | None = None  # agents.preorders
+    sync: SyncService | None = None  # agents.sync
+    release: Release | None = None  # agents.release
+    result_waiters: ResultWaiters | None = None  # stream_app.web.preorder_views
 
     def topic(self, name: str) -> faust.TopicT:
         return self.topics[name]
+
+
+def need(value: T | None, what: str) -> T:
+    """``value``, registered by an earlier module; a clear error when it is not."""
+    if value is None:
+        raise RuntimeError(f"{what} is not registered yet: check the order of app.REGISTRY")
+    return value
 
 
 def _canonical_host(settings: Settings) -> str:

@@ -33,14 +33,14 @@ from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
 from agents.preorders import supply_for
+from stream_app.app import need
 from stream_app.broker.consumers import assign_from_end
 from stream_app.domain.future_atp import atp_response
-from stream_app.domain.preorders import Policy, pre_order_result, validate_pre_order
+from stream_app.domain.preorders import pre_order_result, validate_pre_order
 from stream_app.domain.reservations import key_of_reservation_id
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
 from stream_app.web.views import forward_to_owner
-from tables.reservations import OrderResults, ReservationStore
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -176,12 +176,11 @@ def _parse_int(text: str | None, default: int, minimum: int) -> int | None:
 
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    store: ReservationStore = runtime.extras["reservation_store"]
-    orders: OrderResults = runtime.extras["order_results"]
-    policy: Policy = runtime.extras["preorder_policy"]
+    preorders = need(runtime.preorders, "agents.preorders")
+    store, orders, policy = preorders.store, preorders.orders, preorders.policy
     waiters = ResultWaiters()
-    runtime.extras["result_waiters"] = waiters
-    runtime.extras["reservation_books"].on_result = waiters.resolve_result
+    runtime.result_waiters = waiters
+    preorders.books.on_result = waiters.resolve_result
     commands = runtime.topic(names.reservation_commands)
     partitions = settings.partitions
 

@@ -27,6 +27,7 @@ import aiohttp
 from faust.web import Request, Response, View
 from yarl import URL
 
+from stream_app.app import need
 from stream_app.domain.release import merge_run_reports
 from stream_app.domain.reservations import iso
 from stream_app.exports import (
@@ -38,7 +39,6 @@ from stream_app.exports import (
 from stream_app.web.sync_views import admin_allowed, other_workers
 
 if TYPE_CHECKING:
-    from agents.release import ReleaseService
     from stream_app.app import Runtime
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ async def fetch_json(
 
 
 def local_parts(runtime: Runtime, run_id: str | None = None) -> Json:
-    service: ReleaseService = runtime.extras["release"]
+    service = need(runtime.release, "agents.release").service
     parts = [
         p for p in service.runs.local_parts() if run_id is None or p.get("runId") == run_id
     ]
@@ -116,7 +116,7 @@ def merged_runs(runtime: Runtime, parts: list[Json]) -> list[Json]:
 
 def requested_only(runtime: Runtime, run_id: str) -> Json | None:
     """A run requested through this worker that no partition picked up yet."""
-    service: ReleaseService = runtime.extras["release"]
+    service = need(runtime.release, "agents.release").service
     command = service.requested.get(run_id)
     if command is None:
         return None
@@ -134,7 +134,7 @@ def requested_only(runtime: Runtime, run_id: str) -> Json | None:
 
 async def gather_state(runtime: Runtime) -> tuple[list[Json], list[Json], list[Json]]:
     """Every worker's reservations and run reports (for the export); and who failed."""
-    service: ReleaseService = runtime.extras["release"]
+    service = need(runtime.release, "agents.release").service
     key = runtime.settings.admin_api_key.get_secret_value()
     reservations = service.local_reservations()
     parts = list(service.runs.local_parts())
@@ -161,7 +161,7 @@ async def gather_state(runtime: Runtime) -> tuple[list[Json], list[Json], list[J
 
 async def export_now(runtime: Runtime, now: datetime | None = None) -> Json:
     """Write the reservation export and recent run reports to S3; returns a summary."""
-    service: ReleaseService = runtime.extras["release"]
+    service = need(runtime.release, "agents.release").service
     cfg = S3Config.from_settings(runtime.settings)
     if not cfg.enabled:
         raise ExportError("S3 export is disabled: no bucket configured (STREAM_APP_S3_BUCKET)")
@@ -192,7 +192,7 @@ async def export_now(runtime: Runtime, now: datetime | None = None) -> Json:
 
 def register(runtime: Runtime) -> None:
     app = runtime.app
-    service: ReleaseService = runtime.extras["release"]
+    service = need(runtime.release, "agents.release").service
 
     def unauthorized(view: View) -> Response:
         return view.json({"error": "unauthorized", "message": "X-API-Key required"}, status=401)

@@ -15,8 +15,9 @@ import aiohttp
 from faust.web import Request, Response, View
 from yarl import URL
 
+from stream_app.app import need
+
 if TYPE_CHECKING:
-    from agents.sync import SyncService
     from stream_app.app import Runtime
 
 
@@ -69,7 +70,7 @@ def merge(workers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def register(runtime: Runtime) -> None:
     app = runtime.app
-    service: SyncService = runtime.extras["sync"]
+    service = need(runtime.sync, "agents.sync")
 
     @app.page("/sync")
     class Sync(View):

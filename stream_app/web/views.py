@@ -76,7 +76,7 @@ def inventory_view(runtime: Runtime, sku: str, location: str, state: dict[str, A
         "atp": agg.atp,
         "expectedArrivals": expected_arrivals(state),
     }
-    for enrich in runtime.extras.get("inventory_view_enrichers", []):
+    for enrich in runtime.inventory_hooks.view_enrichers:
         body.update(enrich(sku, location, agg.atp))
     return body
 
@@ -120,7 +120,7 @@ def register(runtime: Runtime) -> None:
             for where, seconds in watch.stalls(now, 0.0).items():
                 metrics.stalled.labels(where).set(seconds)
             metrics.ready.set(1 if is_ready(app) and not stalls() else 0)
-            sync = runtime.extras.get("sync")
+            sync = runtime.sync
             if sync is not None:
                 metrics.dirty_keys.set(sync.dirty_count())
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")

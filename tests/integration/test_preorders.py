@@ -347,7 +347,7 @@ def test_atp_and_queue_endpoints(cluster: Cluster) -> None:
 
 
 def test_units_held_by_reservations(cluster: Cluster) -> None:
-    """What the sellable quantity subtracts (runtime.extras["held_units"]), shown on the
+    """What the sellable quantity subtracts (ReservationStore.held_units), shown on the
     inventory view; a cancellation gives the unit back."""
     sku = "EXACT-HELD"
     cluster.set_stock(sku, 5)

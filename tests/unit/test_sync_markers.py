@@ -36,10 +36,10 @@ class World:
             settings=Settings(data_dir=root, flush_max_records=flush_max),
             inventory=self.inventory,
             buffers=BufferPolicy(),
-            extras={
-                "held_units": lambda key, partition=None: self.held.get(key, 0),
-                "held_keys": lambda p: [k for k in self.held if self.inventory.partition_of(k) == p],
-            },
+            preorders=SimpleNamespace(store=SimpleNamespace(
+                held_units=lambda key, partition=None: self.held.get(key, 0),
+                book_keys=lambda p: [k for k in self.held if self.inventory.partition_of(k) == p],
+            )),
             app=SimpleNamespace(rebalancing_count=1, tables=SimpleNamespace(recovery=None)),
         )
         self.service = SyncService(runtime, self.accepted)
