@@ -31,6 +31,8 @@ test-all: install
 lint: install
 	$(BIN)/ruff check stream_app agents tables tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m tests.import_cycles
 
 bench: install
 	$(BIN)/python bench/ingest.py
