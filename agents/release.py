@@ -31,7 +31,7 @@
 * Reports: ``release_runs`` table (:mod:`tables.releases`), one entry per run and partition.
 * S3 export (``export_cron``, leader): the leader gathers every worker's reservations and
   run reports over the web view and writes one export
-  (:func:`stream_app.web.release_views.export_now`, which explains why it gathers).
+  (:func:`agents.release_export.export_now`, which explains why it gathers).
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ import faust
 import orjson
 
 from agents.preorders import note_settled, supply_for
+from agents.release_export import export_now
 from stream_app.app import Release, need
 from stream_app.broker.delivery import deliver, flush_writes
+from stream_app.broker.readiness import is_ready
 from stream_app.domain.preorders import Policy
 from stream_app.domain.release import (
     FINAL_PART_STATES,
@@ -603,7 +605,7 @@ def register(runtime: Runtime) -> None:
         exported_at = None
         if settings.s3_bucket:
             try:
-                summary = await service_export(runtime)
+                summary = await export_now(runtime)
             except Exception:
                 log.exception("scheduled S3 export failed: nothing is pruned tonight")
                 return
@@ -616,8 +618,6 @@ def register(runtime: Runtime) -> None:
     @app.task
     async def leader_start_up() -> None:
         """Catch up a missed night when this worker is (or becomes) the leader."""
-        from stream_app.web.views import is_ready
-
         was_leader = False
         try:
             while True:
@@ -634,10 +634,3 @@ def register(runtime: Runtime) -> None:
                 was_leader = leader
         finally:  # the task is cancelled when the worker stops
             await service.close()
-
-
-async def service_export(runtime: Runtime) -> Json:
-    """Gather and export (the web module owns the gathering over HTTP)."""
-    from stream_app.web.release_views import export_now
-
-    return await export_now(runtime)

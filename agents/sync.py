@@ -40,6 +40,7 @@ import orjson
 from agents.internal import SYNC_ACK, dead_letter
 from agents.internal import handlers as internal_handlers
 from stream_app.broker.delivery import source_of, table_deliver
+from stream_app.broker.readiness import is_ready
 from stream_app.domain.delta import (
     SyncRun,
     apply_ack,
@@ -432,8 +433,6 @@ def register(runtime: Runtime) -> None:
 
     @app.task
     async def flush_loop() -> None:
-        from stream_app.web.views import is_ready
-
         interval = settings.flush_interval_seconds
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + interval

@@ -25,9 +25,9 @@ from tables.keyed import KeyedTable, define_keyed_table
 if TYPE_CHECKING:
     from agents.preorders import Books
     from agents.release import ReleaseService
+    from agents.result_waiters import ResultWaiters
     from agents.sync import SyncService
     from stream_app.domain.preorders import Policy
-    from stream_app.web.preorder_views import ResultWaiters
     from tables.releases import ReleaseRuns
     from tables.reservations import OrderResults, ReservationStore
 

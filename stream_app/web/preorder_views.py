@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
 from agents.preorders import supply_for
+from agents.result_waiters import ResultWaiters
 from stream_app.app import need
-from stream_app.broker.consumers import assign_from_end
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.preorders import pre_order_result, validate_pre_order
 from stream_app.domain.reservations import key_of_reservation_id
@@ -53,100 +52,6 @@ Json = dict[str, Any]
 LOCAL_ONLY_HEADER = "X-Stream-App-Local-Only"
 QUEUE_PAGE_DEFAULT = 1000
 QUEUE_PAGE_MAX = 10_000
-
-
-class ResultWaiters:
-    """Web requests waiting for the ``pre-order-results`` value of an order."""
-
-    def __init__(self, idle_seconds: float = 30.0) -> None:
-        self._waiting: dict[str, list[asyncio.Future[Json]]] = {}
-        self.ready = asyncio.Event()
-        self.idle_seconds = idle_seconds
-        self._wanted = asyncio.Event()
-        self._last_wanted = 0.0
-
-    def expect(self, order_id: str) -> asyncio.Future[Json]:
-        future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(order_id, []).append(future)
-        return future
-
-    def follow(self) -> None:
-        """Make sure the results consumer runs (it stops after ``idle_seconds`` without
-        anyone waiting: fetching costs CPU even when nothing comes)."""
-        self._last_wanted = asyncio.get_running_loop().time()
-        self._wanted.set()
-
-    def resolve_result(self, order_id: str, result: Json) -> None:
-        """An order result published by this worker (in-process, no topic round trip)."""
-        futures = self._waiting.pop(order_id, None)
-        for future in futures or ():
-            if not future.done():
-                future.set_result(result)
-
-    def forget(self, order_id: str, future: asyncio.Future[Json]) -> None:
-        futures = self._waiting.get(order_id)
-        if futures is None:
-            return
-        if future in futures:
-            futures.remove(future)
-        if not futures:
-            del self._waiting[order_id]
-
-    def resolve(self, key: bytes | None, value: bytes | None) -> None:
-        """A ``pre-order-results`` record (most have nobody waiting: decode only then)."""
-        if key is None or not self._waiting:
-            return
-        order_id = key.decode(errors="replace")
-        if order_id not in self._waiting:
-            return
-        try:
-            result = orjson.loads(value or b"null")
-        except orjson.JSONDecodeError:
-            return
-        self.resolve_result(order_id, result)
-
-    async def serve(self, bootstrap: str, topic: str) -> None:
-        """Run :meth:`run` whenever :meth:`follow` asks for it, until cancelled."""
-        while True:
-            await self._wanted.wait()
-            try:
-                await self.run(bootstrap, topic)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("the pre-order results follower failed (restarting)")
-                await asyncio.sleep(1)
-
-    def _idle(self) -> bool:
-        loop = asyncio.get_running_loop()
-        return not self._waiting and loop.time() - self._last_wanted > self.idle_seconds
-
-    async def run(self, bootstrap: str, topic: str) -> None:
-        """Follow every partition of ``topic`` from its end until idle."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            fetch_max_wait_ms=5,
-        )
-        await consumer.start()
-        try:
-            await assign_from_end(consumer, topic)
-            self.ready.set()
-            while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-                for records in batch.values():
-                    for record in records:
-                        self.resolve(record.key, record.value)
-                if self._idle():
-                    # no await between this check and the clear: a request that asks
-                    # for the follower from now on finds it stopped and starts it again
-                    self._wanted.clear()
-                    break
-        finally:
-            self.ready.clear()
-            await consumer.stop()
 
 
 def _bad(view: View, reasons: list[str], status: int = 400, error: str = "bad_request") -> Response:

@@ -11,11 +11,10 @@ import asyncio
 import hmac
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from faust.web import Request, Response, View
-from yarl import URL
 
 from stream_app.app import need
+from stream_app.cluster import fetch_json, other_workers
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -26,25 +25,6 @@ def admin_allowed(runtime: Runtime, request: Request) -> bool:
     expected = runtime.settings.admin_api_key.get_secret_value()
     given = request.headers.get("X-API-Key", "")
     return bool(expected) and hmac.compare_digest(expected.encode(), given.encode())
-
-
-def other_workers(runtime: Runtime) -> list[str]:
-    app = runtime.app
-    own = URL(str(app.conf.canonical_url))
-    urls = {str(u) for u in app.router.tables_metadata()} if app.consumer else set()
-    return sorted(u for u in urls if (URL(u).host, URL(u).port) != (own.host, own.port))
-
-
-async def fetch_local_status(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    try:
-        async with session.get(
-            URL(url).with_path("/sync").with_query(scope="local"),
-            timeout=aiohttp.ClientTimeout(total=3),
-        ) as response:
-            body: dict[str, Any] = await response.json()
-            return body
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return {"url": url, "unreachable": f"{type(exc).__name__}: {exc}"}
 
 
 def merge(workers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -80,7 +60,7 @@ def register(runtime: Runtime) -> None:
                 return self.json(local)
             others = other_workers(runtime)
             remote = (
-                await asyncio.gather(*(fetch_local_status(app.http_client, u) for u in others))
+                await asyncio.gather(*(fetch_json(app.http_client, u, "/sync", seconds=3) for u in others))
                 if others
                 else []
             )

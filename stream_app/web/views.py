@@ -16,6 +16,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
+from stream_app.broker.readiness import is_ready
 from stream_app.delivery_watch import watch_of
 from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
 from stream_app.records import inventory_key
@@ -25,17 +26,6 @@ if TYPE_CHECKING:
 
 FORWARDED_HEADER = "X-Stream-App-Forwarded"
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
-
-
-def is_ready(app: faust.App) -> bool:
-    """Ready: the worker has an assignment and its tables finished recovery."""
-    recovery = app.tables.recovery  # type: ignore[attr-defined]
-    return bool(
-        app.consumer is not None
-        and recovery.completed.is_set()
-        and not recovery.in_recovery
-        and not app.rebalancing
-    )
 
 
 async def forward_to_owner(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from stream_app.web.preorder_views import ResultWaiters
+from agents.result_waiters import ResultWaiters
 from tests.fixtures.kafka import KafkaCluster, Producer
 
 pytestmark = pytest.mark.integration
