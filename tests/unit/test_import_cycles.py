@@ -3,6 +3,7 @@ lazy imports included and type-only imports excepted, and the project has none."
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,3 +40,13 @@ def test_finds_a_cycle_through_a_lazy_import_but_not_a_type_only_one(
 
 def test_the_project_has_no_import_cycle() -> None:
     assert find_cycles() == []
+
+
+def test_the_import_contracts_hold() -> None:
+    """pyproject.toml's import-linter contracts (dependencies point one way), as make lint."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
