@@ -55,8 +55,11 @@ from agents.internal import handlers as internal_handlers
 from stream_app.app import PreOrders
 from stream_app.batching import take_ready
 from stream_app.broker.delivery import Message, deliver, flush_writes, source_of
+from stream_app.domain.book import ReservationBook
 from stream_app.domain.future_atp import Supply, overbooking_rate_for
+from stream_app.domain.ids import iso, key_of_reservation_id, parse_iso
 from stream_app.domain.inventory import aggregate, expected_arrivals, stock_as_of
+from stream_app.domain.model import Outcome, Reservation
 from stream_app.domain.preorders import (
     ItemRequest,
     Policy,
@@ -64,14 +67,6 @@ from stream_app.domain.preorders import (
     invalid_pre_order_result,
     pre_order_result,
     validate_pre_order,
-)
-from stream_app.domain.reservations import (
-    Outcome,
-    Reservation,
-    ReservationBook,
-    iso,
-    key_of_reservation_id,
-    parse_iso,
 )
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key

@@ -54,6 +54,9 @@ from agents.release_export import export_now
 from stream_app.app import Release, need
 from stream_app.broker.delivery import deliver, flush_writes
 from stream_app.broker.readiness import is_ready
+from stream_app.domain.book import ReservationBook
+from stream_app.domain.ids import iso, key_of_reservation_id, parse_iso, retention_cutoff
+from stream_app.domain.model import Outcome, Reservation
 from stream_app.domain.preorders import Policy
 from stream_app.domain.release import (
     FINAL_PART_STATES,
@@ -67,15 +70,6 @@ from stream_app.domain.release import (
     release_date_at,
     release_report,
     released_by_run,
-)
-from stream_app.domain.reservations import (
-    Outcome,
-    Reservation,
-    ReservationBook,
-    iso,
-    key_of_reservation_id,
-    parse_iso,
-    retention_cutoff,
 )
 from stream_app.fluent.client import (
     FluentAuthError,

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from stream_app.app import need
 from stream_app.cluster import fetch_json, other_workers
+from stream_app.domain.ids import iso
 from stream_app.domain.release import merge_run_reports
-from stream_app.domain.reservations import iso
 from stream_app.exports import ExportError, S3Config, export_release_report, export_reservations
 
 if TYPE_CHECKING:

@@ -32,13 +32,9 @@ import orjson
 from faust.types import TP, TableT
 from faust.web.exceptions import ServiceUnavailable
 
-from stream_app.domain.reservations import (
-    Reservation,
-    ReservationBook,
-    encode_key,
-    key_of_reservation_id,
-    parse_iso,
-)
+from stream_app.domain.book import ReservationBook
+from stream_app.domain.ids import encode_key, key_of_reservation_id, parse_iso
+from stream_app.domain.model import Reservation
 from stream_app.partitioning import partition_for
 from stream_app.records import split_key
 

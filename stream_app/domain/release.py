@@ -32,19 +32,10 @@ from typing import Any
 
 from croniter import croniter
 
+from stream_app.domain.book import ReservationBook
+from stream_app.domain.ids import iso, parse_iso, require_aware
+from stream_app.domain.model import EventType, Outcome, Reason, Reservation, Status, Transition
 from stream_app.domain.preorders import Policy
-from stream_app.domain.reservations import (
-    EventType,
-    Outcome,
-    Reason,
-    Reservation,
-    ReservationBook,
-    Status,
-    Transition,
-    iso,
-    parse_iso,
-    require_aware,
-)
 
 PENDING = frozenset({Status.CONFIRMING, Status.RELEASE_FAILED})
 

@@ -35,8 +35,8 @@ from agents.preorders import supply_for
 from agents.result_waiters import ResultWaiters
 from stream_app.app import need
 from stream_app.domain.future_atp import atp_response
+from stream_app.domain.ids import key_of_reservation_id
 from stream_app.domain.preorders import pre_order_result, validate_pre_order
-from stream_app.domain.reservations import key_of_reservation_id
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
 from stream_app.web.views import forward_to_owner

@@ -28,8 +28,10 @@ from typing import Any
 import orjson
 import pytest
 
+from stream_app.domain.book import ReservationBook
 from stream_app.domain.delta import sellable_quantity
 from stream_app.domain.future_atp import Supply, overbooking_rate_for
+from stream_app.domain.ids import reservation_id
 from stream_app.domain.inventory import (
     BufferPolicy,
     State,
@@ -41,10 +43,6 @@ from stream_app.domain.inventory import (
 )
 from stream_app.domain.preorders import Policy, PreOrder, validate_pre_order
 from stream_app.domain.release import allocate_release, order_created, outcome_label
-from stream_app.domain.reservations import (
-    ReservationBook,
-    reservation_id,
-)
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key, parse_message, parse_timestamp
 from stream_app.settings import Settings

@@ -22,7 +22,7 @@ import aioboto3
 import orjson
 import pytest
 
-from stream_app.domain.reservations import reservation_id
+from stream_app.domain.ids import reservation_id
 from tests.fixtures.kafka import KafkaCluster, Producer, consume
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
 from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
+from stream_app.domain.ids import reservation_id
 from stream_app.domain.priority import DEFAULT_TIER_SCORES
-from stream_app.domain.reservations import reservation_id
 from stream_app.embedded import free_port
 from stream_app.partitioning import partition_for
 from tests.fixtures.kafka import KafkaCluster, Producer, consume, produce, topic_settings_env

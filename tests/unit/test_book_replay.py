@@ -25,16 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.preorders import operation_step
+from stream_app.domain.book import ReservationBook
 from stream_app.domain.future_atp import Supply
+from stream_app.domain.ids import reservation_id
+from stream_app.domain.model import STATUS_AFTER, EventType, Outcome, Reservation
 from stream_app.domain.preorders import ItemRequest, Policy
-from stream_app.domain.reservations import (
-    STATUS_AFTER,
-    EventType,
-    Outcome,
-    Reservation,
-    ReservationBook,
-    reservation_id,
-)
 from tables.reservations import plan_writes
 
 SKU, LOC = "PS6", "DC1"

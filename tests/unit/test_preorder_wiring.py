@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from agents.preorders import BadMessage, collect, parse_command, parse_pre_order_message
 from agents.result_waiters import ResultWaiters
+from stream_app.domain.ids import key_of_reservation_id, reservation_id
 from stream_app.domain.preorders import Policy, PreOrder
-from stream_app.domain.reservations import key_of_reservation_id, reservation_id
 
 TODAY = date(2030, 1, 1)
 part = st.text(min_size=1, max_size=30).filter(lambda s: "|" not in s)

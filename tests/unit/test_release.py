@@ -8,7 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_app.domain.book import ReservationBook
 from stream_app.domain.future_atp import Supply
+from stream_app.domain.ids import reservation_id
+from stream_app.domain.model import Reservation, Status
 from stream_app.domain.preorders import ItemRequest, Policy
 from stream_app.domain.release import (
     allocate_release,
@@ -18,12 +21,6 @@ from stream_app.domain.release import (
     order_failed,
     release_key,
     release_report,
-)
-from stream_app.domain.reservations import (
-    Reservation,
-    ReservationBook,
-    Status,
-    reservation_id,
 )
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

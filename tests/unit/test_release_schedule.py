@@ -9,7 +9,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_app.domain.book import ReservationBook
 from stream_app.domain.future_atp import Supply
+from stream_app.domain.ids import reservation_id
 from stream_app.domain.preorders import ItemRequest, Policy
 from stream_app.domain.release import (
     allocate_release,
@@ -22,7 +24,6 @@ from stream_app.domain.release import (
     release_report,
     released_by_run,
 )
-from stream_app.domain.reservations import ReservationBook, reservation_id
 
 PARIS = ZoneInfo("Europe/Paris")
 NIGHTLY = "0 2 * * *"

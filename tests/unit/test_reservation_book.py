@@ -11,20 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_app.domain.book import ReservationBook
 from stream_app.domain.future_atp import Supply, within_limits
+from stream_app.domain.ids import expires_at_for, key_of_reservation_id, reservation_id
+from stream_app.domain.model import HOLDING, Outcome, Reservation, Status, event_id
 from stream_app.domain.preorders import ItemRequest, Policy
 from stream_app.domain.priority import priority_key
-from stream_app.domain.reservations import (
-    HOLDING,
-    Outcome,
-    Reservation,
-    ReservationBook,
-    Status,
-    event_id,
-    expires_at_for,
-    key_of_reservation_id,
-    reservation_id,
-)
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 LATER = datetime(2030, 1, 2, 9, 30, tzinfo=UTC)  # a replay, a day later

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_app.domain.reservations import Reservation, Status
+from stream_app.domain.model import Reservation, Status
 from tables.reservations import CHUNK_SIZE, chunk_key, encode_chunk, owner_of_chunk
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_app.domain.reservations import FINAL, ReservationBook, Status, retention_cutoff
+from stream_app.domain.book import ReservationBook
+from stream_app.domain.ids import retention_cutoff
+from stream_app.domain.model import FINAL, Status
 from tables.reservations import decided_before
 from tests.unit.test_reservation_book import NOW, POLICY, SHIP, SHIP2, new_book, req, stock
 

@@ -5,10 +5,10 @@ changes the book in place and returns an :class:`Outcome` naming the reservation
 stored state changed (``changed``: write only those) and the ``reservation-events`` dicts
 to publish. Nothing here reads the clock or does I/O: ``now`` is always an argument.
 
-Statuses: RESERVED and WAITLISTED are queued (ranked); RESERVED, CONFIRMING (release
-allocated it, Fluent order pending) and RELEASE_FAILED (order creation failed, retried by
-the next release) hold units; REJECTED, CONFIRMED, CANCELLED and EXPIRED are final.
-``committed`` (payment captured) is kept apart from the status.
+The reservation itself, its statuses and events are in :mod:`.model`, ids and time in
+:mod:`.ids`, the ranked lists in :mod:`.ranking`. The book stays one module (about 850
+lines): it is one class whose invariants (held totals, ranks, the order index) every
+operation keeps together.
 
 Cost: ``place`` is O(log n + tiers + ship dates); running held totals per ship date keep
 future ATP at O(dates); ranks come from per-tier sorted lists of sequences (arrivals
@@ -18,535 +18,40 @@ lists of the touched queue once, O(queue).
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
-from enum import StrEnum
-from functools import lru_cache
+from datetime import date, datetime
 from types import MappingProxyType
 from typing import Any
 
 from stream_app.domain.future_atp import Supply, future_atp
+from stream_app.domain.ids import (
+    expires_at_for,
+    iso,
+    parse_iso,
+    require_aware,
+    reservation_id,
+)
+from stream_app.domain.model import (
+    COUNTED,
+    FINAL,
+    HISTORY_KEPT,
+    HOLDING,
+    REFUSALS_KEPT,
+    REFUSED,
+    STATUS_AFTER,
+    EventType,
+    Outcome,
+    Reason,
+    Reservation,
+    Status,
+    Transition,
+    event_id,
+    newest_versions,
+    reservation_event,
+)
 from stream_app.domain.preorders import ItemRequest, Policy
-from stream_app.domain.priority import PriorityKey, priority_key, tier_score
-
-
-class Status(StrEnum):
-    RESERVED = "RESERVED"
-    WAITLISTED = "WAITLISTED"
-    REJECTED = "REJECTED"
-    CONFIRMING = "CONFIRMING"
-    CONFIRMED = "CONFIRMED"
-    CANCELLED = "CANCELLED"
-    EXPIRED = "EXPIRED"
-    RELEASE_FAILED = "RELEASE_FAILED"
-
-
-#: statuses whose units count against future ATP (and against sellable stock); a CONFIRMED
-#: reservation also holds its units until the stock reflects its order (``settled``)
-HOLDING = frozenset({Status.RESERVED, Status.CONFIRMING, Status.RELEASE_FAILED})
-#: statuses that count towards ``max_per_customer``
-COUNTED = HOLDING | {Status.WAITLISTED, Status.CONFIRMED}
-FINAL = frozenset({Status.REJECTED, Status.CONFIRMED, Status.CANCELLED, Status.EXPIRED})
-
-
-class EventType(StrEnum):
-    RESERVED = "RESERVED"
-    WAITLISTED = "WAITLISTED"
-    REJECTED = "REJECTED"
-    BUMPED = "BUMPED"
-    PROMOTED = "PROMOTED"
-    COMMITTED = "COMMITTED"
-    CONFIRMED = "CONFIRMED"
-    CANCELLED = "CANCELLED"
-    EXPIRED = "EXPIRED"
-
-
-class Reason:
-    """Reason codes carried by reservations and events."""
-
-    INSUFFICIENT_INVENTORY = "insufficient_inventory"
-    QUEUE_FULL = "queue_full"
-    MAX_PER_CUSTOMER = "max_per_customer"
-    PREEMPTED = "preempted_by_higher_tier"
-    CANCELLED = "cancelled"
-    NOT_COMMITTED = "not_committed"
-    NOT_ALLOCATED = "not_allocated"
-
-
-# --- time and ids ----------------------------------------------------------------------
-
-
-def require_aware(now: datetime) -> datetime:
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise ValueError("now must be a timezone-aware datetime")
-    return now
-
-
-@lru_cache(maxsize=4096)
-def iso(moment: datetime) -> str:
-    """UTC ISO 8601 with a ``Z`` suffix (cached: one decision formats the same few
-    moments — now, the commit deadline — for every reservation it touches)."""
-    return require_aware(moment).astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-def retention_cutoff(now: datetime, retention_days: int, exported_at: datetime | None) -> datetime:
-    """Before when a finished reservation (or order result) may be pruned: older than the
-    retention, and written by an export (``exported_at``: when the last complete export
-    read the state; None when exports are off and retention alone decides)."""
-    cutoff = now - timedelta(days=retention_days)
-    return cutoff if exported_at is None else min(cutoff, exported_at)
-
-
-@lru_cache(maxsize=4096)
-def expires_at_for(ship_date: date, expiry_days: int) -> datetime:
-    """``shipDate − expiry_days`` at 00:00 UTC: a commit must arrive before it."""
-    return datetime.combine(ship_date - timedelta(days=expiry_days), time(0), tzinfo=UTC)
-
-
-def reservation_id(order_id: str, sku: str, location: str, item_index: int) -> str:
-    """Deterministic, self-routing id: ``R-<key>-<hash>``.
-
-    ``<key>`` is ``sku|location`` in URL-safe base64 without padding (so the id names the
-    partition that owns it, see :func:`key_of_reservation_id`); ``<hash>`` is 16 hex
-    digits of sha256 over the length-prefixed parts (unambiguous whatever they hold).
-    """
-    material = (
-        f"{len(order_id)}:{order_id}|{len(sku)}:{sku}|{len(location)}:{location}|{item_index}"
-    )
-    digest = hashlib.sha256(material.encode()).hexdigest()[:16]
-    return f"R-{encode_key(f'{sku}|{location}')}-{digest}"
-
-
-@lru_cache(maxsize=65536)
-def encode_key(key: str) -> str:
-    """``sku|location`` as URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def key_of_reservation_id(rid: str) -> str | None:
-    """The ``sku|location`` a reservation id belongs to; None when the id is malformed."""
-    if not isinstance(rid, str) or not rid.startswith("R-") or len(rid) > 1200:
-        return None
-    encoded, sep, digest = rid[2:].rpartition("-")
-    if not sep or not encoded or len(digest) != 16 or not set(digest) <= _HEX:
-        return None
-    try:
-        key = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if encode_key(key) != encoded or key.count("|") != 1 or key.startswith("|") or key.endswith("|"):
-        return None
-    return key
-
-
-# --- the reservation -------------------------------------------------------------------
-
-
-@dataclass(slots=True, eq=False)
-class Reservation:
-    """One item of one pre-order in one SKU/location queue.
-
-    ``sequence``: immutable 1-based arrival number in its ship-date queue (every placed
-    item takes one, rejected ones included); ``tier_score``: the tier's score when it
-    arrived (its priority never changes afterwards); ``expires_at``: commit deadline.
-    """
-
-    reservation_id: str
-    order_id: str
-    item_index: int
-    customer_id: str
-    customer_email: str
-    sku: str
-    location: str
-    ship_date: date
-    quantity: int
-    tier: str
-    tier_score: int
-    sequence: int
-    status: Status
-    expires_at: datetime
-    created_at: datetime
-    updated_at: datetime
-    committed: bool = False
-    #: rank in its queue as of this reservation's last change (others' changes shift it;
-    #: ask :meth:`ReservationBook.queue_position` for the live value)
-    queue_position: int | None = None
-    reason: str | None = None
-    available: int | None = None
-    product_name: str = ""
-    source: str = ""
-    category: str | None = None
-    #: when the Fluent order was created (CONFIRMED), and whether the stock reported by the
-    #: channels reflects it since: until then the units stay held (never promised again)
-    confirmed_at: datetime | None = None
-    settled: bool = False
-    #: the events this reservation was the subject of, as entries ``[cause, index, type,
-    #: queuePosition, reason, at(, effects)]`` (the last :data:`HISTORY_KEPT`): stored with
-    #: it, so a replayed cause sends the recorded events again (``effects``: on the subject
-    #: of an operation, what it did to the others, re-applied if their write was lost); an
-    #: entry of type :data:`REFUSED` (index -1, reason = the error) records a refused op
-    history: list[list[Any]] = field(default_factory=list)
-
-    @property
-    def key(self) -> PriorityKey:
-        return priority_key(self.tier_score, self.sequence)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe (camelCase) form used for storage, results and views."""
-        return {
-            "reservationId": self.reservation_id,
-            "orderId": self.order_id,
-            "itemIndex": self.item_index,
-            "customerId": self.customer_id,
-            "customerEmail": self.customer_email,
-            "sku": self.sku,
-            "location": self.location,
-            "shipDate": self.ship_date.isoformat(),
-            "quantity": self.quantity,
-            "tier": self.tier,
-            "tierScore": self.tier_score,
-            "status": str(self.status),
-            "committed": self.committed,
-            "sequence": self.sequence,
-            "queuePosition": self.queue_position,
-            "expiresAt": iso(self.expires_at),
-            "createdAt": iso(self.created_at),
-            "updatedAt": iso(self.updated_at),
-            "reason": self.reason,
-            "available": self.available,
-            "productName": self.product_name,
-            "source": self.source,
-            "category": self.category,
-            "confirmedAt": None if self.confirmed_at is None else iso(self.confirmed_at),
-            "stockSettled": self.settled,
-        }
-
-    def to_stored(self) -> dict[str, Any]:
-        """:meth:`to_dict` plus the event history: what the table stores."""
-        data = self.to_dict()
-        data["history"] = self.history
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Reservation:
-        created = parse_iso(str(data["createdAt"]))
-        return cls(
-            reservation_id=str(data["reservationId"]),
-            order_id=str(data["orderId"]),
-            item_index=int(data.get("itemIndex", 0)),
-            customer_id=str(data["customerId"]),
-            customer_email=str(data.get("customerEmail") or ""),
-            sku=str(data["sku"]),
-            location=str(data["location"]),
-            ship_date=date.fromisoformat(str(data["shipDate"])),
-            quantity=int(data["quantity"]),
-            tier=str(data["tier"]),
-            tier_score=int(data["tierScore"]),
-            sequence=int(data["sequence"]),
-            status=Status(data["status"]),
-            expires_at=parse_iso(str(data["expiresAt"])),
-            created_at=created,
-            updated_at=parse_iso(str(data.get("updatedAt") or data["createdAt"])),
-            committed=bool(data.get("committed", False)),
-            queue_position=None
-            if data.get("queuePosition") is None
-            else int(data["queuePosition"]),
-            reason=None if data.get("reason") is None else str(data["reason"]),
-            available=None if data.get("available") is None else int(data["available"]),
-            product_name=str(data.get("productName") or ""),
-            source=str(data.get("source") or ""),
-            category=None if data.get("category") is None else str(data["category"]),
-            history=[list(entry) for entry in data.get("history") or ()],
-            confirmed_at=None if not data.get("confirmedAt") else parse_iso(str(data["confirmedAt"])),
-            # stored before holds were kept: a CONFIRMED one without the field is settled
-            settled=bool(data.get("stockSettled", "confirmedAt" not in data)),
-        )
-
-    def holds(self, status: Status | None = None) -> bool:
-        """Whether its units count against supply (in ``status``, default its own)."""
-        status = self.status if status is None else status
-        return status in HOLDING or (status is Status.CONFIRMED and not self.settled)
-
-
-def event_id(reservation_id: str, cause: str, index: int) -> str:
-    """Deterministic id of the ``index``-th event caused by ``cause`` (the same on every
-    replay of that cause)."""
-    digest = hashlib.sha256(f"{reservation_id}|{cause}|{index}".encode()).hexdigest()[:20]
-    return f"E-{digest}"
-
-
-def reservation_event(
-    reservation: Reservation,
-    event_type: EventType,
-    now: datetime | str,
-    queue_position: int | None = None,
-    reason: str | None = None,
-) -> dict[str, Any]:
-    """One ``reservation-events`` value (``queuePosition``/``reason`` only when known).
-
-    ``now`` may be given pre-formatted (``iso(now)``)."""
-    event: dict[str, Any] = {
-        "eventType": str(event_type),
-        "reservationId": reservation.reservation_id,
-        "orderId": reservation.order_id,
-        "customerId": reservation.customer_id,
-        "sku": reservation.sku,
-        "location": reservation.location,
-        "shipDate": reservation.ship_date.isoformat(),
-        "quantity": reservation.quantity,
-        "tier": reservation.tier,
-        "sequence": reservation.sequence,
-    }
-    if queue_position is not None:
-        event["queuePosition"] = queue_position
-    if reason is not None:
-        event["reason"] = reason
-    if event_type is EventType.REJECTED and reservation.available is not None:
-        event["available"] = reservation.available
-    event["at"] = now if isinstance(now, str) else iso(now)
-    return event
-
-
-#: history entries kept per reservation (a replay only concerns its latest causes)
-HISTORY_KEPT = 8
-
-#: the type of a history entry that records a refused op (no event; ``reason`` = error)
-REFUSED = "REFUSED"
-
-#: refusals kept per reservation besides its events (each command input a replay may see)
-REFUSALS_KEPT = 8
-
-#: the status an event leaves its reservation in (re-applying a lost write; consumers)
-STATUS_AFTER = {
-    EventType.RESERVED: Status.RESERVED,
-    EventType.PROMOTED: Status.RESERVED,
-    EventType.WAITLISTED: Status.WAITLISTED,
-    EventType.BUMPED: Status.WAITLISTED,
-    EventType.REJECTED: Status.REJECTED,
-    EventType.CANCELLED: Status.CANCELLED,
-    EventType.EXPIRED: Status.EXPIRED,
-    EventType.CONFIRMED: Status.CONFIRMED,
-}
-
-
-@dataclass
-class Outcome:
-    """What one book operation did.
-
-    ``reservation``: the subject (the decision of ``place``; the reservation cancelled or
-    committed), ``changed``: every reservation whose stored state changed (each once),
-    ``events``: ``reservation-events`` values in causal order, ``duplicate``: ``place`` of
-    an id the book already holds (nothing changed), ``error``: why nothing was done
-    (``not_found``, ``not_cancellable``, ``not_reserved``, ``commit_deadline_passed``,
-    ``not_pending``), ``header_changed``: the book header must be rewritten.
-    """
-
-    reservation: Reservation | None = None
-    changed: list[Reservation] = field(default_factory=list)
-    #: unchanged reservations of a replayed cause, to write again: after a kill -9 local
-    #: state may hold them while the changelog does not (stream_app.local_state)
-    rewrite: list[Reservation] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    duplicate: bool = False
-    error: str | None = None
-    header_changed: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A status change applied by :meth:`ReservationBook.apply_transitions`."""
-
-    reservation_id: str
-    status: Status
-    reason: str | None = None
-    event: EventType | None = None
-
-
-def newest_versions(reservations: Iterable[Reservation]) -> list[Reservation]:
-    """One version per reservation id and per queue place (ship date, sequence): the
-    newest (``updated_at``, then the longer history). Two versions exist when an old owner
-    of a partition wrote it while the new owner recovered it; the book must still load."""
-    def newer(a: Reservation, b: Reservation) -> bool:
-        return (a.updated_at, len(a.history)) > (b.updated_at, len(b.history))
-
-    by_id: dict[str, Reservation] = {}
-    for reservation in reservations:
-        known = by_id.get(reservation.reservation_id)
-        if known is None or newer(reservation, known):
-            by_id[reservation.reservation_id] = reservation
-    by_place: dict[tuple[date, int], Reservation] = {}
-    for reservation in by_id.values():
-        place = (reservation.ship_date, reservation.sequence)
-        known = by_place.get(place)
-        if known is None or newer(reservation, known):
-            by_place[place] = reservation
-    return list(by_place.values())
-
-
-# --- ranked lists ----------------------------------------------------------------------
-
-
-class _Ranked:
-    """Sequences of one status group of one queue in priority order.
-
-    One sorted list of sequences per tier score: arrivals append at the end of their
-    tier's list; the rank is the size of the higher tiers plus a bisect.
-    """
-
-    __slots__ = ("_buckets", "_scores", "_size")
-
-    def __init__(self) -> None:
-        self._buckets: dict[int, list[int]] = {}
-        self._scores: list[int] = []  # descending: highest priority first
-        self._size = 0
-
-    def __len__(self) -> int:
-        return self._size
-
-    def _bucket(self, score: int) -> list[int]:
-        bucket = self._buckets.get(score)
-        if bucket is None:
-            bucket = self._buckets[score] = []
-            self._scores.append(score)
-            self._scores.sort(reverse=True)
-        return bucket
-
-    def add(self, score: int, sequence: int) -> None:
-        bucket = self._bucket(score)
-        if not bucket or bucket[-1] < sequence:
-            bucket.append(sequence)
-        else:
-            insort(bucket, sequence)
-        self._size += 1
-
-    def remove(self, score: int, sequence: int) -> None:
-        bucket = self._buckets[score]
-        if bucket and bucket[-1] == sequence:
-            bucket.pop()
-        else:
-            index = bisect_left(bucket, sequence)
-            if index == len(bucket) or bucket[index] != sequence:
-                raise KeyError((score, sequence))
-            del bucket[index]
-        self._size -= 1
-
-    def rank(self, score: int, sequence: int) -> int:
-        """0-based number of entries before ``(score, sequence)``."""
-        ahead = 0
-        for other in self._scores:
-            if other <= score:
-                break
-            ahead += len(self._buckets[other])
-        return ahead + bisect_left(self._buckets.get(score, []), sequence)
-
-    def in_order(self) -> Iterator[tuple[int, int]]:
-        for score in self._scores:
-            for sequence in self._buckets[score]:
-                yield score, sequence
-
-    def in_reverse(self) -> Iterator[tuple[int, int]]:
-        for score in reversed(self._scores):
-            for sequence in reversed(self._buckets[score]):
-                yield score, sequence
-
-    def reset(self, entries: Iterable[tuple[int, int]]) -> None:
-        """Replace the content; ``entries`` in ascending sequence order."""
-        self._buckets = {}
-        self._scores = []
-        self._size = 0
-        for score, sequence in entries:
-            self._bucket(score).append(sequence)
-            self._size += 1
-
-
-class _Queue:
-    """All reservations of one ship date (any status) and the ranked lists of the queued."""
-
-    __slots__ = ("by_seq", "last_sequence", "min_expires_at", "reserved", "ship_date", "waitlisted")
-
-    def __init__(self, ship_date: date) -> None:
-        self.ship_date = ship_date
-        self.last_sequence = 0
-        self.by_seq: dict[int, Reservation] = {}
-        self.reserved = _Ranked()
-        self.waitlisted = _Ranked()
-        self.min_expires_at: datetime | None = None
-
-    @property
-    def depth(self) -> int:
-        return len(self.reserved) + len(self.waitlisted)
-
-    def ranked(self, status: Status) -> _Ranked | None:
-        if status is Status.RESERVED:
-            return self.reserved
-        if status is Status.WAITLISTED:
-            return self.waitlisted
-        return None
-
-    def position(self, reservation: Reservation) -> int | None:
-        """1-based rank: RESERVED first, then WAITLISTED, each by priority key."""
-        if reservation.status is Status.RESERVED:
-            return self.reserved.rank(reservation.tier_score, reservation.sequence) + 1
-        if reservation.status is Status.WAITLISTED:
-            rank = self.waitlisted.rank(reservation.tier_score, reservation.sequence)
-            return len(self.reserved) + rank + 1
-        return None
-
-    def rebuild_ranked(self) -> None:
-        ordered = sorted(self.by_seq.values(), key=lambda r: r.sequence)
-        self.reserved.reset(
-            (r.tier_score, r.sequence) for r in ordered if r.status is Status.RESERVED
-        )
-        self.waitlisted.reset(
-            (r.tier_score, r.sequence) for r in ordered if r.status is Status.WAITLISTED
-        )
-
-
-class _Recorder:
-    """Collects the changes and events of one operation; positions are filled in at the end."""
-
-    def __init__(self, revision: int) -> None:
-        self.revision = revision
-        self.changed: dict[str, Reservation] = {}
-        self.pending: list[tuple[Reservation, EventType, str | None]] = []
-
-    def touch(self, reservation: Reservation) -> None:
-        self.changed.setdefault(reservation.reservation_id, reservation)
-
-    def event(
-        self, reservation: Reservation, event_type: EventType, reason: str | None = None
-    ) -> None:
-        self.touch(reservation)
-        self.pending.append((reservation, event_type, reason))
-
-
-_POSITIONED = {
-    EventType.RESERVED: Status.RESERVED,
-    EventType.PROMOTED: Status.RESERVED,
-    EventType.WAITLISTED: Status.WAITLISTED,
-}
-
-#: above this many status changes in one queue, rebuild its ranked lists once
-_BULK = 32
-
-
-# --- the book --------------------------------------------------------------------------
+from stream_app.domain.priority import tier_score
+from stream_app.domain.ranking import BULK, POSITIONED, Queue, Recorder
 
 
 class ReservationBook:
@@ -557,7 +62,7 @@ class ReservationBook:
         self.location = location
         self._by_id: dict[str, Reservation] = {}
         self._by_order: dict[str, list[str]] = {}
-        self._queues: dict[date, _Queue] = {}
+        self._queues: dict[date, Queue] = {}
         self._held: dict[date, int] = {}
         self._customer_units: dict[str, int] = {}
         self._revision = 0  # bumped whenever header content changes
@@ -766,10 +271,10 @@ class ReservationBook:
 
     # --- internals -------------------------------------------------------------------
 
-    def _queue(self, ship_date: date) -> _Queue:
+    def _queue(self, ship_date: date) -> Queue:
         queue = self._queues.get(ship_date)
         if queue is None:
-            queue = self._queues[ship_date] = _Queue(ship_date)
+            queue = self._queues[ship_date] = Queue(ship_date)
             self._held.setdefault(ship_date, 0)
         return queue
 
@@ -828,7 +333,7 @@ class ReservationBook:
         per_queue: dict[date, int] = {}
         for reservation, _status in moves:
             per_queue[reservation.ship_date] = per_queue.get(reservation.ship_date, 0) + 1
-        bulk = {ship_date for ship_date, count in per_queue.items() if count > _BULK}
+        bulk = {ship_date for ship_date, count in per_queue.items() if count > BULK}
         for reservation, status in moves:
             self._move(reservation, status, now, ranked=reservation.ship_date not in bulk)
         for ship_date in sorted(bulk):
@@ -836,7 +341,7 @@ class ReservationBook:
 
     def _finish(
         self,
-        recorder: _Recorder,
+        recorder: Recorder,
         now: datetime,
         cause: str | None = None,
         subject: Reservation | None = None,
@@ -860,7 +365,7 @@ class ReservationBook:
         first = 0 if cause is None else self._next_index(cause)
         for index, (reservation, event_type, reason) in enumerate(recorder.pending, first):
             position = None
-            if _POSITIONED.get(event_type) is reservation.status:
+            if POSITIONED.get(event_type) is reservation.status:
                 position = reservation.queue_position
             entries.append((reservation, [cause, index, str(event_type), position, reason, at]))
         rewrite: list[Reservation] = []
@@ -1026,7 +531,7 @@ class ReservationBook:
             changed.append(reservation)
         return changed
 
-    def _victims(self, queue: _Queue, score: int, needed: int) -> list[Reservation]:
+    def _victims(self, queue: Queue, score: int, needed: int) -> list[Reservation]:
         """Lowest-priority, latest-arriving RESERVED items of LOWER tiers freeing ≥ needed."""
         victims: list[Reservation] = []
         freed = 0
@@ -1040,7 +545,7 @@ class ReservationBook:
                 return victims
         return []
 
-    def _promote(self, supply: Supply, policy: Policy, now: datetime, recorder: _Recorder) -> None:
+    def _promote(self, supply: Supply, policy: Policy, now: datetime, recorder: Recorder) -> None:
         """Waitlisted → RESERVED, earliest ship date first, each queue in priority order
         while the head fits (a large head item is not overtaken by later small ones).
         With commits required, a queue past its commit deadline is not promoted: nobody
@@ -1123,7 +628,7 @@ class ReservationBook:
             source=request.source,
             category=request.category,
         )
-        recorder = _Recorder(self._revision)
+        recorder = Recorder(self._revision)
         self._register(reservation)
         quantity = request.quantity
         limit = policy.max_per_customer
@@ -1189,7 +694,7 @@ class ReservationBook:
             return self._replay(cause, reservation)
         if reservation.status not in (Status.RESERVED, Status.WAITLISTED):
             return Outcome(reservation=reservation, error="not_cancellable")
-        recorder = _Recorder(self._revision)
+        recorder = Recorder(self._revision)
         self._move(reservation, Status.CANCELLED, now)
         reservation.reason = reason
         recorder.event(reservation, EventType.CANCELLED, reason)
@@ -1214,7 +719,7 @@ class ReservationBook:
         mine = self.order_reservations(order_id)
         if not mine:
             return Outcome(error="not_found")
-        recorder = _Recorder(self._revision)
+        recorder = Recorder(self._revision)
         targets = [r for r in mine if r.status in (Status.RESERVED, Status.WAITLISTED)]
         if not targets:
             subject = next((r for r in mine if any(
@@ -1271,7 +776,7 @@ class ReservationBook:
             if refusal is None:
                 return Outcome(reservation=reservation, error=error)
             return self._refuse(reservation, refusal, error, now)
-        recorder = _Recorder(self._revision)
+        recorder = Recorder(self._revision)
         reservation.committed = True
         reservation.updated_at = now
         recorder.event(reservation, EventType.COMMITTED)
@@ -1284,7 +789,7 @@ class ReservationBook:
         ``cause`` (the supply change) the promotions are recorded, and the events are
         every recorded promotion of that cause (a replay sends them again)."""
         require_aware(now)
-        recorder = _Recorder(self._revision)
+        recorder = Recorder(self._revision)
         self._promote(supply, policy, now, recorder)
         return self._finish(recorder, now, cause)
 
@@ -1294,7 +799,7 @@ class ReservationBook:
         """With commits required: RESERVED, uncommitted reservations whose ``expiresAt``
         has come (``now ≥ expiresAt``) → EXPIRED (``not_committed``), then promotion."""
         require_aware(now)
-        recorder = _Recorder(self._revision)
+        recorder = Recorder(self._revision)
         if not policy.commit_required:
             return self._finish(recorder, now, cause, recorded_too=False)
         moves: list[tuple[Reservation, Status]] = []
@@ -1348,7 +853,7 @@ class ReservationBook:
         transitions are skipped. Events are emitted in the given order; with a ``cause``
         (the release run) they are recorded, so a resumed run re-sends them, same ids."""
         require_aware(now)
-        recorder = _Recorder(self._revision)
+        recorder = Recorder(self._revision)
         moves: list[tuple[Reservation, Status]] = []
         applied: list[tuple[Reservation, Transition]] = []
         for transition in transitions:
