@@ -29,7 +29,7 @@ from stream_app.broker.delivery import deliver
 from stream_app.delivery_watch import Message, Observer, watch_of
 
 if TYPE_CHECKING:
-    from stream_app.app import Handler, Runtime
+    from stream_app.app import Handler, InternalHandlers, Runtime
     from stream_app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -97,14 +97,23 @@ def event_time(event: faust.EventT) -> datetime:
     return datetime.now(UTC)
 
 
-def handlers(runtime: Runtime) -> dict[bytes, Handler]:
-    """The registry modules add their handlers to (at register time)."""
-    return runtime.internal_handlers
+def dispatch_table(handlers: InternalHandlers) -> dict[bytes, Handler]:
+    """Each kind of internal message and its handler: the internal topic's data paths."""
+    table = {
+        INVENTORY_APPLY: handlers.inventory_apply,  # ingest -> apply to the inventory table
+        SYNC_ACK: handlers.sync_ack,  # flush loop -> what Fluent accepted (fluent_accepted)
+        PREORDER_ITEMS: handlers.preorder_items,  # intake -> the books decide (reservations)
+        PREORDER_DECISIONS: handlers.preorder_decisions,  # books -> the order collector
+        BOOK_COMMAND: handlers.book_command,  # reservation-commands router -> the books
+    }
+    missing = sorted(kind.decode() for kind, handler in table.items() if handler is None)
+    if missing:
+        raise RuntimeError(f"no handler registered for internal message kinds {missing}")
+    return {kind: handler for kind, handler in table.items() if handler is not None}
 
 
 def register(runtime: Runtime) -> None:
     app, names = runtime.app, runtime.names
-    registry = handlers(runtime)
     watch = watch_of(app)
     watch.dead_letter_max_bytes = runtime.settings.dead_letter_max_bytes
     watch.observers.append(count_dead_letters(runtime.metrics))
@@ -112,6 +121,7 @@ def register(runtime: Runtime) -> None:
 
     @app.agent(runtime.topic(names.internal), name="internal")
     async def internal(stream: faust.StreamT[bytes]) -> None:
+        registry = dispatch_table(runtime.internal_handlers)  # every module has registered
         async for event in stream.events():
             handler = registry.get(event.key) if isinstance(event.key, bytes) else None
             if handler is None:

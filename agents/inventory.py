@@ -30,7 +30,6 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from faust.exceptions import NotReady
 
 from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_message
-from agents.internal import handlers as internal_handlers
 from stream_app.broker.delivery import Message, deliver, source_of, waiting_on_broker
 from stream_app.broker.tansu_offsets import bootstrap_list
 from stream_app.domain.inventory import apply_change, empty_state, not_applied_reason
@@ -314,4 +313,4 @@ def register(runtime: Runtime) -> None:
         for hook in after_apply:  # also when nothing changed: a replay re-announces
             await hook(event, keys, changed)
 
-    internal_handlers(runtime)[INVENTORY_APPLY] = apply
+    runtime.internal_handlers.inventory_apply = apply

@@ -51,7 +51,6 @@ from agents.internal import (
     dead_letter_message,
     event_time,
 )
-from agents.internal import handlers as internal_handlers
 from stream_app.app import PreOrders
 from stream_app.batching import take_ready
 from stream_app.broker.delivery import Message, deliver, flush_writes, source_of
@@ -635,10 +634,10 @@ def register(runtime: Runtime) -> None:
         request_id = command.get("requestId") if isinstance(command, dict) else None
         store.command_done(request_id, response)
 
-    registry = internal_handlers(runtime)
-    registry[PREORDER_ITEMS] = book_items
-    registry[PREORDER_DECISIONS] = collector
-    registry[BOOK_COMMAND] = book_command
+    handlers = runtime.internal_handlers
+    handlers.preorder_items = book_items
+    handlers.preorder_decisions = collector
+    handlers.book_command = book_command
 
     async def promote_after_supply(
         event: faust.EventT, keys: list[str], changed: list[str]

@@ -38,7 +38,6 @@ import faust
 import orjson
 
 from agents.internal import SYNC_ACK, dead_letter
-from agents.internal import handlers as internal_handlers
 from stream_app.broker.delivery import source_of, table_deliver
 from stream_app.broker.readiness import is_ready
 from stream_app.domain.delta import (
@@ -429,7 +428,7 @@ def register(runtime: Runtime) -> None:
             await dead_letter(internal_dlq, event, f"sync acknowledgement: {exc!r}")
         await accepted.flush(source_of(event))
 
-    internal_handlers(runtime)[SYNC_ACK] = acks
+    runtime.internal_handlers.sync_ack = acks
 
     @app.task
     async def flush_loop() -> None:

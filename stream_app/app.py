@@ -45,6 +45,18 @@ ViewEnricher = Callable[[str, str, int], dict[str, Any]]
 
 
 @dataclass
+class InternalHandlers:
+    """The handler of each kind of ``<app>-internal`` message, set by the flow that owns it;
+    :func:`agents.internal.dispatch_table` maps the kinds to them (one table, one place)."""
+
+    inventory_apply: Handler | None = None  # agents.inventory
+    sync_ack: Handler | None = None  # agents.sync
+    preorder_items: Handler | None = None  # agents.preorders (the books)
+    preorder_decisions: Handler | None = None  # agents.preorders (the order collector)
+    book_command: Handler | None = None  # agents.preorders (cancel, commit, promote)
+
+
+@dataclass
 class InventoryHooks:
     """What other flows plug into the inventory apply (agents.inventory) and its view."""
 
@@ -84,8 +96,7 @@ class Runtime:
     inventory: KeyedTable
     buffers: BufferPolicy
     metrics: Metrics
-    #: internal-topic message kind -> its handler (one agent dispatches: agents.internal)
-    internal_handlers: dict[bytes, Handler] = field(default_factory=dict)
+    internal_handlers: InternalHandlers = field(default_factory=InternalHandlers)
     inventory_hooks: InventoryHooks = field(default_factory=InventoryHooks)
     preorders: PreOrders | None = None  # agents.preorders
     sync: SyncService | None = None  # agents.sync
