@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError, KafkaError
 from faust.exceptions import NotReady
 
 from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_message
+from stream_app.broker.consumers import stop_consumer
 from stream_app.broker.delivery import Message, deliver, source_of, waiting_on_broker
+from stream_app.broker.lifecycle import at_shutdown, not_at_shutdown
 from stream_app.broker.tansu_offsets import bootstrap_list
 from stream_app.domain.inventory import apply_change, empty_state, not_applied_reason
 from stream_app.partitioning import partition_for
@@ -199,8 +201,11 @@ async def run_ingest(
         fetch_max_wait_ms=fetch_wait,
         max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes + 65_536),
     )
-    await consumer.start()
+
+    # closed before the worker cancels this task (else "Unclosed AIOKafkaConsumer")
+    receiver = at_shutdown(app, lambda: stop_consumer(consumer))
     try:
+        await consumer.start()
         while True:
             batches = await fill_group(consumer, settings.ingest_batch_max,
                                        int(settings.ingest_batch_within * 1000))
@@ -214,8 +219,11 @@ async def run_ingest(
                     await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
             except (CommitFailedError, IllegalStateError, KafkaError) as exc:
                 log.info("ingest commit refused (%r): the next reader replays the records", exc)
+    except ConsumerStoppedError:
+        log.info("ingest stopped (the worker is stopping)")
     finally:
-        await consumer.stop()
+        not_at_shutdown(app, receiver)
+        await stop_consumer(consumer)
 
 
 def register(runtime: Runtime) -> None:

@@ -53,7 +53,7 @@ from agents.preorders import note_settled, supply_for
 from agents.release_export import export_now
 from stream_app.app import Release, need
 from stream_app.broker.delivery import deliver, flush_writes
-from stream_app.broker.readiness import is_ready
+from stream_app.broker.lifecycle import at_shutdown, is_ready
 from stream_app.domain.book import ReservationBook
 from stream_app.domain.ids import iso, key_of_reservation_id, parse_iso, retention_cutoff
 from stream_app.domain.model import Outcome, Reservation
@@ -567,6 +567,7 @@ def register(runtime: Runtime) -> None:
     runs = define_release_table(app, settings.partitions)
     service = ReleaseService(runtime, preorders.store, runs, preorders.policy, orders=preorders.orders)
     runtime.release = Release(service=service, runs=runs)
+    at_shutdown(app, service.close)  # its Fluent client, also when a task is cut short
     tz = ZoneInfo(settings.release_timezone)
 
     @app.agent(runtime.topic(names.release_commands), name="release-apply")

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from stream_app.broker.consumers import assign_from_end
+from stream_app.broker.consumers import assign_from_end, stop_consumer
 
 log = logging.getLogger(__name__)
 
@@ -115,4 +115,4 @@ class ResultWaiters:
                     break
         finally:
             self.ready.clear()
-            await consumer.stop()
+            await stop_consumer(consumer)

@@ -39,7 +39,7 @@ import orjson
 
 from agents.internal import SYNC_ACK, dead_letter
 from stream_app.broker.delivery import source_of, table_deliver
-from stream_app.broker.readiness import is_ready
+from stream_app.broker.lifecycle import at_shutdown, is_ready
 from stream_app.domain.delta import (
     SyncRun,
     apply_ack,
@@ -119,6 +119,12 @@ class SyncService:
             return []
         topic = self.runtime.inventory.changelog_topic
         return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
+
+    async def close(self) -> None:
+        """Close the Fluent client's HTTP session (the worker is stopping)."""
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
 
     def held_units(self, key: str, partition: int | None = None) -> int:
         preorders = self.runtime.preorders
@@ -405,6 +411,7 @@ def register(runtime: Runtime) -> None:
     )
     service = SyncService(runtime, accepted)
     runtime.sync = service
+    at_shutdown(app, service.close)
     hooks = runtime.inventory_hooks
     hooks.stagers.append(_marks_of(service))
     hooks.after_apply.append(_note_hook(service))

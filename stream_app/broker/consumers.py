@@ -12,6 +12,13 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop ``consumer`` even when the task stopping it is cancelled again meanwhile (a
+    worker's stop cancels its tasks; an interrupted ``stop()`` leaves the consumer
+    unclosed, which aiokafka reports as an ERROR at exit)."""
+    await asyncio.shield(consumer.stop())
+
+
 async def assign_from_end(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """Assign every partition of ``topic`` (waiting for its metadata) positioned at the
     current end: what is published from now on is what the consumer will read."""

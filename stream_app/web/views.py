@@ -16,7 +16,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
-from stream_app.broker.readiness import is_ready
+from stream_app.broker.lifecycle import is_ready
 from stream_app.delivery_watch import watch_of
 from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
 from stream_app.records import inventory_key

@@ -57,6 +57,22 @@ def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: Pro
     wait_for(lambda: not port_open("127.0.0.1", kafka_port), 10, 0.1, "broker stopped")
     wait_for(lambda: not port_open("127.0.0.1", sim_port), 10, 0.1, "simulator stopped")
     wait_for(lambda: not port_open("127.0.0.1", run.web_port), 10, 0.1, "web view stopped")
+    out = run.log_path.read_text()
+    assert "Unclosed" not in out and "Traceback" not in out
+
+
+def test_ctrl_c_right_after_ready_stops_without_an_error(processes: ProcessFactory) -> None:
+    """Ctrl-C while the ingest consumer is still joining its group: it is closed before the
+    worker tears its tasks down (was ``[ERROR] Unclosed AIOKafkaConsumer``)."""
+    env = run_env(processes, free_port(), free_port())
+    run = processes.start("run", env)
+    run.wait_ready(90)
+    assert run.proc is not None
+    run.proc.send_signal(signal.SIGINT)
+    assert run.proc.wait(30) is not None
+    out = run.log_path.read_text()
+    assert "[ERROR]" not in out, [line for line in out.splitlines() if "[ERROR]" in line]
+    assert "Traceback" not in out
 
 
 def test_run_starts_again_in_the_same_directory_after_sigterm_and_after_sigkill(
