@@ -20,7 +20,7 @@ run: install
 	$(BIN)/stream-app run
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit

@@ -49,7 +49,7 @@ from zoneinfo import ZoneInfo
 import faust
 import orjson
 
-from agents.preorders import note_settled, supply_for
+from agents.books import note_settled, supply_for
 from agents.release_export import export_now
 from stream_app.app import Release, need
 from stream_app.broker.delivery import deliver, flush_writes

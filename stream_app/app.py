@@ -23,7 +23,7 @@ from stream_app.topics import TopicNames
 from tables.keyed import KeyedTable, define_keyed_table
 
 if TYPE_CHECKING:
-    from agents.preorders import Books
+    from agents.books import Books
     from agents.release import ReleaseService
     from agents.result_waiters import ResultWaiters
     from agents.sync import SyncService

@@ -8,6 +8,8 @@
 * :mod:`.consumers`: plain consumers of the app's topics, the hook into Faust's consumer.
 * :mod:`.stores`: the RocksDB database of one table partition (per-key tables).
 * :mod:`.delivery`: sends an agent can acknowledge on (every output on the broker, or a stall).
+* :mod:`.current_event`: table writes as while processing an event (Faust's context variable).
+* :mod:`.lifecycle`: whether the worker is ready; closing connections before it stops.
 
 May import faust, mode, aiokafka and :mod:`stream_app.settings`; nothing of the domain,
 the agents or the web views.

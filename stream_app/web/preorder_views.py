@@ -31,7 +31,7 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
-from agents.preorders import supply_for
+from agents.books import supply_for
 from agents.result_waiters import ResultWaiters
 from stream_app.app import need
 from stream_app.domain.future_atp import atp_response

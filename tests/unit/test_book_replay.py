@@ -24,7 +24,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.preorders import operation_step
+from agents.books import operation_step
 from stream_app.domain.book import ReservationBook
 from stream_app.domain.future_atp import Supply
 from stream_app.domain.ids import reservation_id
@@ -92,7 +92,7 @@ def apply(book: ReservationBook, ops: list[Op], index: int, inventory: list[int]
     """One input, as the glue applies it. ``inventory[0]``: the last supply input the
     inventory table holds (its write precedes the reservation writes and survives the
     crash); a replayed supply input changes nothing there, and its book only sends the
-    promotions recorded for it again (agents.preorders.Books.promote)."""
+    promotions recorded for it again (agents.books.Books.promote)."""
     op = ops[index]
     now = START + timedelta(minutes=index)  # the input's own timestamp
     supply = supply_at(ops, index)
