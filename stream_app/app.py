@@ -24,7 +24,7 @@ from tables.keyed import KeyedTable, define_keyed_table
 
 if TYPE_CHECKING:
     from agents.books import Books
-    from agents.release import ReleaseService
+    from agents.release_service import ReleaseService
     from agents.result_waiters import ResultWaiters
     from agents.sync import SyncService
     from stream_app.domain.preorders import Policy

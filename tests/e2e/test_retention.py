@@ -22,7 +22,7 @@ PARTITIONS = 4
 
 
 def prune(bootstrap: str, app_id: str, before: datetime) -> None:
-    """What the leader's nightly export broadcasts (agents.release.request_prune)."""
+    """What the leader's nightly export broadcasts (agents.release_service.ReleaseService.request_prune)."""
     command = orjson.dumps({"type": "prune", "before": before.isoformat(), "trigger": "test"})
 
     async def main() -> None:
