@@ -48,7 +48,7 @@ from agents.internal import (
     event_time,
 )
 from stream_app.app import PreOrders
-from stream_app.batching import take_ready
+from stream_app.broker.batching import take_ready
 from stream_app.broker.current_event import writing_as
 from stream_app.broker.delivery import source_of
 from stream_app.domain.ids import iso, key_of_reservation_id

@@ -20,7 +20,7 @@ import faust
 import orjson
 
 from stream_app.app import create_faust_app, raw_topic, tune_consumer
-from stream_app.batching import take_ready
+from stream_app.broker.batching import take_ready
 from stream_app.cli import bootstrap_topics, serve
 from stream_app.settings import Settings
 from stream_app.topics import TopicNames

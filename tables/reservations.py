@@ -32,6 +32,7 @@ import orjson
 from faust.types import TP, TableT
 from faust.web.exceptions import ServiceUnavailable
 
+from stream_app.broker.stores import partition_items
 from stream_app.domain.book import ReservationBook
 from stream_app.domain.ids import encode_key, key_of_reservation_id, parse_iso
 from stream_app.domain.model import Reservation
@@ -206,11 +207,8 @@ class ReservationStore:
 
     def _local_items(self, partition: int) -> Iterator[tuple[str, bytes]]:
         """(chunk key, stored value) of every chunk of ``partition`` in local state."""
-        data = self.table.data
-        db_for = getattr(data, "_db_for_partition", None)
-        if db_for is not None:  # RocksDB: one database per partition
-            for key, value in data._visible_items(db_for(partition)):  # type: ignore[attr-defined]
-                yield str(data._decode_key(key)), value  # type: ignore[attr-defined]
+        if hasattr(self.table.data, "_db_for_partition"):  # RocksDB: one database per partition
+            yield from partition_items(self.table, partition)
             return
         for key, value in self.table.items():  # memory store (unit tests)
             owner = owner_of_chunk(str(key))

@@ -10,6 +10,8 @@
 * :mod:`.delivery`: sends an agent can acknowledge on (every output on the broker, or a stall).
 * :mod:`.current_event`: table writes as while processing an event (Faust's context variable).
 * :mod:`.lifecycle`: whether the worker is ready; closing connections before it stops.
+* :mod:`.assignment`: which worker owns a partition (the assignor's URL table).
+* :mod:`.batching`: groups of a Faust stream without a fixed wait (``take_ready``).
 
 May import faust, mode, aiokafka and :mod:`stream_app.settings`; nothing of the domain,
 the agents or the web views.

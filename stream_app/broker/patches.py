@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 
+from stream_app.broker.assignment import check_assignment_access
 from stream_app.broker.fetch_scope import fetch_consumed_only
 from stream_app.broker.flow_control import check_flow_control, install_flow_control
 from stream_app.broker.stores import check_store_access
@@ -74,6 +75,9 @@ def problems(app: faust.App, settings: Settings) -> list[str]:
         check_flow_control(app)
     except RuntimeError as exc:
         found.append(str(exc))
+    problem = check_assignment_access(app)
+    if problem is not None:
+        found.append(problem)
     for table in app.tables.values():
         problem = check_store_access(table)
         if problem is not None:

@@ -9,6 +9,7 @@ database on first use); :func:`check_store_access` is the start-up self-check.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -23,12 +24,23 @@ def partition_db(table: faust.types.TableT, partition: int) -> Any:
     return store._db_for_partition(partition)
 
 
+def partition_items(table: faust.types.TableT, partition: int) -> Iterator[tuple[str, Any]]:
+    """(decoded key, stored value) of every entry of ``partition`` in local state (Faust's
+    ``_visible_items`` of the partition's database: no tombstones)."""
+    store: Any = table.data
+    for key, value in store._visible_items(partition_db(table, partition)):
+        yield str(store._decode_key(key)), value
+
+
 def check_store_access(table: faust.types.TableT) -> str | None:
     """Why :func:`partition_db` cannot work on ``table`` (None: it can)."""
     store: Any = table.data
     if not callable(getattr(store, "_db_for_partition", None)):
         return (f"table {table.name}: Faust's store {type(store).__name__} has no "
                 "_db_for_partition (per-key tables need the RocksDB store)")
+    for name in ("_visible_items", "_decode_key"):
+        if not callable(getattr(store, name, None)):
+            return f"table {table.name}: Faust's store {type(store).__name__} has no {name}"
     if getattr(store, "offset_key", OFFSET_KEY) != OFFSET_KEY:
         return f"table {table.name}: Faust's store keeps its offset under another key"
     return None

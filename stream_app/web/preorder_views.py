@@ -34,6 +34,7 @@ from yarl import URL
 from agents.books import supply_for
 from agents.result_waiters import ResultWaiters
 from stream_app.app import need
+from stream_app.broker.assignment import worker_urls
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.ids import key_of_reservation_id
 from stream_app.domain.preorders import pre_order_result, validate_pre_order
@@ -171,7 +172,7 @@ def register(runtime: Runtime) -> None:
 
     def other_workers() -> list[URL]:
         own = URL(str(app.conf.canonical_url))
-        urls = {URL(url) for url in app.assignor._tps_url.values()}  # type: ignore[attr-defined]
+        urls = {URL(url) for url in worker_urls(app)}
         return sorted(
             (url for url in urls if (url.host, url.port) != (own.host, own.port)), key=str
         )

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
-from faust.types import TP
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
+from stream_app.broker.assignment import owner_url
 from stream_app.broker.lifecycle import is_ready
 from stream_app.delivery_watch import watch_of
 from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
@@ -33,7 +33,7 @@ async def forward_to_owner(
 ) -> Response | None:
     """Forward to the owner of ``partition``; None when this worker owns it."""
     app = runtime.app
-    url = app.assignor._tps_url.get(TP(changelog_topic, partition))  # type: ignore[attr-defined]
+    url = owner_url(app, changelog_topic, partition)
     if url is None:
         raise ServiceUnavailable(f"no worker owns partition {partition} yet (rebalancing)")
     if request.headers.get(FORWARDED_HEADER):

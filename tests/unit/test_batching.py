@@ -14,7 +14,7 @@ from typing import Any
 
 import faust
 
-from stream_app.batching import take_ready
+from stream_app.broker.batching import take_ready
 
 _apps = itertools.count()
 
