@@ -386,7 +386,12 @@ def test_export_writes_reservations_and_reports_to_s3(app: App, s3_server: str, 
     assert app.worker.get("/releases")[1]["lastExport"]["objects"] == summary["objects"]
 
 
-@pytest.mark.parametrize("discard", ["false", "true"], ids=["local-state-kept", "rebuilt-from-changelog"])
+@pytest.mark.parametrize("discard", [
+    "false",
+    # a rebuild from the changelog alone is also checked by test_retention (make test);
+    # this variant runs in make test-all (keeps make test under 10 minutes)
+    pytest.param("true", marks=pytest.mark.slow),
+], ids=["local-state-kept", "rebuilt-from-changelog"])
 def test_worker_killed_mid_release_converges_without_duplicates(
     kafka: KafkaCluster, app: App, tmp_path: Path, discard: str
 ) -> None:
@@ -443,7 +448,7 @@ def test_worker_killed_mid_release_converges_without_duplicates(
         factory.stop_all()
 
 
-@pytest.mark.parametrize("fluent", ["slow", "silent"])
+@pytest.mark.parametrize("fluent", ["slow", pytest.param("silent", marks=pytest.mark.slow)])
 def test_a_rebalance_mid_release_yields_and_the_owner_resumes(
     kafka: KafkaCluster, app: App, tmp_path: Path, fluent: str
 ) -> None:
