@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import ConsumerStoppedError
 
 from stream_app.broker.consumers import assign_from_end, stop_consumer
 
@@ -33,6 +34,8 @@ class ResultWaiters:
         self.idle_seconds = idle_seconds
         self._wanted = asyncio.Event()
         self._last_wanted = 0.0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._closed = False
 
     def expect(self, order_id: str) -> asyncio.Future[Json]:
         future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
@@ -75,13 +78,15 @@ class ResultWaiters:
         self.resolve_result(order_id, result)
 
     async def serve(self, bootstrap: str, topic: str) -> None:
-        """Run :meth:`run` whenever :meth:`follow` asks for it, until cancelled."""
-        while True:
+        """Run :meth:`run` whenever :meth:`follow` asks for it, until cancelled or closed."""
+        while not self._closed:
             await self._wanted.wait()
             try:
                 await self.run(bootstrap, topic)
             except asyncio.CancelledError:
                 raise
+            except ConsumerStoppedError:
+                return  # closed: the worker is stopping
             except Exception:
                 log.exception("the pre-order results follower failed (restarting)")
                 await asyncio.sleep(1)
@@ -92,6 +97,8 @@ class ResultWaiters:
 
     async def run(self, bootstrap: str, topic: str) -> None:
         """Follow every partition of ``topic`` from its end until idle."""
+        if self._closed:
+            return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=None,
@@ -99,6 +106,7 @@ class ResultWaiters:
             auto_offset_reset="latest",
             fetch_max_wait_ms=5,
         )
+        self._consumer = consumer
         await consumer.start()
         try:
             await assign_from_end(consumer, topic)
@@ -115,4 +123,13 @@ class ResultWaiters:
                     break
         finally:
             self.ready.clear()
+            self._consumer = None
+            await stop_consumer(consumer)
+
+    async def close(self) -> None:
+        """Stop the consumer if it runs (the worker is stopping: its task is cancelled
+        next, and a consumer left open is reported as unclosed)."""
+        self._closed = True
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
             await stop_consumer(consumer)

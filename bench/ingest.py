@@ -101,11 +101,12 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
         bootstrap_topics(settings, loop)
         runtime = create_runtime(settings)
 
-        applied = runtime.metrics.records_applied
+        registry = runtime.metrics.registry
         counted = [0]
 
         async def count(event: faust.EventT, keys: list[str], changed: list[str]) -> None:
-            total = int(applied._value.get())  # records applied so far (this process)
+            # records applied so far (this process)
+            total = int(registry.get_sample_value("stream_app_inventory_records_applied_total") or 0)
             meter.add(total - counted[0])
             counted[0] = total
 

@@ -20,12 +20,6 @@ def owner_url(app: faust.App, topic: str, partition: int) -> str | None:
     return urls.get(TP(topic, partition))
 
 
-def worker_urls(app: faust.App) -> set[str]:
-    """The web URLs of every worker owning a partition."""
-    urls: dict[TP, str] = getattr(app.assignor, "_tps_url")  # noqa: B009 (private)
-    return set(urls.values())
-
-
 def check_assignment_access(app: faust.App) -> str | None:
     """Why :func:`owner_url` cannot work on ``app`` (None: it can)."""
     assignor: Any = app.assignor

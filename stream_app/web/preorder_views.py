@@ -34,7 +34,8 @@ from yarl import URL
 from agents.books import supply_for
 from agents.result_waiters import ResultWaiters
 from stream_app.app import need
-from stream_app.broker.assignment import worker_urls
+from stream_app.broker.lifecycle import at_shutdown
+from stream_app.cluster import other_workers
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.ids import key_of_reservation_id
 from stream_app.domain.preorders import pre_order_result, validate_pre_order
@@ -86,6 +87,7 @@ def register(runtime: Runtime) -> None:
     store, orders, policy = preorders.store, preorders.orders, preorders.policy
     waiters = ResultWaiters()
     runtime.result_waiters = waiters
+    at_shutdown(app, waiters.close)
     preorders.books.on_result = waiters.resolve_result
     commands = runtime.topic(names.reservation_commands)
     partitions = settings.partitions
@@ -170,16 +172,9 @@ def register(runtime: Runtime) -> None:
                 waiters.forget(order_id, future)
             return self.json(pending, status=202)
 
-    def other_workers() -> list[URL]:
-        own = URL(str(app.conf.canonical_url))
-        urls = {URL(url) for url in worker_urls(app)}
-        return sorted(
-            (url for url in urls if (url.host, url.port) != (own.host, own.port)), key=str
-        )
-
     async def ask_other_workers(request: Request) -> Json | None:
         """A single-item order lives only in its book: ask every other worker's books."""
-        for url in other_workers():
+        for url in map(URL, other_workers(runtime)):
             target = request.url.with_host(url.host or "127.0.0.1").with_port(url.port)
             try:
                 async with app.http_client.get(

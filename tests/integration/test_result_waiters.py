@@ -57,3 +57,24 @@ async def test_follower_runs_on_demand_and_stops_when_idle(kafka: KafkaCluster) 
         with pytest.raises(asyncio.CancelledError):
             await serving
         await producer.stop()
+
+
+async def test_close_stops_a_running_follower_quietly(
+    kafka: KafkaCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's on_before_shutdown closes the follower: its consumer is stopped before
+    the task is cancelled, and serve() ends without logging a failure."""
+    topic = f"results-{uuid.uuid4().hex[:8]}"
+    producer = Producer(kafka.bootstrap)
+    await producer.start()
+    await producer.send(topic, {"orderId": "warm-up"}, b"warm-up")
+    await producer.stop()
+    waiters = ResultWaiters(idle_seconds=60)
+    serving = asyncio.create_task(waiters.serve(kafka.bootstrap, topic))
+    waiters.expect("O-1")
+    waiters.follow()
+    await asyncio.wait_for(waiters.ready.wait(), 30)
+    await waiters.close()
+    await asyncio.wait_for(serving, 10)  # ends by itself, not by a cancel
+    assert not waiters.ready.is_set()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
