@@ -40,14 +40,14 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 
-from agents.books import ITEMS_PER_MESSAGE, Books, Outbox
+from agents.books import ITEMS_PER_MESSAGE, Outbox
 from agents.internal import (
     BOOK_COMMAND,
     PREORDER_ITEMS,
     dead_letter,
     event_time,
 )
-from stream_app.app import PreOrders
+from stream_app.app import need
 from stream_app.broker.batching import take_ready
 from stream_app.broker.current_event import writing_as
 from stream_app.broker.delivery import source_of
@@ -63,7 +63,6 @@ from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
 from tables.reservations import (
     OrderResults,
-    define_reservation_tables,
 )
 
 if TYPE_CHECKING:
@@ -171,10 +170,10 @@ def collect(orders: OrderResults, decisions: Iterable[Json]) -> list[tuple[str, 
 
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    store, orders = define_reservation_tables(app, settings.partitions)
-    policy = Policy.from_settings(settings)
-    books = Books(runtime, store, policy)
-    runtime.preorders = PreOrders(store=store, orders=orders, policy=policy, books=books)
+    preorders = need(runtime.preorders, "the pre-order books")
+    store, orders, policy, books = (
+        preorders.store, preorders.orders, preorders.policy, preorders.books
+    )
 
     def held_view(sku: str, location: str, atp: int) -> Json:
         return {"preOrderHeldUnits": store.held_units(inventory_key(sku, location))}

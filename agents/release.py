@@ -45,13 +45,9 @@ import faust
 import orjson
 
 from agents.release_export import export_now
-from agents.release_service import (
-    ReleaseService,
-)
-from stream_app.app import Release, need
-from stream_app.broker.lifecycle import at_shutdown, is_ready
+from stream_app.app import need
+from stream_app.broker.lifecycle import is_ready
 from stream_app.domain.ids import parse_iso
-from tables.releases import define_release_table
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -62,11 +58,7 @@ Json = dict[str, Any]
 
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    preorders = need(runtime.preorders, "agents.preorders")
-    runs = define_release_table(app, settings.partitions)
-    service = ReleaseService(runtime, preorders.store, runs, preorders.policy, orders=preorders.orders)
-    runtime.release = Release(service=service, runs=runs)
-    at_shutdown(app, service.close)  # its Fluent client, also when a task is cut short
+    service = need(runtime.release, "the release service").service
     tz = ZoneInfo(settings.release_timezone)
 
     @app.agent(runtime.topic(names.release_commands), name="release-apply")

@@ -36,7 +36,7 @@ EXPORT_RUN_DAYS = 7
 
 
 def local_parts(runtime: Runtime, run_id: str | None = None) -> Json:
-    service = need(runtime.release, "agents.release").service
+    service = need(runtime.release, "the release service").service
     parts = [
         p for p in service.runs.local_parts() if run_id is None or p.get("runId") == run_id
     ]
@@ -74,7 +74,7 @@ def merged_runs(runtime: Runtime, parts: list[Json]) -> list[Json]:
 
 def requested_only(runtime: Runtime, run_id: str) -> Json | None:
     """A run requested through this worker that no partition picked up yet."""
-    service = need(runtime.release, "agents.release").service
+    service = need(runtime.release, "the release service").service
     command = service.requested.get(run_id)
     if command is None:
         return None
@@ -92,7 +92,7 @@ def requested_only(runtime: Runtime, run_id: str) -> Json | None:
 
 async def gather_state(runtime: Runtime) -> tuple[list[Json], list[Json], list[Json]]:
     """Every worker's reservations and run reports (for the export); and who failed."""
-    service = need(runtime.release, "agents.release").service
+    service = need(runtime.release, "the release service").service
     key = runtime.settings.admin_api_key.get_secret_value()
     reservations = service.local_reservations()
     parts = list(service.runs.local_parts())
@@ -119,7 +119,7 @@ async def gather_state(runtime: Runtime) -> tuple[list[Json], list[Json], list[J
 
 async def export_now(runtime: Runtime, now: datetime | None = None) -> Json:
     """Write the reservation export and recent run reports to S3; returns a summary."""
-    service = need(runtime.release, "agents.release").service
+    service = need(runtime.release, "the release service").service
     cfg = S3Config.from_settings(runtime.settings)
     if not cfg.enabled:
         raise ExportError("S3 export is disabled: no bucket configured (STREAM_APP_S3_BUCKET)")

@@ -38,8 +38,9 @@ import faust
 import orjson
 
 from agents.internal import SYNC_ACK, dead_letter
-from stream_app.broker.delivery import source_of, table_deliver
-from stream_app.broker.lifecycle import at_shutdown, is_ready
+from stream_app.app import need
+from stream_app.broker.delivery import source_of
+from stream_app.broker.lifecycle import is_ready
 from stream_app.domain.delta import (
     SyncRun,
     apply_ack,
@@ -62,7 +63,7 @@ from stream_app.fluent.client import (
     backoff_delay,
 )
 from stream_app.records import inventory_key, split_key
-from tables.keyed import KeyedTable, define_keyed_table
+from tables.keyed import KeyedTable
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -404,14 +405,8 @@ class SyncService:
 
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    accepted = define_keyed_table(
-        app, "fluent_accepted", settings.partitions,
-        "Last quantity Fluent accepted per SKU/location, sync failures, dirty markers",
-        table_deliver(app),
-    )
-    service = SyncService(runtime, accepted)
-    runtime.sync = service
-    at_shutdown(app, service.close)
+    service = need(runtime.sync, "the sync service")
+    accepted = service.accepted
     hooks = runtime.inventory_hooks
     hooks.stagers.append(_marks_of(service))
     hooks.after_apply.append(_note_hook(service))

@@ -90,8 +90,8 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
                 orjson.loads(value)
                 meter.add(1)
     else:
-        from stream_app.app import create_runtime
         from stream_app.cli import bootstrap_topics
+        from stream_app.wiring import create_runtime
 
         settings = load_settings(
             kafka_broker=bootstrap, app_id=app_id, partitions=PARTITIONS, data_dir=Path(data_dir),

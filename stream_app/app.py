@@ -1,26 +1,22 @@
-"""Builds the Faust app from a :class:`Settings` object and nothing else.
+"""The typed runtime every agent, timer and view shares, and the Faust app's configuration.
 
-``create_runtime(settings)`` makes the ``faust.App``, its topics and tables, then
-registers agents, timers and web views from an explicit list of modules (no
-autodiscovery, no side effects at import).
+:class:`Runtime` names what the flows share (settings, topics, the inventory table, each
+flow's services) as typed fields; :mod:`stream_app.wiring` builds it, in one function.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import faust
 
-from stream_app.broker import patches
-from stream_app.broker.delivery import table_deliver
 from stream_app.domain.inventory import BufferPolicy
 from stream_app.metrics import Metrics
 from stream_app.settings import Settings
 from stream_app.topics import TopicNames
-from tables.keyed import KeyedTable, define_keyed_table
+from tables.keyed import KeyedTable
 
 if TYPE_CHECKING:
     from agents.books import Books
@@ -86,8 +82,8 @@ class Release:
 @dataclass
 class Runtime:
     """What agents, timers and views share: settings, topics and tables of one app, and
-    each flow's services once its module has registered (``REGISTRY`` order: a module
-    reads only what the modules before it set; :func:`need` says which is missing)."""
+    each flow's services (built together by :func:`stream_app.wiring.build_services`
+    before any agent or view registers; :func:`need` says which is missing)."""
 
     settings: Settings
     app: faust.App
@@ -98,19 +94,20 @@ class Runtime:
     metrics: Metrics
     internal_handlers: InternalHandlers = field(default_factory=InternalHandlers)
     inventory_hooks: InventoryHooks = field(default_factory=InventoryHooks)
-    preorders: PreOrders | None = None  # agents.preorders
+    preorders: PreOrders | None = None  # the books (agents.books), their tables
     sync: SyncService | None = None  # agents.sync
-    release: Release | None = None  # agents.release
-    result_waiters: ResultWaiters | None = None  # stream_app.web.preorder_views
+    release: Release | None = None  # agents.release_service, the release_runs table
+    result_waiters: ResultWaiters | None = None  # agents.result_waiters
 
     def topic(self, name: str) -> faust.TopicT:
         return self.topics[name]
 
 
 def need(value: T | None, what: str) -> T:
-    """``value``, registered by an earlier module; a clear error when it is not."""
+    """``value``, built by :func:`stream_app.wiring.build_services`; a clear error when
+    it is not (a register called without it, in a test)."""
     if value is None:
-        raise RuntimeError(f"{what} is not registered yet: check the order of app.REGISTRY")
+        raise RuntimeError(f"{what} is not built yet: stream_app.wiring.build_services does")
     return value
 
 
@@ -158,43 +155,3 @@ def raw_topic(app: faust.App, name: str, partitions: int) -> faust.TopicT:
         value_serializer="raw",
         partitions=partitions,
     )
-
-
-def create_runtime(settings: Settings) -> Runtime:
-    app = create_faust_app(settings)
-    patches.install(app, settings)  # before any topic or agent exists
-    names = TopicNames.from_settings(settings)
-    topics = {name: raw_topic(app, name, settings.partitions) for name in names.all()}
-    inventory = define_keyed_table(
-        app,
-        "inventory",
-        settings.partitions,
-        "Latest record per channel and expected arrivals per SKU/location",
-        table_deliver(app),
-    )
-    runtime = Runtime(
-        settings=settings,
-        app=app,
-        names=names,
-        topics=topics,
-        inventory=inventory,
-        buffers=BufferPolicy(settings.default_buffer, dict(settings.channel_buffers)),
-        metrics=Metrics(),
-    )
-    for module in REGISTRY:
-        importlib.import_module(module).register(runtime)
-    return runtime
-
-
-#: Modules that register agents, timers and views, in order (explicit, no autodiscovery).
-REGISTRY = (
-    "agents.internal",
-    "agents.inventory",
-    "agents.preorders",
-    "agents.sync",
-    "agents.release",
-    "stream_app.web.views",
-    "stream_app.web.preorder_views",
-    "stream_app.web.sync_views",
-    "stream_app.web.release_views",
-)

@@ -122,7 +122,7 @@ def run_worker(settings: Settings, fresh_broker: bool = False) -> int:
     """Run one Faust worker until SIGTERM/SIGINT; returns its exit code. ``fresh_broker``:
     the broker was just started and holds nothing (the embedded one keeps no data), so
     local tables of an earlier run would describe changelogs that no longer exist."""
-    from stream_app.app import create_runtime
+    from stream_app.wiring import create_runtime
 
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -32,9 +32,7 @@ from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
 from agents.books import supply_for
-from agents.result_waiters import ResultWaiters
 from stream_app.app import need
-from stream_app.broker.lifecycle import at_shutdown
 from stream_app.cluster import other_workers
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.ids import key_of_reservation_id
@@ -83,12 +81,9 @@ def _parse_int(text: str | None, default: int, minimum: int) -> int | None:
 
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
-    preorders = need(runtime.preorders, "agents.preorders")
+    preorders = need(runtime.preorders, "the pre-order books")
     store, orders, policy = preorders.store, preorders.orders, preorders.policy
-    waiters = ResultWaiters()
-    runtime.result_waiters = waiters
-    at_shutdown(app, waiters.close)
-    preorders.books.on_result = waiters.resolve_result
+    waiters = need(runtime.result_waiters, "the results waiters")
     commands = runtime.topic(names.reservation_commands)
     partitions = settings.partitions
 

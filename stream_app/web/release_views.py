@@ -56,7 +56,7 @@ def parse_release_date(text: str | None) -> date | None:
 
 def register(runtime: Runtime) -> None:
     app = runtime.app
-    service = need(runtime.release, "agents.release").service
+    service = need(runtime.release, "the release service").service
 
     def unauthorized(view: View) -> Response:
         return view.json({"error": "unauthorized", "message": "X-API-Key required"}, status=401)

@@ -50,7 +50,7 @@ def merge(workers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def register(runtime: Runtime) -> None:
     app = runtime.app
-    service = need(runtime.sync, "agents.sync")
+    service = need(runtime.sync, "the sync service")
 
     @app.page("/sync")
     class Sync(View):

@@ -16,8 +16,9 @@ from agents.internal import (
     SYNC_ACK,
     dispatch_table,
 )
-from stream_app.app import InternalHandlers, create_runtime
+from stream_app.app import InternalHandlers
 from stream_app.settings import Settings
+from stream_app.wiring import create_runtime
 
 
 async def handler(event: faust.EventT) -> None:
