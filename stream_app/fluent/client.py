@@ -1,10 +1,13 @@
 """Async client for the Fluent Commerce APIs the inventory sync and the release use.
 
 Owns the OAuth token (password grant, refresh grant, one re-authentication on 401 and never
-a loop), retries with exponential backoff and full jitter that honour ``Retry-After``, the
-one-job-per-UTC-day rule, inventory batches and their polling, and the two GraphQL calls
-(``createOrder`` and ``inventoryPositions``). Secrets (password, client secret, tokens)
-never appear in logs, exception messages or reprs.
+a loop), retries (timing in :mod:`~stream_app.fluent.retry`) that honour ``Retry-After``, the
+one-job-per-UTC-day rule, inventory batches (:mod:`~stream_app.fluent.batches`) and their
+polling, and the two GraphQL calls (``createOrder`` and ``inventoryPositions``, documents in
+:mod:`~stream_app.fluent.documents`). Secrets (password, client secret, tokens) never appear
+in logs, exception messages or reprs. Errors are in :mod:`~stream_app.fluent.errors`; every
+public name of those modules is re-exported here. Over 500 lines on purpose: one class
+whose calls share one session, one token and one retry loop (the pure parts live beside it).
 """
 
 from __future__ import annotations
@@ -12,122 +15,76 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 from pydantic import SecretStr
 
+from stream_app.fluent.batches import (
+    COMPLETE,
+    FAILED,
+    MAX_BATCH_RECORDS,
+    BatchOutcome,
+    InventoryRecord,
+    SubmittedBatch,
+    batch_outcome,
+    inventory_entities,
+)
+from stream_app.fluent.documents import (
+    CREATE_ORDER_MUTATION,
+    create_orders_mutation,
+    inventory_positions_query,
+)
+from stream_app.fluent.errors import (
+    FluentAuthError,
+    FluentError,
+    FluentGraphQLError,
+    FluentJobClosed,
+    FluentRequestError,
+    FluentUnavailable,
+    error_messages,
+    graphql_messages,
+)
+from stream_app.fluent.retry import RetryEvent, backoff_delay, parse_retry_after
+
 if TYPE_CHECKING:
     from stream_app.settings import Settings
 
+__all__ = [
+    "MAX_BATCH_RECORDS",
+    "BatchOutcome",
+    "FluentAuthError",
+    "FluentClient",
+    "FluentConfig",
+    "FluentError",
+    "FluentGraphQLError",
+    "FluentJobClosed",
+    "FluentRequestError",
+    "FluentUnavailable",
+    "InventoryRecord",
+    "RetryEvent",
+    "SubmittedBatch",
+    "backoff_delay",
+    "batch_outcome",
+    "inventory_entities",
+    "parse_retry_after",
+]
+
 log = logging.getLogger(__name__)
 
-MAX_BATCH_RECORDS = 5000
 API_PREFIX = "/api/v4.1"
 TOKEN_PATH = "/oauth/token"  # noqa: S105 - a URL path, not a credential
 GRAPHQL_PATH = "/graphql"
-_COMPLETE = frozenset({"COMPLETE", "COMPLETED"})
-_FAILED = frozenset({"FAILED", "ERROR", "ABORTED"})
 _MAX_POLL_DELAY = 5.0
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-# --- errors --------------------------------------------------------------------------------
-
-
-class FluentError(Exception):
-    """Base class of every Fluent client error."""
-
-
-class FluentAuthError(FluentError):
-    """Fluent refused the credentials, or a freshly issued token. Retrying will not help."""
-
-
-class FluentUnavailable(FluentError):
-    """Fluent did not answer usefully within ``max_attempts`` (5xx, 429, timeouts)."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class FluentRequestError(FluentError):
-    """Fluent rejected the request (a 4xx other than 401/429): fix the request, not retry."""
-
-    def __init__(self, message: str, *, status: int, messages: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.status = status
-        self.messages = tuple(messages)
-
-
-class FluentJobClosed(FluentRequestError):
-    """The job no longer takes batches (closed at midnight UTC, or unknown)."""
-
-
-class FluentGraphQLError(FluentError):
-    """A GraphQL response carried ``errors[]``."""
-
-    def __init__(self, message: str, *, messages: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.messages = tuple(messages)
-
-
-# --- value types ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class InventoryRecord:
-    """One absolute LAST_ON_HAND quantity for a SKU at a location."""
-
-    sku: str
-    location: str
-    qty: int
-
-
-@dataclass(slots=True)
-class BatchOutcome:
-    """What Fluent made of one batch, per (sku, location).
-
-    Rule: a record is *accepted* when its ``results[]`` entry has a 2xx ``responseCode``
-    and *failed* (with ``"<code> <message>"``) when the code is anything else. A record sent
-    but absent from ``results[]`` counts as accepted only when the COMPLETE batch reported
-    no results at all; otherwise it is failed ("no result reported") so that it stays dirty
-    and is sent again (harmless: absolute quantities, UPSERT). A batch with status FAILED or
-    ERROR fails every record.
-    """
-
-    job_id: str
-    batch_id: str
-    status: str
-    accepted: list[tuple[str, str]] = field(default_factory=list)
-    failed: dict[tuple[str, str], str] = field(default_factory=dict)
-
-
-class SubmittedBatch(NamedTuple):
-    job_id: str
-    batch_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class RetryEvent:
-    """Passed to ``FluentClient.on_retry`` before each backoff wait."""
-
-    method: str
-    path: str
-    attempt: int
-    status: int | None
-    error: str
-    delay: float
 
 
 @dataclass(frozen=True)
@@ -174,132 +131,6 @@ class FluentConfig:
         )
 
 
-# --- pure helpers ---------------------------------------------------------------------------
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base: float,
-    cap: float,
-    rng: Callable[[], float],
-    retry_after: float | None = None,
-) -> float:
-    """Full-jitter exponential backoff after failed ``attempt`` (1-based).
-
-    ``rng() * min(cap, base * 2 ** (attempt - 1))``, and never less than ``retry_after``.
-    """
-    ceiling = min(cap, base * 2.0 ** max(attempt - 1, 0))
-    delay = max(0.0, min(1.0, rng())) * ceiling
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return delay
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent or bad."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(tz=UTC))).total_seconds()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
-def inventory_entities(
-    records: Sequence[InventoryRecord], retailer_id: str
-) -> list[dict[str, Any]]:
-    """Batch entities for absolute LAST_ON_HAND quantities."""
-    return [
-        {
-            "retailerId": retailer_id,
-            "skuRef": r.sku,
-            "locationRef": r.location,
-            "qty": r.qty,
-            "correctedQty": 0,
-            "type": "LAST_ON_HAND",
-            "status": "ACTIVE",
-        }
-        for r in records
-    ]
-
-
-def batch_outcome(
-    job_id: str,
-    batch_id: str,
-    body: Mapping[str, Any],
-    records: Sequence[InventoryRecord] | None = None,
-) -> BatchOutcome:
-    """Apply the :class:`BatchOutcome` rule to a batch status body."""
-    status = str(body.get("status", "")).upper()
-    outcome = BatchOutcome(job_id=job_id, batch_id=batch_id, status=status)
-    results = body.get("results") or []
-    by_ref: dict[str, tuple[bool, str]] = {}
-    for item in results:
-        if not isinstance(item, Mapping):
-            continue
-        ref = str(item.get("entityRef", ""))
-        code = str(item.get("responseCode", "")).strip()
-        ok = code.startswith("2")
-        message = "" if ok else f"{code} {item.get('message') or ''}".strip()
-        # A failure wins over a success for the same ref (duplicates in one batch).
-        if ref not in by_ref or by_ref[ref][0]:
-            by_ref[ref] = (ok, message)
-    if records is None:
-        for ref, (ok, message) in by_ref.items():
-            sku, _, location = ref.rpartition(":")
-            key = (sku, location)
-            if ok:
-                outcome.accepted.append(key)
-            else:
-                outcome.failed[key] = message
-        return outcome
-    failed_batch = status in _FAILED
-    seen: set[tuple[str, str]] = set()
-    for record in records:
-        key = (record.sku, record.location)
-        if key in seen:
-            continue
-        seen.add(key)
-        if failed_batch:
-            outcome.failed[key] = f"batch {status}"
-            continue
-        entry = by_ref.get(f"{record.sku}:{record.location}")
-        if entry is None:
-            if by_ref:
-                outcome.failed[key] = "no result reported for this record"
-            else:
-                outcome.accepted.append(key)
-        elif entry[0]:
-            outcome.accepted.append(key)
-        else:
-            outcome.failed[key] = entry[1]
-    return outcome
-
-
-def _error_messages(body: Any, text: str) -> list[str]:
-    if isinstance(body, Mapping):
-        errors = body.get("errors")
-        if isinstance(errors, list):
-            out = [str(e.get("message", e)) if isinstance(e, Mapping) else str(e) for e in errors]
-            if out:
-                return out
-        if "error" in body:
-            desc = body.get("error_description")
-            return [f"{body['error']}: {desc}" if desc else str(body["error"])]
-        if isinstance(body.get("message"), str):
-            return [body["message"]]
-    return [text[:200]] if text else []
-
-
 @dataclass(slots=True)
 class _Response:
     status: int
@@ -311,7 +142,7 @@ class _Response:
         return 200 <= self.status < 300
 
     def messages(self) -> list[str]:
-        return _error_messages(self.body, self.text)
+        return error_messages(self.body, self.text)
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -764,7 +595,7 @@ class FluentClient:
         while True:
             body = await self.batch_status(job_id, batch_id)
             status = str(body.get("status", "")).upper()
-            if status in _COMPLETE or status in _FAILED:
+            if status in COMPLETE or status in FAILED:
                 outcome = batch_outcome(job_id, batch_id, body, records)
                 if outcome.failed:
                     log.info(
@@ -802,7 +633,7 @@ class FluentClient:
         if not isinstance(ref, str) or not ref:
             raise ValueError("order_input needs a 'ref'")
         body = await self.graphql(CREATE_ORDER_MUTATION, {"input": dict(order_input)})
-        messages = _graphql_messages(body)
+        messages = graphql_messages(body)
         if messages:
             if any("already exists" in m.lower() for m in messages):
                 return ref, False
@@ -879,7 +710,7 @@ class FluentClient:
         """Every inventory position (the ``node`` dicts), following cursor pagination."""
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
-        query = _inventory_positions_query(
+        query = inventory_positions_query(
             products=product_refs is not None,
             locations=location_refs is not None,
             catalogue=catalogue_ref is not None,
@@ -895,7 +726,7 @@ class FluentClient:
         seen_cursors: set[str] = set()
         while True:
             body = await self.graphql(query, variables)
-            messages = _graphql_messages(body)
+            messages = graphql_messages(body)
             if messages:
                 raise FluentGraphQLError(
                     f"inventoryPositions failed: {'; '.join(messages)[:500]}", messages=messages
@@ -913,54 +744,3 @@ class FluentClient:
                 raise FluentGraphQLError("inventoryPositions pagination did not advance")
             seen_cursors.add(cursor)
             variables["after"] = cursor
-
-
-CREATE_ORDER_MUTATION = """
-mutation createOrder($input: CreateOrderInput) {
-  createOrder(input: $input) { id ref type status workflowRef workflowVersion createdOn }
-}
-""".strip()
-
-
-ORDER_FIELDS = "id ref type status workflowRef workflowVersion createdOn"
-
-
-def create_orders_mutation(count: int) -> str:
-    """A mutation creating ``count`` orders: ``o<n>: createOrder(input: $i<n>)``."""
-    params = ", ".join(f"$i{n}: CreateOrderInput" for n in range(count))
-    fields = "\n".join(
-        f"  o{n}: createOrder(input: $i{n}) {{ {ORDER_FIELDS} }}" for n in range(count)
-    )
-    return f"mutation createOrders({params}) {{\n{fields}\n}}"
-
-
-def _inventory_positions_query(*, products: bool, locations: bool, catalogue: bool) -> str:
-    params = ["$first: Int", "$after: String"]
-    args = ["first: $first", "after: $after"]
-    if products:
-        params.append("$productRef: [String]")
-        args.append("productRef: $productRef")
-    if locations:
-        params.append("$locationRef: [String]")
-        args.append("locationRef: $locationRef")
-    if catalogue:
-        params.append("$catalogue: InventoryCatalogueKey")
-        args.append("catalogue: $catalogue")
-    return (
-        f"query inventoryPositions({', '.join(params)}) {{\n"
-        f"  inventoryPositions({', '.join(args)}) {{\n"
-        "    edges { cursor node { id ref type status productRef locationRef onHand"
-        " createdOn updatedOn } }\n"
-        "    pageInfo { hasNextPage hasPreviousPage }\n"
-        "  }\n"
-        "}"
-    )
-
-
-def _graphql_messages(body: Mapping[str, Any]) -> list[str]:
-    errors = body.get("errors")
-    if not errors:
-        return []
-    if not isinstance(errors, list):
-        return [str(errors)]
-    return [str(e.get("message", e)) if isinstance(e, Mapping) else str(e) for e in errors]
