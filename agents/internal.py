@@ -2,9 +2,9 @@
 
 Repartition and command messages the app writes to itself (inventory records to apply,
 pre-order items to decide, item decisions to collect, book commands, Fluent sync
-acknowledgements) share ``<app>-internal``; the message KEY names the kind and the
-partition is always chosen by the sender (the partition of the state the handler
-changes). One topic instead of five because of what a fetch costs here: every fetch of
+acknowledgements, channel checkpoints, Fluent reconciliation pages) share
+``<app>-internal``; the message KEY names the kind and the partition is always chosen by
+the sender (the partition of the state the handler changes). One topic instead of five because of what a fetch costs here: every fetch of
 the worker's consumer lists every assigned partition, and encoding/decoding that request
 in aiokafka's pure-Python protocol code costs per partition — with 9 topics × 8
 partitions it was ~27 % of a core for an idle worker and the bound on decisions per
@@ -40,6 +40,8 @@ SYNC_ACK = b"sync-ack"
 PREORDER_ITEMS = b"preorder-items"
 PREORDER_DECISIONS = b"preorder-decisions"
 BOOK_COMMAND = b"book-command"
+CHANNEL_PROGRESS = b"channel-progress"
+RECONCILE = b"fluent-reconcile"
 
 
 def dead_letter_headers(event: faust.EventT, reason: str) -> dict[str, bytes]:
@@ -105,6 +107,8 @@ def dispatch_table(handlers: InternalHandlers) -> dict[bytes, Handler]:
         PREORDER_ITEMS: handlers.preorder_items,  # intake -> the books decide (reservations)
         PREORDER_DECISIONS: handlers.preorder_decisions,  # books -> the order collector
         BOOK_COMMAND: handlers.book_command,  # reservation-commands router -> the books
+        CHANNEL_PROGRESS: handlers.channel_progress,  # a channel's poller -> channel_state
+        RECONCILE: handlers.reconcile,  # Fluent's positions -> drifted keys dirty (fluent_accepted)
     }
     missing = sorted(kind.decode() for kind, handler in table.items() if handler is None)
     if missing:

@@ -20,6 +20,8 @@ from tables.keyed import KeyedTable
 
 if TYPE_CHECKING:
     from agents.books import Books
+    from agents.channels import ChannelsService
+    from agents.reconcile import Reconciler
     from agents.release_service import ReleaseService
     from agents.result_waiters import ResultWaiters
     from agents.sync import SyncService
@@ -50,6 +52,8 @@ class InternalHandlers:
     preorder_items: Handler | None = None  # agents.preorders (the books)
     preorder_decisions: Handler | None = None  # agents.preorders (the order collector)
     book_command: Handler | None = None  # agents.preorders (cancel, commit, promote)
+    channel_progress: Handler | None = None  # agents.channels (checkpoints, processed files)
+    reconcile: Handler | None = None  # agents.reconcile (Fluent's positions vs accepted)
 
 
 @dataclass
@@ -98,6 +102,8 @@ class Runtime:
     sync: SyncService | None = None  # agents.sync
     release: Release | None = None  # agents.release_service, the release_runs table
     result_waiters: ResultWaiters | None = None  # agents.result_waiters
+    channels: ChannelsService | None = None  # agents.channels, the channel_state table
+    reconciler: Reconciler | None = None  # agents.reconcile
 
     def topic(self, name: str) -> faust.TopicT:
         return self.topics[name]

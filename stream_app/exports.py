@@ -234,7 +234,7 @@ def _redact(text: str, cfg: S3Config) -> str:
     return text
 
 
-def _describe(exc: BaseException, cfg: S3Config) -> str:
+def describe_s3_error(exc: BaseException, cfg: S3Config) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = err.get("Code", "ClientError")
@@ -246,7 +246,7 @@ def _describe(exc: BaseException, cfg: S3Config) -> str:
 
 
 @asynccontextmanager
-async def _s3_client(cfg: S3Config) -> AsyncIterator[Any]:
+async def s3_client(cfg: S3Config) -> AsyncIterator[Any]:
     if not cfg.enabled:
         raise ExportError("S3 export is disabled: no bucket configured (STREAM_APP_S3_BUCKET)")
     access_key = cfg.access_key_id.get_secret_value() or None
@@ -270,7 +270,7 @@ async def _s3_client(cfg: S3Config) -> AsyncIterator[Any]:
         except (BotoCoreError, ClientError, ValueError) as exc:
             raise ExportError(
                 f"cannot open S3 client for bucket {cfg.bucket!r} "
-                f"(endpoint {cfg.endpoint_url or 'AWS default'}): {_describe(exc, cfg)}"
+                f"(endpoint {cfg.endpoint_url or 'AWS default'}): {describe_s3_error(exc, cfg)}"
             ) from None
         yield client
 
@@ -289,7 +289,7 @@ async def _put(client: Any, cfg: S3Config, key: str, body: bytes) -> str:
             Bucket=cfg.bucket, Key=key, Body=body, ContentType=JSON_CONTENT_TYPE
         )
     except (BotoCoreError, ClientError) as exc:
-        raise ExportError(f"S3 put_object to {uri} failed: {_describe(exc, cfg)}") from None
+        raise ExportError(f"S3 put_object to {uri} failed: {describe_s3_error(exc, cfg)}") from None
     log.info("exported %s (%d bytes)", uri, len(body))
     return uri
 
@@ -297,7 +297,7 @@ async def _put(client: Any, cfg: S3Config, key: str, body: bytes) -> str:
 async def write_json(cfg: S3Config, key: str, payload: Any) -> str:
     """Write ``payload`` as JSON to ``key`` (used as given) and return its ``s3://`` URI."""
     body = _encode(key, payload)
-    async with _s3_client(cfg) as client:
+    async with s3_client(cfg) as client:
         return await _put(client, cfg, key, body)
 
 
@@ -318,7 +318,7 @@ async def export_reservations(
         return []
     base = f"{cfg.key_prefix}reservations/"
     uris: list[str] = []
-    async with _s3_client(cfg) as client:
+    async with s3_client(cfg) as client:
         for ship_date, document in export.items():
             body = _encode(ship_date, document)
             uris.append(await _put(client, cfg, f"{base}{ship_date}/{stamp}.json", body))

@@ -55,6 +55,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.reconciled = Counter(
+            "stream_app_reconciled_positions_total",
+            "Fluent positions compared with what Fluent last accepted, by outcome "
+            "(match, drift: marked dirty to be sent again, unknown: never accepted here)",
+            ["outcome"], registry=self.registry,
+        )
         self.ready = Gauge("stream_app_ready", "1 when the worker is ready", registry=self.registry)
 
     def render(self) -> bytes:

@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "STREAM_APP_"
@@ -110,6 +117,12 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(500, ge=1, le=5000)
     resync_cron: str = "0 1 * * *"
+    reconcile_cron: str = Field(
+        "30 4 * * *",
+        description="when the leader compares Fluent's inventory positions with what Fluent "
+        "last accepted and marks drifted keys dirty (UTC); empty = never (POST /sync/reconcile)",
+    )
+    reconcile_page_size: int = Field(500, ge=1, le=5000, description="positions per GraphQL page")
     fluent_max_attempts: int = Field(5, ge=1)
     fluent_backoff_base: float = Field(0.5, gt=0)
     fluent_backoff_max: float = Field(30.0, gt=0)
@@ -219,6 +232,13 @@ class Settings(BaseSettings):
     s3_prefix: str = "stream-app/"
     aws_access_key_id: SecretStr = SecretStr("")
     aws_secret_access_key: SecretStr = SecretStr("")
+
+    # --- channel connectors ------------------------------------------------------------
+    channels_file: str = Field(
+        "",
+        description="JSON or YAML file of channel connectors (S3 CSV drops, REST pollers; "
+        "stream_app.connectors.config); empty = none. Checked at start-up",
+    )
     release_catch_up: bool = Field(
         True, description="at start-up the leader releases a scheduled night that was missed"
     )
@@ -255,14 +275,25 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown timezone {value!r} (an IANA name like Europe/Paris)") from None
         return value
 
-    @field_validator("release_cron", "expiry_check_cron", "export_cron")
+    @field_validator("release_cron", "expiry_check_cron", "export_cron", "resync_cron", "reconcile_cron")
     @classmethod
-    def _check_cron(cls, value: str) -> str:
+    def _check_cron(cls, value: str, info: ValidationInfo) -> str:
         from croniter import croniter
 
+        if info.field_name == "reconcile_cron" and not value.strip():
+            return ""
         if not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a crontab expression like '0 2 * * *'")
         return value
+
+    @field_validator("channels_file")
+    @classmethod
+    def _check_channels(cls, value: str) -> str:
+        if value.strip():
+            from stream_app.connectors.config import load_channels
+
+            load_channels(value.strip())  # ChannelsConfigError (a ValueError): one clear line
+        return value.strip()
 
     @field_validator("kafka_broker", "fluent_base_url")
     @classmethod

@@ -4,9 +4,11 @@ In one place, in this order:
 
 1. the ``faust.App`` (:func:`stream_app.app.create_faust_app`) and the private-API patches;
 2. its topics (raw bytes: every agent decodes and dead-letters itself);
-3. every table (inventory, fluent_accepted, reservations, order_results, release_runs);
+3. every table (inventory, fluent_accepted, reservations, order_results, release_runs,
+   channel_state);
 4. every flow's services (:func:`build_services`): the pre-order books, the sync service,
-   the release service, the results waiters, each closed at the worker's stop;
+   the release service, the results waiters, the channel connectors, each closed at the
+   worker's stop;
 5. the agents, timers and views of each module in :data:`REGISTRY`, which only read the
    services (:func:`stream_app.app.need` says what is missing if one is called early).
 
@@ -17,16 +19,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import agents.channels
 import agents.internal
 import agents.inventory
 import agents.preorders
+import agents.reconcile
 import agents.release
 import agents.sync
+import stream_app.web.channel_views
 import stream_app.web.preorder_views
 import stream_app.web.release_views
 import stream_app.web.sync_views
 import stream_app.web.views
 from agents.books import Books
+from agents.channels import ChannelsService
+from agents.reconcile import Reconciler
 from agents.release_service import ReleaseService
 from agents.result_waiters import ResultWaiters
 from agents.sync import SyncService
@@ -50,11 +57,14 @@ REGISTRY: tuple[Callable[[Runtime], None], ...] = (
     agents.inventory.register,
     agents.preorders.register,
     agents.sync.register,
+    agents.reconcile.register,
     agents.release.register,
+    agents.channels.register,
     stream_app.web.views.register,
     stream_app.web.preorder_views.register,
     stream_app.web.sync_views.register,
     stream_app.web.release_views.register,
+    stream_app.web.channel_views.register,
 )
 
 
@@ -101,6 +111,8 @@ def build_services(runtime: Runtime) -> None:
     )
     runtime.sync = SyncService(runtime, accepted)
     at_shutdown(app, runtime.sync.close)
+    runtime.reconciler = Reconciler(runtime, runtime.sync)
+    at_shutdown(app, runtime.reconciler.close)
 
     runs = define_release_table(app, settings.partitions)
     release = ReleaseService(runtime, store, runs, policy, orders=orders)
@@ -111,3 +123,11 @@ def build_services(runtime: Runtime) -> None:
     books.on_result = waiters.resolve_result  # single-item results, in-process
     runtime.result_waiters = waiters
     at_shutdown(app, waiters.close)
+
+    channel_state = define_keyed_table(
+        app, "channel_state", settings.partitions,
+        "Channel connectors: file checkpoints, processed files, REST cursors",
+        table_deliver(app),
+    )
+    runtime.channels = ChannelsService.from_settings(runtime, channel_state)
+    at_shutdown(app, runtime.channels.close)

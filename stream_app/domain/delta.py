@@ -82,6 +82,22 @@ def apply_ack(
     return new, True
 
 
+def reconcile_entry(
+    entry: dict[str, Any] | None, fluent_on_hand: int, read_at_us: int
+) -> tuple[dict[str, Any] | None, bool]:
+    """Fluent holds ``fluent_on_hand`` (read at ``read_at_us``) for a key it last accepted
+    ``entry["qty"]`` of. They differ: a drift. The entry then records what Fluent holds,
+    so the sellable quantity differs from it and the next flush sends it again (heals).
+    A key never accepted is not a drift (it is dirty already, or not ours); nor is one
+    accepted after the read (the read is older than what Fluent was last told)."""
+    if entry is None or "qty" not in entry or int(entry.get("acceptedAt", 0)) > read_at_us:
+        return entry, False
+    if int(entry["qty"]) == fluent_on_hand:
+        return entry, False
+    drift = {"was": entry["qty"], "fluent": fluent_on_hand, "at": read_at_us}
+    return {**entry, "qty": fluent_on_hand, "drift": drift}, True
+
+
 def apply_failure(
     entry: dict[str, Any] | None,
     error: str,

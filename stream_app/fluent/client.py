@@ -17,7 +17,7 @@ import io
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -708,6 +708,23 @@ class FluentClient:
         catalogue_ref: str | None = None,
     ) -> list[dict[str, Any]]:
         """Every inventory position (the ``node`` dicts), following cursor pagination."""
+        nodes: list[dict[str, Any]] = []
+        async for page in self.inventory_position_pages(
+            page_size, product_refs=product_refs, location_refs=location_refs,
+            catalogue_ref=catalogue_ref,
+        ):
+            nodes.extend(page)
+        return nodes
+
+    async def inventory_position_pages(
+        self,
+        page_size: int = 500,
+        *,
+        product_refs: Sequence[str] | None = None,
+        location_refs: Sequence[str] | None = None,
+        catalogue_ref: str | None = None,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The inventory positions page by page (memory: one page, whatever the catalogue)."""
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         query = inventory_positions_query(
@@ -722,7 +739,6 @@ class FluentClient:
             variables["locationRef"] = list(location_refs)
         if catalogue_ref is not None:
             variables["catalogue"] = {"ref": catalogue_ref}
-        nodes: list[dict[str, Any]] = []
         seen_cursors: set[str] = set()
         while True:
             body = await self.graphql(query, variables)
@@ -734,10 +750,10 @@ class FluentClient:
             data = body.get("data") or {}
             connection = data.get("inventoryPositions") or {}
             edges = connection.get("edges") or []
-            nodes.extend(e["node"] for e in edges if isinstance(e, Mapping) and "node" in e)
+            yield [e["node"] for e in edges if isinstance(e, Mapping) and "node" in e]
             page_info = connection.get("pageInfo") or {}
             if not page_info.get("hasNextPage") or not edges:
-                return nodes
+                return
             # endCursor is not in every Fluent schema: the last edge's cursor always is.
             cursor = edges[-1].get("cursor")
             if not isinstance(cursor, str) or cursor in seen_cursors:

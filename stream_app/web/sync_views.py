@@ -2,17 +2,21 @@
 
 Each worker knows only its own flushes, so the answering worker asks the others
 (``?scope=local``) and merges. ``POST /sync/flush`` (admin key) starts a flush now,
-``?full=true`` a full resync.
+``?full=true`` a full resync. ``GET /sync/reconciliation``: the Fluent reconciliation runs
+(agents.reconcile) with what every worker's partitions found; ``POST /sync/reconcile``
+(admin key) starts one on this worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from faust.web import Request, Response, View
 
+from agents.reconcile import merge as merge_reconciliation
 from stream_app.app import need
 from stream_app.cluster import fetch_json, other_workers
 
@@ -34,7 +38,9 @@ def merge(workers: list[dict[str, Any]]) -> dict[str, Any]:
         reverse=True,
     )
     errors = sorted(
-        (e for w in workers for e in w.get("errors", [])), key=lambda e: e.get("at") or "", reverse=True
+        (e for w in workers for e in w.get("errors", [])),
+        key=lambda e: e.get("at") or "",
+        reverse=True,
     )
     jobs: dict[str, str] = {}
     for w in workers:
@@ -51,6 +57,8 @@ def merge(workers: list[dict[str, Any]]) -> dict[str, Any]:
 def register(runtime: Runtime) -> None:
     app = runtime.app
     service = need(runtime.sync, "the sync service")
+    reconciler = need(runtime.reconciler, "the reconciler")
+    background: set[asyncio.Future[Any]] = set()
 
     @app.page("/sync")
     class Sync(View):
@@ -60,7 +68,9 @@ def register(runtime: Runtime) -> None:
                 return self.json(local)
             others = other_workers(runtime)
             remote = (
-                await asyncio.gather(*(fetch_json(app.http_client, u, "/sync", seconds=3) for u in others))
+                await asyncio.gather(
+                    *(fetch_json(app.http_client, u, "/sync", seconds=3) for u in others)
+                )
                 if others
                 else []
             )
@@ -76,3 +86,26 @@ def register(runtime: Runtime) -> None:
             else:
                 service.trigger.set()
             return self.json({"status": "flush requested"}, status=202)
+
+    @app.page("/sync/reconciliation")
+    class Reconciliation(View):
+        async def get(self, request: Request) -> Response:
+            local = reconciler.status()
+            if request.query.get("scope") == "local":
+                return self.json(local)
+            others = other_workers(runtime)
+            remote = await asyncio.gather(
+                *(fetch_json(app.http_client, u, "/sync/reconciliation", seconds=3) for u in others)
+            )
+            return self.json(merge_reconciliation([local, *remote]))
+
+    @app.page("/sync/reconcile")
+    class Reconcile(View):
+        async def post(self, request: Request) -> Response:
+            if not admin_allowed(runtime, request):
+                return self.json({"error": "unauthorized"}, status=401)
+            run_id = f"rec-manual-{uuid.uuid4().hex[:8]}"
+            task = asyncio.ensure_future(reconciler.run(run_id))
+            background.add(task)
+            task.add_done_callback(background.discard)
+            return self.json({"status": "reconciliation started", "runId": run_id}, status=202)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
+from stream_app.fluent.client import FluentClient, FluentConfig, InventoryRecord
+from stream_app.fluent.simulator import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_PASSWORD,
+    DEFAULT_USERNAME,
+)
 from tests.fixtures.kafka import KafkaCluster, produce
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
 from tests.fixtures.simproc import ADMIN, Sim, start_sim, worker_env
@@ -233,3 +243,41 @@ def test_full_resync_sends_every_key_with_preprocessing(setup: Setup) -> None:
     assert [h["state"] for h in run["history"]] == [
         "collecting", "creating_job", "sending_batches", "polling_batches", "completed",
     ]
+
+
+def test_reconciliation_heals_what_another_system_changed_in_fluent(setup: Setup) -> None:
+    setup.send([stock(i, f"REC-{i}", 30 + i) for i in range(5)])
+    expected = {f"REC-{i}|DC-1": 30 + i for i in range(5)}
+    wait_for(lambda: setup.converged(expected), 30, 0.2, "simulator converged")
+    wait_for(lambda: setup.worker.get("/inventory/REC-4/DC-1")[1]["lastAccepted"] == 34, 30, 0.1, "accepted")
+
+    # another Fluent client overwrites two positions behind the product's back
+    async def tamper() -> None:
+        config = FluentConfig(
+            base_url=setup.sim.url, username=DEFAULT_USERNAME, password=SecretStr(DEFAULT_PASSWORD),
+            client_id=DEFAULT_CLIENT_ID, client_secret=SecretStr(DEFAULT_CLIENT_SECRET),
+            retailer_id="1", job_name_prefix="someone-else",
+        )
+        async with FluentClient(config) as other:
+            job = await other.ensure_job(datetime.now(UTC).date(), preprocessing=False)
+            batch = await other.send_batch(job, [InventoryRecord("REC-1", "DC-1", 2), InventoryRecord("REC-3", "DC-1", 99)])
+            await other.wait_batch(job, batch)
+
+    asyncio.run(tamper())
+    assert setup.sim.inventory()["REC-1|DC-1"] == 2
+
+    code, body = setup.worker.post("/sync/reconcile", headers=ADMIN)
+    assert code == 202, body
+    run_id = body["runId"]
+    assert setup.worker.post("/sync/reconcile")[0] == 401
+
+    def reported() -> dict[str, Any] | None:
+        runs = setup.worker.get("/sync/reconciliation")[1]["runs"]
+        run = next((r for r in runs if r["runId"] == run_id), None)
+        return run if run and run["state"] == "completed" and run["checked"] >= run["positions"] else None
+
+    run = wait_for(reported, 60, 0.2, "reconciliation reported")
+    assert run["drifted"] == 2, run
+    assert {e["key"] for e in run["examples"]} == {"REC-1|DC-1", "REC-3|DC-1"}
+    wait_for(lambda: setup.converged(expected), 30, 0.2, "drift healed by the next flush")
+    assert setup.worker.metrics().get('stream_app_reconciled_positions_total{outcome="drift"}') == 2

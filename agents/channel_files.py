@@ -1,0 +1,218 @@
+"""One CSV file of an S3 channel, from its checkpoint to its archive (:mod:`agents.channels`
+draws the data path and says why nothing is lost or ingested twice).
+
+:func:`ingest_file` reads the object from the checkpoint's byte offset (ranged GET), maps
+each row, and per envelope: sends the good records, writes the rejected rows as a part
+beside the archive, then publishes the checkpoint. At the end it gathers the parts into
+the rejection report, marks the file ingested, deletes the parts and archives the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from stream_app.connectors.config import S3Channel
+from stream_app.connectors.csv_rows import csv_records
+from stream_app.connectors.mapping import map_row
+from stream_app.connectors.s3_files import S3Object, archive, delete, get_json, put_json, read_from
+from stream_app.exports import S3Config
+
+if TYPE_CHECKING:
+    from agents.channels import ChannelsService
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+
+def file_key(channel: str, etag: str) -> str:
+    return f"file|{channel}|{etag}"
+
+
+def archive_key(channel: S3Channel, key: str) -> str:
+    name = key[len(channel.prefix) :] if key.startswith(channel.prefix) else key
+    return f"{channel.archive_prefix}{name}"
+
+
+async def ingest_file(
+    service: ChannelsService, client: Any, cfg: S3Config, channel: S3Channel, obj: S3Object
+) -> None:
+    status = service.status[channel.name]
+    key = file_key(channel.name, obj.etag)
+    progress = service.table.get(key, service.partition_of(channel.name)) or {}
+    if progress.get("status") == "ingested":
+        if progress.get("key") != obj.key or progress.get("size") != obj.size:
+            status.duplicates_skipped += 1
+            log.info(
+                "channel %s: %s holds what %s held (ingested): archived, not ingested",
+                channel.name,
+                obj.key,
+                progress.get("key"),
+            )
+        await archive(client, cfg, obj, archive_key(channel, obj.key))
+        return
+    if not progress:
+        progress = {
+            "key": obj.key,
+            "etag": obj.etag,
+            "size": obj.size,
+            "offset": 0,
+            "line": 1,
+            "header": None,
+            "good": 0,
+            "rejected": 0,
+            "parts": [],
+            "status": "ingesting",
+            "startedAt": service.now(),
+        }
+    status.file = {
+        "key": obj.key,
+        "size": obj.size,
+        "rowsDone": progress["good"] + progress["rejected"],
+        "rejected": progress["rejected"],
+        "offset": progress["offset"],
+    }
+    file_error = await _read_rows(service, client, cfg, channel, obj, key, progress)
+    await _finish(service, client, cfg, channel, obj, key, progress, file_error)
+    status.file = None
+    status.files_ingested += 1
+
+
+async def _read_rows(
+    service: ChannelsService,
+    client: Any,
+    cfg: S3Config,
+    channel: S3Channel,
+    obj: S3Object,
+    key: str,
+    progress: Json,
+) -> str | None:
+    status = service.status[channel.name]
+    rows = csv_records(
+        read_from(client, cfg, obj, progress["offset"]),
+        encoding=channel.encoding,
+        delimiter=channel.delimiter,
+        start=progress["offset"],
+        first_line=progress["line"],
+    )
+    header: list[str] | None = progress["header"]
+    good: list[Json] = []
+    bad: list[Json] = []
+    next_line = progress["line"]
+
+    async def save(end: int, next_line: int) -> None:
+        await service.publish_records(channel.name, good)
+        if bad:
+            part = f"{archive_key(channel, obj.key)}.rejections.parts/{bad[0]['line']:012d}.json"
+            await put_json(client, cfg, part, bad)
+            progress["parts"] = [*progress["parts"], part]
+        progress.update(
+            offset=end,
+            line=next_line,
+            good=progress["good"] + len(good),
+            rejected=progress["rejected"] + len(bad),
+            header=header,
+        )
+        await service.checkpoint(channel.name, key, dict(progress))
+        status.rows_total += len(good) + len(bad)
+        status.rejected_total += len(bad)
+        status.file = {
+            "key": obj.key,
+            "size": obj.size,
+            "offset": end,
+            "rowsDone": progress["good"] + progress["rejected"],
+            "rejected": progress["rejected"],
+        }
+        good.clear()
+        bad.clear()
+
+    async for record in rows:
+        next_line = record.next_line
+        if header is None:
+            header = [name.strip() for name in record.fields]
+            missing = sorted(channel.mapping.columns() - set(header))
+            if missing:
+                return f"the header has no column {', '.join(missing)} (line {record.line})"
+            progress.update(offset=record.end, line=record.next_line, header=header)
+            continue
+        if len(record.fields) != len(header):
+            reasons = [f"{len(record.fields)} fields where the header has {len(header)}"]
+            bad.append({"line": record.line, "reasons": reasons, "row": record.fields[:50]})
+        else:
+            mapped, reasons = map_row(
+                dict(zip(header, record.fields, strict=True)),
+                channel.mapping,
+                channel=channel.name,
+                event_id=f"s3:{channel.name}:{obj.etag}:{record.line}",
+                default_updated_at=obj.modified_iso,
+                limits=service.limits,
+            )
+            if mapped is None:
+                bad.append(
+                    {
+                        "line": record.line,
+                        "reasons": reasons,
+                        "row": dict(zip(header, record.fields, strict=True)),
+                    }
+                )
+            else:
+                good.append(mapped)
+        if len(good) >= channel.envelope_records or len(bad) >= channel.envelope_records:
+            await save(record.end, record.next_line)
+    if good or bad or progress["offset"] < obj.size:
+        await save(obj.size, next_line)
+    return None if header is not None else "the file is empty (no header)"
+
+
+async def _finish(
+    service: ChannelsService,
+    client: Any,
+    cfg: S3Config,
+    channel: S3Channel,
+    obj: S3Object,
+    key: str,
+    progress: Json,
+    file_error: str | None,
+) -> None:
+    rejections: list[Json] = []
+    for part in progress["parts"]:
+        if len(rejections) < channel.max_rejections_kept:
+            rejections.extend(await get_json(client, cfg, part))
+    report_key = f"{archive_key(channel, obj.key)}.rejections.json"
+    report = {
+        "channel": channel.name,
+        "source": f"s3://{cfg.bucket}/{obj.key}",
+        "etag": obj.etag,
+        "archivedAs": f"s3://{cfg.bucket}/{archive_key(channel, obj.key)}",
+        "rows": progress["good"] + progress["rejected"],
+        "accepted": progress["good"],
+        "rejected": progress["rejected"],
+        "fileError": file_error,
+        "rejectionsShown": min(len(rejections), channel.max_rejections_kept),
+        "rejections": rejections[: channel.max_rejections_kept],
+        "startedAt": progress.get("startedAt"),
+        "finishedAt": service.now(),
+    }
+    await put_json(client, cfg, report_key, report)
+    done = {
+        **progress,
+        "status": "ingested",
+        "finishedAt": report["finishedAt"],
+        "report": report_key,
+        "fileError": file_error,
+        "parts": [],
+    }
+    await service.checkpoint(channel.name, key, done)
+    for part in progress["parts"]:
+        await delete(client, cfg, part)
+    await archive(client, cfg, obj, archive_key(channel, obj.key))
+    if file_error:
+        service.status[channel.name].error(f"{obj.key}: {file_error}", service.now())
+    log.info(
+        "channel %s: %s ingested (%d rows, %d rejected) and archived",
+        channel.name,
+        obj.key,
+        report["rows"],
+        report["rejected"],
+    )

@@ -1,0 +1,310 @@
+"""Channel connectors: S3 CSV drops and REST pollers into ``inventory-changes``.
+
+Data path (one channel)::
+
+    channels file --> poller (one task, on the worker owning the channel's partition)
+        S3: list prefix --> ranged GET from the checkpoint --> csv_records --> map_row
+        REST: RestPoller pages --> map_row
+      --> envelopes {"records": [...]} on inventory-changes (delivered, then)
+      --> a "channel-progress" message on <app>-internal, partition of the channel
+      --> internal agent --> channel_state table (checkpoints, processed files, cursors)
+
+* **Exactly one active poller per channel**: the channel's name picks a partition of
+  ``channel_state``; the worker holding that partition (active) runs the poller. A
+  rebalance stops it here and starts it there, from the table's checkpoint.
+* **Nothing lost, nothing twice**: a checkpoint (byte offset, line, counts) is published
+  only after the envelopes before it are on the broker, and each row's event id is
+  ``s3:<channel>:<etag>:<line>``: a poller killed mid-file resumes at its last
+  checkpoint and re-sends at most one envelope, which the inventory apply recognises
+  (same event, same timestamp: no change). A file is identified by its content (ETag):
+  once ``ingested``, the same content dropped again is archived without ingesting.
+* **Rejected rows** (with their line numbers and reasons) are written, per checkpoint,
+  as parts beside the archive and gathered into ``<archive>/<name>.rejections.json``
+  when the file is done; then the file is marked ingested, then archived (copy, delete).
+* Progress (file, rows done, rejected, last poll, errors) is this module's
+  :meth:`ChannelsService.status`, served by ``GET /channels``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import faust
+import orjson
+
+from agents.channel_files import ingest_file
+from agents.internal import CHANNEL_PROGRESS, dead_letter
+from stream_app.app import need
+from stream_app.broker.delivery import deliver, source_of
+from stream_app.broker.lifecycle import is_ready
+from stream_app.connectors.config import ChannelsFile, RestChannel, S3Channel, load_channels
+from stream_app.connectors.csv_rows import CsvFormatError
+from stream_app.connectors.rest import RestChannelError, RestPoller
+from stream_app.connectors.s3_files import (
+    S3ChannelError,
+    list_objects,
+)
+from stream_app.exports import ExportError, S3Config, s3_client
+from stream_app.records import Limits
+from tables.keyed import KeyedTable
+
+if TYPE_CHECKING:
+    from stream_app.app import Runtime
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+ERRORS_KEPT = 20
+
+
+def poll_key(channel: str) -> str:
+    return f"poll|{channel}"
+
+
+def merge_progress(old: Json | None, new: Json) -> Json:
+    """A checkpoint never goes back: ``ingested`` stays, a smaller offset is stale (an old
+    owner's late message after a rebalance)."""
+    if old is None:
+        return new
+    if old.get("status") == "ingested" and new.get("status") != "ingested":
+        return old
+    if new.get("status") != "ingested" and new.get("offset", 0) < old.get("offset", 0):
+        return old
+    return new
+
+
+class ChannelStatus:
+    """What ``GET /channels`` shows of one channel on this worker."""
+
+    def __init__(self, channel: S3Channel | RestChannel) -> None:
+        self.channel = channel
+        self.active = False
+        self.file: Json | None = None  # the file in progress
+        self.files_ingested = 0
+        self.duplicates_skipped = 0
+        self.rows_total = 0
+        self.rejected_total = 0
+        self.last_poll: str | None = None
+        self.last_success: str | None = None
+        self.errors: deque[Json] = deque(maxlen=ERRORS_KEPT)
+        self.rest: Json | None = None
+
+    def error(self, message: str, at: str) -> None:
+        self.errors.append({"at": at, "error": message})
+
+    def view(self) -> Json:
+        ch = self.channel
+        where = (
+            {"bucket": ch.bucket, "prefix": ch.prefix, "archivePrefix": ch.archive_prefix}
+            if isinstance(ch, S3Channel)
+            else {"url": ch.url}
+        )
+        return {
+            "name": ch.name,
+            "kind": ch.kind,
+            "enabled": ch.enabled,
+            "active": self.active,
+            **where,
+            "pollIntervalSeconds": ch.poll_interval_seconds,
+            "file": self.file,
+            "filesIngested": self.files_ingested,
+            "duplicatesSkipped": self.duplicates_skipped,
+            "rowsDone": self.rows_total,
+            "rejected": self.rejected_total,
+            "lastPoll": self.last_poll,
+            "lastSuccess": self.last_success,
+            "rest": self.rest,
+            "errors": list(self.errors),
+            "lastError": self.errors[-1] if self.errors else None,
+        }
+
+
+class ChannelsService:
+    """The configured channels, their pollers on this worker and their progress."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        table: KeyedTable,
+        config: ChannelsFile,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.runtime = runtime
+        self.table = table
+        self.config = config
+        self.clock = clock
+        self.status = {ch.name: ChannelStatus(ch) for ch in config.channels}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.limits = Limits(max_quantity=runtime.settings.max_quantity)
+        self.session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, runtime: Runtime, table: KeyedTable) -> ChannelsService:
+        path = runtime.settings.channels_file
+        return cls(runtime, table, load_channels(path) if path else ChannelsFile())
+
+    def now(self) -> str:
+        return self.clock().astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+    # --- ownership -------------------------------------------------------------------
+    def partition_of(self, name: str) -> int:
+        return self.table.partition_of(name)
+
+    def owned(self) -> list[S3Channel | RestChannel]:
+        app = self.runtime.app
+        if app.consumer is None or not is_ready(app):
+            return []
+        topic = self.table.changelog_topic
+        mine = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+        return [
+            ch for ch in self.config.channels if ch.enabled and self.partition_of(ch.name) in mine
+        ]
+
+    def reconcile(self) -> None:
+        """Start the pollers of the channels this worker owns, stop the others."""
+        wanted = {ch.name: ch for ch in self.owned()}
+        for name, task in list(self.tasks.items()):
+            if name not in wanted or task.done():
+                task.cancel()
+                del self.tasks[name]
+                self.status[name].active = False
+        for name, channel in wanted.items():
+            if name not in self.tasks:
+                self.status[name].active = True
+                runner = self.run_s3 if isinstance(channel, S3Channel) else self.run_rest
+                self.tasks[name] = asyncio.create_task(runner(channel), name=f"channel-{name}")  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        for task in self.tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    # --- publishing ------------------------------------------------------------------
+    async def publish_records(self, channel: str, records: list[Json]) -> None:
+        if records:
+            topic = self.runtime.names.inventory_changes
+            body = orjson.dumps({"records": records})
+            await deliver(self.runtime.app, [(topic, channel.encode(), body, None, None)])
+
+    async def checkpoint(self, channel: str, key: str, value: Json) -> None:
+        """Record progress (after what it covers is on the broker)."""
+        topic = self.runtime.names.internal
+        body = orjson.dumps({"key": key, "value": value})
+        partition = self.partition_of(channel)
+        await deliver(self.runtime.app, [(topic, CHANNEL_PROGRESS, body, partition, None)])
+
+    def apply_progress(self, message: Json, partition: int) -> None:
+        key, value = message["key"], message["value"]
+        if not isinstance(key, str) or not isinstance(value, dict):
+            raise ValueError("channel progress needs a string key and an object value")
+        self.table.put(key, merge_progress(self.table.get(key, partition), value), partition)
+
+    # --- S3 --------------------------------------------------------------------------
+    def s3_config(self, channel: S3Channel) -> S3Config:
+        s = self.runtime.settings
+        return S3Config(
+            endpoint_url=s.s3_endpoint_url,
+            region=s.s3_region,
+            bucket=channel.bucket,
+            prefix="",
+            access_key_id=s.aws_access_key_id,
+            secret_access_key=s.aws_secret_access_key,
+        )
+
+    async def run_s3(self, channel: S3Channel) -> None:
+        status = self.status[channel.name]
+        cfg = self.s3_config(channel)
+        while True:
+            status.last_poll = self.now()
+            try:
+                async with s3_client(cfg) as client:
+                    for obj in await list_objects(
+                        client, cfg, channel.prefix, channel.archive_prefix
+                    ):
+                        await ingest_file(self, client, cfg, channel, obj)
+                status.last_success = self.now()
+            except (S3ChannelError, ExportError, CsvFormatError) as exc:
+                log.warning("channel %s: %s", channel.name, exc)
+                status.error(str(exc), self.now())
+            except Exception as exc:  # a bug: say so, keep the poller alive
+                log.exception("channel %s: poll failed", channel.name)
+                status.error(f"{type(exc).__name__}: {exc}", self.now())
+            await asyncio.sleep(channel.poll_interval_seconds)
+
+    # --- REST ------------------------------------------------------------------------
+    async def run_rest(self, channel: RestChannel) -> None:
+        status = self.status[channel.name]
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        poller = RestPoller(channel, session=self.session, limits=self.limits)
+        dlq = self.runtime.names.inventory_changes_dlq
+        key = poll_key(channel.name)
+        while True:
+            status.last_poll = self.now()
+            state = self.table.get(key, self.partition_of(channel.name)) or {}
+            try:
+                async for page in poller.poll(state):
+                    await self.publish_records(channel.name, page.records)
+                    if page.rejected:
+                        letters = [
+                            (
+                                dlq,
+                                channel.name.encode(),
+                                orjson.dumps(item.get("record")),
+                                None,
+                                [
+                                    ("dlq-reason", "; ".join(item["reasons"]).encode()[:1000]),
+                                    ("dlq-source-channel", channel.name.encode()),
+                                ],
+                            )
+                            for item in page.rejected
+                        ]
+                        await deliver(self.runtime.app, letters)
+                    await self.checkpoint(channel.name, key, dict(page.state))
+                    status.rows_total += len(page.records) + len(page.rejected)
+                    status.rejected_total += len(page.rejected)
+                status.last_success = self.now()
+            except RestChannelError as exc:
+                log.warning("channel %s: %s", channel.name, exc)
+                status.error(str(exc), self.now())
+            except Exception as exc:  # a bug: say so, keep the poller alive
+                log.exception("channel %s: poll failed", channel.name)
+                status.error(f"{type(exc).__name__}: {exc}", self.now())
+            status.rest = poller.stats
+            await asyncio.sleep(channel.poll_interval_seconds)
+
+
+def register(runtime: Runtime) -> None:
+    app = runtime.app
+    service = need(runtime.channels, "the channels service")
+    internal_dlq = runtime.topic(runtime.names.internal_dlq)
+
+    async def progress(event: faust.EventT) -> None:
+        try:
+            service.apply_progress(orjson.loads(event.value), event.message.partition)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.exception("unreadable channel progress dead-lettered")
+            await dead_letter(internal_dlq, event, f"channel progress: {exc!r}")
+        await service.table.flush(source_of(event))
+
+    runtime.internal_handlers.channel_progress = progress
+
+    if not service.config.channels:
+        return
+
+    @app.timer(1.0)
+    async def supervise_channels() -> None:
+        service.reconcile()

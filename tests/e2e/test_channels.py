@@ -1,0 +1,186 @@
+"""Channel connectors through real processes: a CSV dropped in S3 (moto server on loopback)
+lands in ATP and in Fluent (the simulator), with a rejection report, once; a worker killed
+with SIGKILL mid-file loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.fixtures.kafka import KafkaCluster, consume
+from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION
+from tests.fixtures.simproc import Sim, start_sim, worker_env
+
+pytestmark = pytest.mark.e2e
+
+CHANNEL = "WMS-CSV"
+
+
+class Bucket:
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.name = f"drops-{uuid.uuid4().hex[:8]}"
+        self._run(lambda c: c.create_bucket(Bucket=self.name))
+
+    def _run(self, call: Any) -> Any:
+        async def main() -> Any:
+            session = aioboto3.Session(
+                aws_access_key_id=DUMMY_KEY_ID, aws_secret_access_key=DUMMY_SECRET, region_name=REGION
+            )
+            async with session.client("s3", endpoint_url=self.server) as client:
+                return await call(client)
+
+        return asyncio.run(main())
+
+    def put(self, key: str, body: bytes) -> None:
+        self._run(lambda c: c.put_object(Bucket=self.name, Key=key, Body=body))
+
+    def keys(self) -> list[str]:
+        async def listing(c: Any) -> list[str]:
+            resp = await c.list_objects_v2(Bucket=self.name)
+            return [o["Key"] for o in resp.get("Contents", [])]
+
+        return self._run(listing)  # type: ignore[no-any-return]
+
+    def json(self, key: str) -> Any:
+        async def read(c: Any) -> Any:
+            resp = await c.get_object(Bucket=self.name, Key=key)
+            async with resp["Body"] as body:
+                return json.loads(await body.read())
+
+        return self._run(read)
+
+
+def channels_file(tmp_path: Path, bucket: str, envelope: int = 500) -> Path:
+    path = tmp_path / f"channels-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps({"channels": [{
+        "name": CHANNEL, "kind": "s3", "bucket": bucket, "prefix": "incoming/",
+        "archivePrefix": "archive/", "pollIntervalSeconds": 0.3, "envelopeRecords": envelope,
+        "mapping": {"fields": {"sku": "SKU", "location": "Store", "onHand": "Qty",
+                               "reserved": "Held"}, "defaults": {"reserved": 0}},
+    }]}))
+    return path
+
+
+def start_worker(
+    processes: ProcessFactory, kafka: KafkaCluster, app_id: str, sim: Sim, s3: str, channels: Path,
+    data_dir: Path | None = None,
+) -> StreamAppProcess:
+    env = processes.env(worker_env(
+        kafka, app_id, sim, STREAM_APP_CHANNELS_FILE=str(channels), STREAM_APP_S3_ENDPOINT_URL=s3,
+        STREAM_APP_S3_REGION=REGION, STREAM_APP_AWS_ACCESS_KEY_ID=DUMMY_KEY_ID,
+        STREAM_APP_AWS_SECRET_ACCESS_KEY=DUMMY_SECRET,
+    ))
+    if data_dir is not None:
+        env["STREAM_APP_DATA_DIR"] = str(data_dir)
+    worker = processes.start("worker", env)
+    worker.wait_ready(90)
+    return worker
+
+
+def produce_keyed(bootstrap: str, topic: str, key: bytes, value: Any) -> None:
+    async def main() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, json.dumps(value).encode(), key=key)
+        finally:
+            await producer.stop()
+
+    asyncio.run(main())
+
+
+def channel_view(worker: StreamAppProcess) -> dict[str, Any]:
+    code, body = worker.get("/channels")
+    assert code == 200, body
+    (view,) = [c for c in body["channels"] if c["name"] == CHANNEL]
+    return view  # type: ignore[no-any-return]
+
+
+def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
+    processes: ProcessFactory, kafka: KafkaCluster, s3_server: str, tmp_path: Path
+) -> None:
+    bucket = Bucket(s3_server)
+    sim = start_sim(processes)
+    app_id = f"ch-{uuid.uuid4().hex[:6]}"
+    worker = start_worker(processes, kafka, app_id, sim, s3_server, channels_file(tmp_path, bucket.name))
+    csv = (
+        b"SKU,Store,Qty,Held\n"
+        b"SKU-1,S1,40,5\n"
+        b"SKU-2,S1,-3,0\n"  # line 3: negative
+        b"SKU-3,S1,7\n"  # line 4: a field short
+        b'SKU-4,"S,2",12,\n'  # a quoted delimiter; Held empty -> the default 0
+        b",S1,5,0\n"  # line 6: no SKU
+    )
+    bucket.put("incoming/stock-1.csv", csv)
+
+    view = wait_for(lambda: (v := channel_view(worker))["filesIngested"] >= 1 and v, 60, 0.2, "file ingested")
+    assert view["active"] and view["owner"] and view["rowsDone"] == 5 and view["rejected"] == 3
+    assert wait_for(lambda: worker.get("/inventory/SKU-1/S1")[1].get("atp") == 35, 30, 0.2, "SKU-1")
+    assert worker.get("/inventory/SKU-4/S,2")[1]["atp"] == 12
+    assert worker.get("/inventory/SKU-2/S1")[0] == 404
+    wait_for(lambda: sim.inventory().get("SKU-1|S1") == 35, 30, 0.2, "Fluent holds SKU-1")
+
+    keys = set(bucket.keys())
+    assert "incoming/stock-1.csv" not in keys and "archive/stock-1.csv" in keys
+    report = bucket.json("archive/stock-1.csv.rejections.json")
+    assert (report["rows"], report["accepted"], report["rejected"]) == (5, 2, 3)
+    by_line = {r["line"]: r["reasons"] for r in report["rejections"]}
+    assert set(by_line) == {3, 4, 6}
+    assert any("negative" in reason for reason in by_line[3])
+    assert any("3 fields where the header has 4" in reason for reason in by_line[4])
+    assert any("SKU" in reason for reason in by_line[6])
+    assert not [k for k in keys if ".parts/" in k]
+
+    # the same content dropped again (another name) is archived, not ingested
+    bucket.put("incoming/stock-1-again.csv", csv)
+    view = wait_for(lambda: (v := channel_view(worker))["duplicatesSkipped"] >= 1 and v, 60, 0.2, "duplicate")
+    assert view["rowsDone"] == 5 and view["filesIngested"] == 1
+    assert "archive/stock-1-again.csv" in bucket.keys()
+    # everything the channel sent is before a sentinel sent now with the same key
+    topic = f"{app_id}-inventory-changes"
+    produce_keyed(kafka.bootstrap, topic, CHANNEL.encode(), {"sentinel": True})
+    got = consume(kafka.bootstrap, topic, until=lambda got: any("sentinel" in m for m in got))
+    assert sum(len(m.get("records", ())) for m in got) == 2  # one envelope, never sent again
+
+
+def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
+    processes: ProcessFactory, kafka: KafkaCluster, s3_server: str, tmp_path: Path
+) -> None:
+    bucket = Bucket(s3_server)
+    sim = start_sim(processes)
+    app_id = f"chk-{uuid.uuid4().hex[:6]}"
+    channels = channels_file(tmp_path, bucket.name, envelope=50)
+    data_dir = tmp_path / "w"
+    data_dir.mkdir()
+    worker = start_worker(processes, kafka, app_id, sim, s3_server, channels, data_dir)
+    rows = 6000
+    lines = ["SKU,Store,Qty,Held"] + [f"K{n},S{n % 7},{n % 97},{n % 5}" for n in range(rows)]
+    lines[100] = "K-bad,S1,x,0"  # one bad row (line 101)
+    bucket.put("incoming/big.csv", ("\n".join(lines) + "\n").encode())
+
+    wait_for(lambda: ((channel_view(worker).get("file") or {}).get("rowsDone") or 0) > 500, 60, 0.05, "mid-file")
+    worker.kill()
+    worker = start_worker(processes, kafka, app_id, sim, s3_server, channels, data_dir)
+    wait_for(lambda: "archive/big.csv.rejections.json" in bucket.keys(), 120, 0.3, "file finished")
+    report = bucket.json("archive/big.csv.rejections.json")
+    assert (report["rows"], report["accepted"], report["rejected"]) == (rows, rows - 1, 1)
+    assert [r["line"] for r in report["rejections"]] == [101]
+
+    envelopes = consume(kafka.bootstrap, f"{app_id}-inventory-changes",
+                        until=lambda got: sum(len(m["records"]) for m in got) >= rows - 1, timeout=30)
+    ids = [r["eventId"] for m in envelopes for r in m["records"]]
+    assert set(ids) == {f"s3:{CHANNEL}:{report['etag']}:{n + 2}" for n in range(rows) if n != 99}
+    assert len(ids) - len(set(ids)) <= 50  # at most the envelope in flight at the kill, again
+    for n in (0, 1234, rows - 1):  # and the state is the oracle's
+        body = wait_for(lambda n=n: (r := worker.get(f"/inventory/K{n}/S{n % 7}"))[0] == 200 and r[1],
+                        30, 0.2, f"K{n}")
+        assert body["atp"] == max(0, n % 97 - n % 5)

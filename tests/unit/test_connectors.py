@@ -1,0 +1,146 @@
+"""Channel connectors' pure parts: CSV records from chunks, the field mapping, the channels file."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_app.connectors.config import ChannelsConfigError, load_channels, parse_channels
+from stream_app.connectors.csv_rows import CsvFormatError, csv_records
+from stream_app.connectors.mapping import FieldMapping, map_row
+from stream_app.records import Limits, parse_record
+
+
+async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def read_all(data: bytes, size: int, start: int = 0, line: int = 1) -> list[tuple[list[str], int, int, int]]:
+    async def run() -> list[tuple[list[str], int, int, int]]:
+        return [
+            (r.fields, r.line, r.end, r.next_line)
+            async for r in csv_records(_chunks(data[start:], size), start=start, first_line=line)
+        ]
+
+    return asyncio.run(run())
+
+
+cell = st.text(alphabet=st.sampled_from(list('ab,"\n\r é1 ')), max_size=6)
+rows = st.lists(st.lists(cell, min_size=2, max_size=2), min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=rows, size=st.integers(1, 40), data=st.data())
+def test_records_read_back_whatever_the_chunking_and_resume_anywhere(rows, size, data) -> None:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)  # \r\n: a cell with \r or \n is quoted
+    raw = buffer.getvalue().encode()
+    got = read_all(raw, size)
+    assert [fields for fields, *_ in got] == rows  # two cells: never a blank line
+    # resuming from any record's end with its next line gives exactly the rest
+    if got:
+        k = data.draw(st.integers(0, len(got) - 1))
+        _, _, end, next_line = got[k]
+        assert read_all(raw, size, start=end, line=next_line) == got[k + 1 :]
+    # the line numbers count physical lines
+    for _fields, line, end, next_line in got:
+        assert raw[:end].count(b"\n") + (0 if raw[:end].endswith(b"\n") else 1) == next_line - 1
+        assert line <= next_line - 1
+
+
+def test_a_quoted_newline_is_one_record_with_its_line_and_offset() -> None:
+    data = b'sku,qty\r\nA,"two\nlines"\n\nB,3'
+    assert read_all(data, 3) == [
+        (["sku", "qty"], 1, 9, 2),
+        (["A", "two\nlines"], 2, 23, 4),
+        (["B", "3"], 5, len(data), 6),
+    ]
+
+
+def test_a_bom_is_skipped_and_bad_bytes_name_their_line() -> None:
+    assert read_all(b"\xef\xbb\xbfsku\nA\n", 2)[0][0] == ["sku"]
+    with pytest.raises(CsvFormatError, match="line 2: not utf-8"):
+        read_all(b"sku\n\xff\xfe\n", 4)
+
+
+MAPPING = FieldMapping.model_validate(
+    {"fields": {"sku": "SKU", "location": "Store", "onHand": "Qty", "updatedAt": "When"},
+     "defaults": {"reserved": 0}, "buffer": 2, "dateFormat": "%d/%m/%Y %H:%M",
+     "timezone": "Europe/Paris"}
+)
+
+
+def test_a_good_row_maps_to_a_record_the_topic_accepts() -> None:
+    record, reasons = map_row(
+        {"SKU": " A1 ", "Store": "S1", "Qty": "12", "When": "01/12/2026 10:00"}, MAPPING,
+        channel="WMS", event_id="e1", default_updated_at="2026-12-01T00:00:00Z",
+    )
+    assert reasons == []
+    assert record is not None
+    parsed = parse_record(record)
+    assert (parsed.sku, parsed.location, parsed.on_hand, parsed.buffer) == ("A1", "S1", 12, 2)  # type: ignore[union-attr]
+    assert parsed.updated_at == "2026-12-01T09:00:00Z"  # Paris is UTC+1 in December
+
+
+def test_a_bad_row_gives_every_reason() -> None:
+    record, reasons = map_row(
+        {"SKU": "", "Store": "S1", "Qty": "-3", "When": "tomorrow"}, MAPPING,
+        channel="WMS", event_id="e1", default_updated_at="2026-12-01T00:00:00Z",
+    )
+    assert record is None
+    assert any("SKU" in r for r in reasons) and any("tomorrow" in r for r in reasons)
+
+
+def test_limits_apply_to_mapped_rows_and_a_missing_time_takes_the_sources() -> None:
+    plain = FieldMapping.model_validate({"fields": {"sku": "s", "location": "l", "onHand": "q"}})
+    record, _ = map_row({"s": "A", "l": "L", "q": "5"}, plain, channel="C", event_id="e",
+                        default_updated_at="2026-12-01T08:00:00Z")
+    assert record is not None and record["updatedAt"] == "2026-12-01T08:00:00Z"
+    _, reasons = map_row({"s": "A", "l": "L", "q": "500"}, plain, channel="C", event_id="e",
+                         default_updated_at="2026-12-01T08:00:00Z", limits=Limits(max_quantity=100))
+    assert reasons == ["field 'onHand' exceeds the largest quantity 100"]
+
+
+def test_channels_file_errors_name_where_they_are(tmp_path: Path) -> None:
+    bad = {"channels": [
+        {"name": "A", "kind": "s3", "bucket": "drops", "prefix": "in/", "archivePrefix": "in/done/",
+         "mapping": {"fields": {"sku": "s", "location": "l", "onHand": "q"}}},
+        {"name": "B", "kind": "rest", "url": "ftp://x", "mapping": {"fields": {"sku": "s", "size": "z"}}},
+    ]}
+    with pytest.raises(ChannelsConfigError) as err:
+        parse_channels(bad)
+    text = str(err.value)
+    assert "channels[0]" in text and "archivePrefix" in text
+    assert "channels[1].url" in text and "unknown record field(s) size" in text
+    assert "no column or default for location, onHand" in text or "channels[1].mapping" in text
+    path = tmp_path / "channels.yaml"
+    path.write_text("channels: [\n")
+    with pytest.raises(ChannelsConfigError, match=r"channels.yaml: not valid yaml"):
+        load_channels(path)
+    with pytest.raises(ChannelsConfigError, match="cannot read it"):
+        load_channels(tmp_path / "missing.json")
+
+
+def test_a_good_channels_file_loads_from_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "channels.yml"
+    path.write_text(
+        "channels:\n"
+        "  - {name: WMS, kind: s3, bucket: drops, prefix: in/, archivePrefix: done/,\n"
+        "     mapping: {fields: {sku: SKU, location: Store, onHand: Qty}}}\n"
+        "  - {name: MP, kind: rest, url: 'http://127.0.0.1:1/stock', authEnv: MP_TOKEN,\n"
+        "     mapping: {fields: {sku: sku, location: store, onHand: qty}}}\n"
+    )
+    with pytest.raises(ChannelsConfigError, match="MP_TOKEN"):
+        load_channels(path)
+    monkeypatch.setenv("MP_TOKEN", "s3cr3t")
+    loaded = load_channels(path)
+    assert [c.name for c in loaded.channels] == ["WMS", "MP"]
+    assert "s3cr3t" not in repr(loaded.channels[1].auth_value())
