@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/preorders.py
 	$(BIN)/python bench/release.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/channels.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -9,12 +9,14 @@ the rejection report, marks the file ingested, deletes the parts and archives th
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from stream_app.connectors.config import S3Channel
 from stream_app.connectors.csv_rows import csv_records
-from stream_app.connectors.mapping import map_row
+from stream_app.connectors.mapping import RowMapper
 from stream_app.connectors.s3_files import S3Object, archive, delete, get_json, put_json, read_from
 from stream_app.exports import S3Config
 
@@ -23,7 +25,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: envelopes of one file on their way to the broker at once
+PIPELINE_DEPTH = 8
+
 Json = dict[str, Any]
+
+
+def _mapper(service: ChannelsService, channel: S3Channel, header: list[str]) -> RowMapper:
+    return RowMapper(channel.mapping, header, channel=channel.name, limits=service.limits)
 
 
 def file_key(channel: str, etag: str) -> str:
@@ -97,71 +106,86 @@ async def _read_rows(
         first_line=progress["line"],
     )
     header: list[str] | None = progress["header"]
+    mapper = None if header is None else _mapper(service, channel, header)
     good: list[Json] = []
     bad: list[Json] = []
     next_line = progress["line"]
+    in_flight: deque[asyncio.Future[None]] = deque()  # segments handed over, oldest first
 
-    async def save(end: int, next_line: int) -> None:
-        await service.publish_records(channel.name, good)
+    async def commit(
+        good: list[Json], bad: list[Json], end: int, next_line: int,
+        previous: asyncio.Future[None] | None,
+    ) -> None:
+        """The envelope (and the rejections part) on the broker (and S3), then, after the
+        previous segment's, this segment's checkpoint: a checkpoint never covers a row
+        that is not on the broker, and checkpoints are sent in file order."""
+        part = None
         if bad:
             part = f"{archive_key(channel, obj.key)}.rejections.parts/{bad[0]['line']:012d}.json"
-            await put_json(client, cfg, part, bad)
+        await asyncio.gather(
+            service.publish_records(channel.name, good),
+            put_json(client, cfg, part, bad) if part else asyncio.sleep(0),
+        )
+        if previous is not None:
+            await previous
+        if part:
             progress["parts"] = [*progress["parts"], part]
         progress.update(
-            offset=end,
-            line=next_line,
-            good=progress["good"] + len(good),
-            rejected=progress["rejected"] + len(bad),
-            header=header,
+            offset=end, line=next_line, good=progress["good"] + len(good),
+            rejected=progress["rejected"] + len(bad), header=header,
         )
         await service.checkpoint(channel.name, key, dict(progress))
         status.rows_total += len(good) + len(bad)
         status.rejected_total += len(bad)
         status.file = {
-            "key": obj.key,
-            "size": obj.size,
-            "offset": end,
-            "rowsDone": progress["good"] + progress["rejected"],
-            "rejected": progress["rejected"],
+            "key": obj.key, "size": obj.size, "offset": end,
+            "rowsDone": progress["good"] + progress["rejected"], "rejected": progress["rejected"],
         }
-        good.clear()
-        bad.clear()
 
-    async for record in rows:
-        next_line = record.next_line
-        if header is None:
-            header = [name.strip() for name in record.fields]
-            missing = sorted(channel.mapping.columns() - set(header))
-            if missing:
-                return f"the header has no column {', '.join(missing)} (line {record.line})"
-            progress.update(offset=record.end, line=record.next_line, header=header)
-            continue
-        if len(record.fields) != len(header):
-            reasons = [f"{len(record.fields)} fields where the header has {len(header)}"]
-            bad.append({"line": record.line, "reasons": reasons, "row": record.fields[:50]})
-        else:
-            mapped, reasons = map_row(
-                dict(zip(header, record.fields, strict=True)),
-                channel.mapping,
-                channel=channel.name,
-                event_id=f"s3:{channel.name}:{obj.etag}:{record.line}",
-                default_updated_at=obj.modified_iso,
-                limits=service.limits,
-            )
-            if mapped is None:
-                bad.append(
-                    {
-                        "line": record.line,
-                        "reasons": reasons,
-                        "row": dict(zip(header, record.fields, strict=True)),
-                    }
-                )
+    async def save(end: int, next_line: int) -> None:
+        """Hand the segment over; parsing goes on while the broker takes up to
+        ``PIPELINE_DEPTH`` segments (the worker's loop is busy applying them: one round
+        trip at a time would bound the file by the loop's latency, not by its work)."""
+        nonlocal good, bad
+        if len(in_flight) >= PIPELINE_DEPTH:
+            await in_flight.popleft()
+        previous = in_flight[-1] if in_flight else None
+        in_flight.append(asyncio.ensure_future(commit(good, bad, end, next_line, previous)))
+        good, bad = [], []
+
+    try:
+        async for record in rows:
+            next_line = record.next_line
+            if mapper is None:
+                header = [name.strip() for name in record.fields]
+                missing = sorted(channel.mapping.columns() - set(header))
+                if missing:
+                    return f"the header has no column {', '.join(missing)} (line {record.line})"
+                progress.update(offset=record.end, line=record.next_line, header=header)
+                mapper = _mapper(service, channel, header)
+                continue
+            if len(record.fields) != len(mapper.header):
+                reasons = [f"{len(record.fields)} fields where the header has {len(mapper.header)}"]
+                bad.append({"line": record.line, "reasons": reasons, "row": record.fields[:50]})
             else:
-                good.append(mapped)
-        if len(good) >= channel.envelope_records or len(bad) >= channel.envelope_records:
-            await save(record.end, record.next_line)
-    if good or bad or progress["offset"] < obj.size:
-        await save(obj.size, next_line)
+                mapped, reasons = mapper.map(
+                    record.fields, event_id=f"s3:{channel.name}:{obj.etag}:{record.line:012d}",
+                    default_updated_at=obj.modified_iso,
+                )
+                if mapped is not None:
+                    good.append(mapped)
+                else:
+                    row = dict(zip(mapper.header, record.fields, strict=True))
+                    bad.append({"line": record.line, "reasons": reasons, "row": row})
+            if len(good) >= channel.envelope_records or len(bad) >= channel.envelope_records:
+                await save(record.end, record.next_line)
+        if good or bad:
+            await save(obj.size, next_line)
+    finally:
+        while in_flight:
+            await in_flight.popleft()
+    if progress["offset"] < obj.size:  # trailing blank lines
+        await commit([], [], obj.size, next_line, None)
     return None if header is not None else "the file is empty (no header)"
 
 

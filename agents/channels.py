@@ -194,10 +194,13 @@ class ChannelsService:
 
     # --- publishing ------------------------------------------------------------------
     async def publish_records(self, channel: str, records: list[Json]) -> None:
+        """One envelope, without a key (spread over the partitions: the apply orders a
+        key's records by (updatedAt, eventId), not by arrival; a file's zero-padded line
+        numbers make its later row of a key win a tie)."""
         if records:
             topic = self.runtime.names.inventory_changes
             body = orjson.dumps({"records": records})
-            await deliver(self.runtime.app, [(topic, channel.encode(), body, None, None)])
+            await deliver(self.runtime.app, [(topic, None, body, None, None)])
 
     async def checkpoint(self, channel: str, key: str, value: Json) -> None:
         """Record progress (after what it covers is on the broker)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -127,7 +128,19 @@ def parse_quantity(value: Any, field: str, max_quantity: int = MAX_QUANTITY) -> 
 
 
 def parse_timestamp(value: Any, field: str = "updatedAt") -> tuple[str, int]:
-    """ISO 8601 (naive means UTC) or epoch milliseconds → (ISO string in UTC, microseconds)."""
+    """ISO 8601 (naive means UTC) or epoch milliseconds → (ISO string in UTC, microseconds).
+    Bulk loads repeat timestamps (a snapshot's moment): the last few thousand are cached."""
+    if type(value) in (str, int):
+        return _cached_timestamp(value, field)
+    return _parse_timestamp(value, field)
+
+
+@lru_cache(maxsize=4096)
+def _cached_timestamp(value: str | int, field: str) -> tuple[str, int]:
+    return _parse_timestamp(value, field)
+
+
+def _parse_timestamp(value: Any, field: str) -> tuple[str, int]:
     if value is None:
         raise BadRecord(f"missing field '{field}'")
     if isinstance(value, bool):

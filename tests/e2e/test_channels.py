@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aioboto3
 import pytest
+from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from agents.channel_files import PIPELINE_DEPTH
+from stream_app.embedded import free_port
 from tests.fixtures.kafka import KafkaCluster, consume
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
 from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION
@@ -86,12 +90,15 @@ def start_worker(
     return worker
 
 
-def produce_keyed(bootstrap: str, topic: str, key: bytes, value: Any) -> None:
+def sentinels(bootstrap: str, topic: str, partitions: int) -> None:
+    """One sentinel per partition: what was on the broker before is read before them."""
+
     async def main() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()
         try:
-            await producer.send_and_wait(topic, json.dumps(value).encode(), key=key)
+            for partition in range(partitions):
+                await producer.send_and_wait(topic, b'{"sentinel": true}', partition=partition)
         finally:
             await producer.stop()
 
@@ -145,10 +152,10 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     view = wait_for(lambda: (v := channel_view(worker))["duplicatesSkipped"] >= 1 and v, 60, 0.2, "duplicate")
     assert view["rowsDone"] == 5 and view["filesIngested"] == 1
     assert "archive/stock-1-again.csv" in bucket.keys()
-    # everything the channel sent is before a sentinel sent now with the same key
+    # everything the channel sent is before the sentinels sent now to every partition
     topic = f"{app_id}-inventory-changes"
-    produce_keyed(kafka.bootstrap, topic, CHANNEL.encode(), {"sentinel": True})
-    got = consume(kafka.bootstrap, topic, until=lambda got: any("sentinel" in m for m in got))
+    sentinels(kafka.bootstrap, topic, 4)  # STREAM_APP_PARTITIONS of worker_env
+    got = consume(kafka.bootstrap, topic, until=lambda got: sum("sentinel" in m for m in got) == 4)
     assert sum(len(m.get("records", ())) for m in got) == 2  # one envelope, never sent again
 
 
@@ -178,9 +185,88 @@ def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     envelopes = consume(kafka.bootstrap, f"{app_id}-inventory-changes",
                         until=lambda got: sum(len(m["records"]) for m in got) >= rows - 1, timeout=30)
     ids = [r["eventId"] for m in envelopes for r in m["records"]]
-    assert set(ids) == {f"s3:{CHANNEL}:{report['etag']}:{n + 2}" for n in range(rows) if n != 99}
-    assert len(ids) - len(set(ids)) <= 50  # at most the envelope in flight at the kill, again
+    assert set(ids) == {f"s3:{CHANNEL}:{report['etag']}:{n + 2:012d}" for n in range(rows) if n != 99}
+    assert len(ids) - len(set(ids)) <= 50 * PIPELINE_DEPTH  # at most the envelopes in flight at the kill
     for n in (0, 1234, rows - 1):  # and the state is the oracle's
         body = wait_for(lambda n=n: (r := worker.get(f"/inventory/K{n}/S{n % 7}"))[0] == 200 and r[1],
                         30, 0.2, f"K{n}")
         assert body["atp"] == max(0, n % 97 - n % 5)
+
+
+class ThreadedUpstream:
+    """A REST upstream on loopback in its own thread (the worker is another process):
+    two pages by cursor, the first answered 429 with Retry-After once, the token checked."""
+
+    TOKEN = "Bearer e2e-secret-token"
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.limited = False
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(request.path_qs)
+        if request.headers.get("Authorization") != self.TOKEN:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        if not self.limited:
+            self.limited = True
+            return web.json_response({"error": "slow down"}, status=429, headers={"Retry-After": "1"})
+        if request.query.get("cursor") == "p2":
+            return web.json_response({"items": [
+                {"sku": "R-2", "store": "S1", "available": "8"},
+                {"sku": "R-3", "store": "S1", "available": "lots"},  # rejected: dead letter
+            ], "next": None})
+        return web.json_response({"items": [{"sku": "R-1", "store": "S1", "available": 5}], "next": "p2"})
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/stock", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_rest_channel_and_a_broken_one_side_by_side(
+    processes: ProcessFactory, kafka: KafkaCluster, s3_server: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream = ThreadedUpstream()
+    try:
+        sim = start_sim(processes)
+        app_id = f"chr-{uuid.uuid4().hex[:6]}"
+        path = tmp_path / "channels.json"
+        path.write_text(json.dumps({"channels": [
+            {"name": "MARKETPLACE", "kind": "rest", "url": f"http://127.0.0.1:{upstream.port}/stock",
+             "authEnv": "E2E_MARKETPLACE_TOKEN", "recordsPath": "$.items[*]", "nextCursorPath": "$.next",
+             "pollIntervalSeconds": 0.5,
+             "mapping": {"fields": {"sku": "sku", "location": "store", "onHand": "available"}}},
+            {"name": "BROKEN", "kind": "s3", "bucket": "no-such-bucket", "prefix": "in/",
+             "archivePrefix": "done/", "pollIntervalSeconds": 0.5,
+             "mapping": {"fields": {"sku": "s", "location": "l", "onHand": "q"}}},
+        ]}))
+        monkeypatch.setenv("E2E_MARKETPLACE_TOKEN", ThreadedUpstream.TOKEN)
+        worker = start_worker(processes, kafka, app_id, sim, s3_server, path)
+
+        assert wait_for(lambda: worker.get("/inventory/R-2/S1")[1].get("atp") == 8, 60, 0.2, "REST records")
+        assert worker.get("/inventory/R-1/S1")[1]["atp"] == 5
+        views = {c["name"]: c for c in worker.get("/channels")[1]["channels"]}
+        rest = views["MARKETPLACE"]
+        assert rest["active"] and rest["rest"]["retriesTotal"] >= 1 and rest["rejected"] >= 1
+        broken = wait_for(lambda: (v := {c["name"]: c for c in worker.get("/channels")[1]["channels"]})["BROKEN"]["lastError"] and v["BROKEN"], 30, 0.2, "broken channel's error")
+        assert "no-such-bucket" in broken["lastError"]["error"]
+        letters = consume(kafka.bootstrap, "{}-dlq".format(f"{app_id}-inventory-changes"), until=lambda got: len(got) >= 1, raw=True)
+        assert dict(letters[0].headers)["dlq-source-channel"] == b"MARKETPLACE"
+        log = worker.log_path.read_text()
+        assert ThreadedUpstream.TOKEN not in log and "e2e-secret-token" not in log
+        assert upstream.requests[0] == "/stock" and "/stock?cursor=p2" in upstream.requests
+    finally:
+        upstream.stop()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from stream_app.connectors.config import ChannelsConfigError, load_channels, parse_channels
 from stream_app.connectors.csv_rows import CsvFormatError, csv_records
-from stream_app.connectors.mapping import FieldMapping, map_row
+from stream_app.connectors.mapping import FieldMapping, RowMapper, map_row
 from stream_app.records import Limits, parse_record
 
 
@@ -144,3 +144,19 @@ def test_a_good_channels_file_loads_from_yaml(tmp_path: Path, monkeypatch: pytes
     loaded = load_channels(path)
     assert [c.name for c in loaded.channels] == ["WMS", "MP"]
     assert "s3cr3t" not in repr(loaded.channels[1].auth_value())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["A", " B ", "", "7", "-1", "3.0", "x", "2026-12-01T10:00:00", "99999999999"]),
+             min_size=5, max_size=5),
+    st.sampled_from([MAPPING, FieldMapping.model_validate(
+        {"fields": {"sku": "SKU", "location": "Store", "onHand": "Qty", "reserved": "Held",
+                    "updatedAt": "When"}})]),
+)
+def test_the_compiled_mapper_answers_as_map_row(fields: list[str], mapping: FieldMapping) -> None:
+    header = ["SKU", "Store", "Qty", "Held", "When"]
+    mapper = RowMapper(mapping, header, channel="WMS", limits=Limits(max_quantity=10**6))
+    expected = map_row(dict(zip(header, fields, strict=True)), mapping, channel="WMS", event_id="e",
+                       default_updated_at="2026-12-01T00:00:00Z", limits=Limits(max_quantity=10**6))
+    assert mapper.map(fields, event_id="e", default_updated_at="2026-12-01T00:00:00Z") == expected

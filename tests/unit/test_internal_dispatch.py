@@ -14,6 +14,7 @@ from agents.internal import (
     INVENTORY_APPLY,
     PREORDER_DECISIONS,
     PREORDER_ITEMS,
+    RECONCILE,
     SYNC_ACK,
     dispatch_table,
 )
@@ -36,7 +37,8 @@ def test_the_app_registers_a_handler_for_every_kind(tmp_path: Path) -> None:
     runtime = create_runtime(Settings(data_dir=tmp_path, _env_file=None))
     table = dispatch_table(runtime.internal_handlers)
     assert set(table) == {
-        INVENTORY_APPLY, SYNC_ACK, PREORDER_ITEMS, PREORDER_DECISIONS, BOOK_COMMAND, CHANNEL_PROGRESS
+        INVENTORY_APPLY, SYNC_ACK, PREORDER_ITEMS, PREORDER_DECISIONS, BOOK_COMMAND, CHANNEL_PROGRESS,
+        RECONCILE,
     }
     assert table[INVENTORY_APPLY] is runtime.internal_handlers.inventory_apply
     assert table[BOOK_COMMAND] is runtime.internal_handlers.book_command
