@@ -36,13 +36,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import faust
 import orjson
 
 from agents.channel_files import ingest_file
-from agents.internal import CHANNEL_PROGRESS, dead_letter
+from agents.internal import CHANNEL_PROGRESS, json_handler
 from stream_app.app import need
-from stream_app.broker.delivery import deliver, source_of
+from stream_app.broker.delivery import deliver
 from stream_app.broker.lifecycle import is_ready
 from stream_app.connectors.config import ChannelsFile, RestChannel, S3Channel, load_channels
 from stream_app.connectors.csv_rows import CsvFormatError
@@ -295,15 +294,9 @@ def register(runtime: Runtime) -> None:
     service = need(runtime.channels, "the channels service")
     internal_dlq = runtime.topic(runtime.names.internal_dlq)
 
-    async def progress(event: faust.EventT) -> None:
-        try:
-            service.apply_progress(orjson.loads(event.value), event.message.partition)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.exception("unreadable channel progress dead-lettered")
-            await dead_letter(internal_dlq, event, f"channel progress: {exc!r}")
-        await service.table.flush(source_of(event))
-
-    runtime.internal_handlers.channel_progress = progress
+    runtime.internal_handlers.channel_progress = json_handler(
+        internal_dlq, "channel progress", service.apply_progress, service.table
+    )
 
     if not service.config.channels:
         return

@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faust
+import orjson
 
-from stream_app.broker.delivery import deliver
+from stream_app.broker.delivery import deliver, source_of
 from stream_app.delivery_watch import Message, Observer, watch_of
 
 if TYPE_CHECKING:
     from stream_app.app import Handler, InternalHandlers, Runtime
     from stream_app.metrics import Metrics
+    from tables.keyed import KeyedTable
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,24 @@ def event_time(event: faust.EventT) -> datetime:
     if stamp and stamp > 0:
         return datetime.fromtimestamp(stamp, UTC)
     return datetime.now(UTC)
+
+
+def json_handler(
+    dlq: faust.TopicT, what: str, apply: Callable[[Any, int], object], table: KeyedTable
+) -> Handler:
+    """The handler of one kind of JSON message: ``apply(message, partition)`` stages its
+    writes on ``table``, which is then flushed (also after a dead letter: what was staged
+    before is kept); a message it cannot read goes to the dead letters with the reason."""
+
+    async def handle(event: faust.EventT) -> None:
+        try:
+            apply(orjson.loads(event.value), event.message.partition)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.exception("unreadable %s dead-lettered", what)
+            await dead_letter(dlq, event, f"{what}: {exc!r}")
+        await table.flush(source_of(event))
+
+    return handle
 
 
 def dispatch_table(handlers: InternalHandlers) -> dict[bytes, Handler]:

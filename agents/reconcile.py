@@ -28,13 +28,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import faust
 import orjson
 
-from agents.internal import RECONCILE, dead_letter
+from agents.internal import RECONCILE, json_handler
 from agents.sync import DIRTY
 from stream_app.app import need
-from stream_app.broker.delivery import deliver, source_of
+from stream_app.broker.delivery import deliver
 from stream_app.domain.delta import iso_us, reconcile_entry
 from stream_app.fluent.client import FluentClient, FluentConfig, FluentError
 from stream_app.records import inventory_key
@@ -187,15 +186,9 @@ def register(runtime: Runtime) -> None:
     reconciler = need(runtime.reconciler, "the reconciler")
     internal_dlq = runtime.topic(runtime.names.internal_dlq)
 
-    async def handle(event: faust.EventT) -> None:
-        try:
-            reconciler.apply(orjson.loads(event.value), event.message.partition)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.exception("unreadable reconciliation message dead-lettered")
-            await dead_letter(internal_dlq, event, f"reconciliation: {exc!r}")
-        await reconciler.sync.accepted.flush(source_of(event))
-
-    runtime.internal_handlers.reconcile = handle
+    runtime.internal_handlers.reconcile = json_handler(
+        internal_dlq, "reconciliation message", reconciler.apply, reconciler.sync.accepted
+    )
 
     if settings.reconcile_cron:
 

@@ -37,9 +37,8 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 
-from agents.internal import SYNC_ACK, dead_letter
+from agents.internal import SYNC_ACK, json_handler
 from stream_app.app import need
-from stream_app.broker.delivery import source_of
 from stream_app.broker.lifecycle import is_ready
 from stream_app.domain.delta import (
     SyncRun,
@@ -420,17 +419,12 @@ def register(runtime: Runtime) -> None:
 
     internal_dlq = runtime.topic(names.internal_dlq)
 
-    async def acks(event: faust.EventT) -> None:
-        try:
-            record_acknowledgement(
-                accepted, orjson.loads(event.value), backoff, service.still_dirty
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            log.exception("unreadable sync acknowledgement dead-lettered")
-            await dead_letter(internal_dlq, event, f"sync acknowledgement: {exc!r}")
-        await accepted.flush(source_of(event))
+    def acknowledge(message: dict[str, Any], partition: int) -> None:
+        record_acknowledgement(accepted, message, backoff, service.still_dirty)
 
-    runtime.internal_handlers.sync_ack = acks
+    runtime.internal_handlers.sync_ack = json_handler(
+        internal_dlq, "sync acknowledgement", acknowledge, accepted
+    )
 
     @app.task
     async def flush_loop() -> None:

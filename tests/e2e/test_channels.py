@@ -270,3 +270,42 @@ def test_a_rest_channel_and_a_broken_one_side_by_side(
         assert upstream.requests[0] == "/stock" and "/stock?cursor=p2" in upstream.requests
     finally:
         upstream.stop()
+
+
+def test_two_workers_run_one_poller_per_channel_and_ingest_a_file_once(
+    processes: ProcessFactory, kafka: KafkaCluster, s3_server: str, tmp_path: Path
+) -> None:
+    bucket = Bucket(s3_server)
+    sim = start_sim(processes)
+    app_id = f"ch2-{uuid.uuid4().hex[:6]}"
+    channels = channels_file(tmp_path, bucket.name, envelope=100)
+    first = start_worker(processes, kafka, app_id, sim, s3_server, channels)
+    second = start_worker(processes, kafka, app_id, sim, s3_server, channels)
+
+    def local_views() -> list[dict[str, Any]]:
+        views = []
+        for worker in (first, second):
+            code, body = worker.get("/channels?scope=local")
+            assert code == 200, body
+            views.extend(c for c in body["channels"] if c["name"] == CHANNEL)
+        return views
+
+    def split() -> bool:
+        mine = set(first.health()[1].get("partitions") or [])
+        theirs = set(second.health()[1].get("partitions") or [])
+        return bool(mine) and bool(theirs) and not mine & theirs
+
+    wait_for(split, 60, 0.2, "partitions split between the two workers")
+    wait_for(lambda: sum(v["active"] for v in local_views()) == 1, 30, 0.2, "one active poller")
+    rows = 1000
+    lines = ["SKU,Store,Qty,Held"] + [f"T{n},S1,{n % 50},0" for n in range(rows)]
+    bucket.put("incoming/two.csv", ("\n".join(lines) + "\n").encode())
+    wait_for(lambda: "archive/two.csv.rejections.json" in bucket.keys(), 60, 0.3, "file finished")
+    assert sum(v["active"] for v in local_views()) == 1
+    assert sum(v["rowsDone"] for v in local_views()) == rows  # read by one of them, once
+    merged = channel_view(second)
+    assert merged["owner"] and merged["filesIngested"] == 1
+    topic = f"{app_id}-inventory-changes"
+    sentinels(kafka.bootstrap, topic, 4)
+    got = consume(kafka.bootstrap, topic, until=lambda got: sum("sentinel" in m for m in got) == 4)
+    assert sum(len(m.get("records", ())) for m in got) == rows
