@@ -60,11 +60,14 @@ class S3Channel(_Channel):
     max_rejections_kept: int = Field(100_000, ge=0, alias="maxRejectionsKept")
 
     @model_validator(mode="after")
-    def _archive_outside(self) -> S3Channel:
-        if self.archive_prefix.startswith(self.prefix):
+    def _archive_apart(self) -> S3Channel:
+        # the listing skips the archive prefix: archived files (and reports) beside or under
+        # the incoming prefix are never picked up again; incoming files inside the archive
+        # prefix would never be picked up at all
+        if not self.archive_prefix or self.prefix.startswith(self.archive_prefix):
             raise ValueError(
-                f"archivePrefix {self.archive_prefix!r} must not be under prefix {self.prefix!r} "
-                "(archived files would be picked up again)"
+                f"prefix {self.prefix!r} is inside archivePrefix {self.archive_prefix!r}: "
+                "no file would ever be picked up"
             )
         return self
 

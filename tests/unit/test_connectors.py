@@ -111,14 +111,17 @@ def test_limits_apply_to_mapped_rows_and_a_missing_time_takes_the_sources() -> N
 
 def test_channels_file_errors_name_where_they_are(tmp_path: Path) -> None:
     bad = {"channels": [
-        {"name": "A", "kind": "s3", "bucket": "drops", "prefix": "in/", "archivePrefix": "in/done/",
+        {"name": "A", "kind": "s3", "bucket": "drops", "prefix": "in/new/", "archivePrefix": "in/",
          "mapping": {"fields": {"sku": "s", "location": "l", "onHand": "q"}}},
         {"name": "B", "kind": "rest", "url": "ftp://x", "mapping": {"fields": {"sku": "s", "size": "z"}}},
     ]}
     with pytest.raises(ChannelsConfigError) as err:
         parse_channels(bad)
     text = str(err.value)
-    assert "channels[0]" in text and "archivePrefix" in text
+    assert "channels[0]" in text and "inside archivePrefix" in text
+    ok = {"name": "W", "kind": "s3", "bucket": "drops", "prefix": "", "archivePrefix": "archive/",
+          "mapping": {"fields": {"sku": "s", "location": "l", "onHand": "q"}}}
+    assert parse_channels({"channels": [ok]}).channels[0].prefix == ""  # the whole bucket
     assert "channels[1].url" in text and "unknown record field(s) size" in text
     assert "no column or default for location, onHand" in text or "channels[1].mapping" in text
     path = tmp_path / "channels.yaml"
