@@ -32,6 +32,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -166,7 +167,7 @@ class ChannelsService:
             ch for ch in self.config.channels if ch.enabled and self.partition_of(ch.name) in mine
         ]
 
-    def reconcile(self) -> None:
+    def supervise(self) -> None:
         """Start the pollers of the channels this worker owns, stop the others."""
         wanted = {ch.name: ch for ch in self.owned()}
         for name, task in list(self.tasks.items()):
@@ -216,28 +217,25 @@ class ChannelsService:
 
     # --- S3 --------------------------------------------------------------------------
     def s3_config(self, channel: S3Channel) -> S3Config:
-        s = self.runtime.settings
-        return S3Config(
-            endpoint_url=s.s3_endpoint_url,
-            region=s.s3_region,
-            bucket=channel.bucket,
-            prefix="",
-            access_key_id=s.aws_access_key_id,
-            secret_access_key=s.aws_secret_access_key,
-        )
+        """The export's S3 settings (endpoint, region, credentials) on the channel's bucket."""
+        return replace(S3Config.from_settings(self.runtime.settings), bucket=channel.bucket, prefix="")
 
     async def run_s3(self, channel: S3Channel) -> None:
+        """Poll the prefix with ONE client for as long as it works (a client per poll
+        loaded botocore's S3 model every few seconds); a failure opens a new one."""
         status = self.status[channel.name]
         cfg = self.s3_config(channel)
         while True:
-            status.last_poll = self.now()
             try:
                 async with s3_client(cfg) as client:
-                    for obj in await list_objects(
-                        client, cfg, channel.prefix, channel.archive_prefix
-                    ):
-                        await ingest_file(self, client, cfg, channel, obj)
-                status.last_success = self.now()
+                    while True:
+                        status.last_poll = self.now()
+                        for obj in await list_objects(
+                            client, cfg, channel.prefix, channel.archive_prefix
+                        ):
+                            await ingest_file(self, client, cfg, channel, obj)
+                        status.last_success = self.now()
+                        await asyncio.sleep(channel.poll_interval_seconds)
             except (S3ChannelError, ExportError, CsvFormatError) as exc:
                 log.warning("channel %s: %s", channel.name, exc)
                 status.error(str(exc), self.now())
@@ -303,4 +301,4 @@ def register(runtime: Runtime) -> None:
 
     @app.timer(1.0)
     async def supervise_channels() -> None:
-        service.reconcile()
+        service.supervise()

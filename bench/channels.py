@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from bench.common import preload  # noqa: E402
 from bench.scale import PARTITIONS, Cluster, rss_mb, timed_apply  # noqa: E402
 from stream_app.embedded import EmbeddedBroker, free_port  # noqa: E402
-from tests.fixtures.procs import wait_for  # noqa: E402
+from tests.fixtures.procs import StreamAppProcess, wait_for  # noqa: E402
 
 ENVELOPE = 500
 KEY_ID = SECRET = "bench"
@@ -82,18 +83,25 @@ class RssPeak(threading.Thread):
         return self.peak
 
 
+def timed_with_rss(worker: StreamAppProcess, rows: int, drop: Callable[[], object]) -> dict[str, float]:
+    """``drop()`` the input, then rows/s to the last record applied and the RSS peak."""
+    assert worker.proc is not None
+    before = rss_mb(worker.proc.pid)
+    sampler = RssPeak(worker.proc.pid)
+    sampler.start()
+    drop()
+    per_s = timed_apply(worker, rows, 3600)[1]
+    return {"rows_per_s": per_s, "rss_before_mb": before, "rss_peak_mb": sampler.stop()}
+
+
 def envelope_variant(broker: EmbeddedBroker, root: Path, rows: int) -> dict[str, float]:
     cluster = Cluster(broker.bootstrap, root, f"benv-{uuid.uuid4().hex[:6]}")
     worker = cluster.worker(root / cluster.app_id)
     try:
         worker.wait_ready(180)
-        assert worker.proc is not None
-        before = rss_mb(worker.proc.pid)
-        sampler = RssPeak(worker.proc.pid)
-        sampler.start()
-        asyncio.run(preload(broker.bootstrap, cluster.topic, envelopes(rows)))
-        per_s = timed_apply(worker, rows, 3600)[1]
-        return {"rows_per_s": per_s, "rss_before_mb": before, "rss_peak_mb": sampler.stop()}
+        return timed_with_rss(
+            worker, rows, lambda: asyncio.run(preload(broker.bootstrap, cluster.topic, envelopes(rows)))
+        )
     finally:
         worker.stop(60)
 
@@ -117,17 +125,11 @@ def csv_variant(broker: EmbeddedBroker, root: Path, rows: int, s3_url: str, csv:
     )
     try:
         worker.wait_ready(180)
-        assert worker.proc is not None
-        before = rss_mb(worker.proc.pid)
-        sampler = RssPeak(worker.proc.pid)
-        sampler.start()
-        s3.upload_file(str(csv), bucket, "in/stock.csv")
-        per_s = timed_apply(worker, rows, 3600)[1]
-        peak = sampler.stop()
+        run = timed_with_rss(worker, rows, lambda: s3.upload_file(str(csv), bucket, "in/stock.csv"))
         wait_for(lambda: any(o["Key"] == "done/stock.csv.rejections.json"
                              for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])),
                  120, 0.5, "report written")
-        return {"rows_per_s": per_s, "rss_before_mb": before, "rss_peak_mb": peak}
+        return run
     finally:
         worker.stop(60)
 
