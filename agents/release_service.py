@@ -37,6 +37,8 @@ from stream_app.domain.release import (
     due_release_date,
     order_created,
     order_failed,
+    plan_counts,
+    plan_release,
     release_date_at,
     release_report,
     released_by_run,
@@ -517,6 +519,21 @@ class ReleaseService:
         await out.flush(events_first=True)
 
     # --- local views --------------------------------------------------------------
+    def preview(self, release_date: date, now: datetime) -> Json:
+        """What a release of ``release_date`` would do now on this worker's partitions
+        (nothing changes): reservations and units by tier and outcome. The run itself
+        plans again when it starts, on the state it finds then."""
+        by_tier: dict[str, dict[str, int]] = {}
+        keys = 0
+        for partition in self.runs.owned_partitions():
+            part = self.store.books(partition)
+            for key, book in part.books.items():
+                supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
+                plan = plan_release(book, release_date, supply.current_atp, self.policy, now)
+                keys += bool(plan)
+                plan_counts(book, plan, by_tier)
+        return {"byTier": by_tier, "keys": keys}
+
     def local_reservations(self) -> list[Json]:
         """Every reservation of the partitions this worker owns (for the export)."""
         out: list[Json] = []

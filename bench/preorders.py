@@ -51,6 +51,7 @@ PARTITIONS = 8
 LOC = "DC-1"
 SCORES = {"PLATINUM": 150, "VIP": 100, "STANDARD": 50}
 SHIP = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()
+SERVICE_KEY = "bench-service-key"
 
 
 def pre_order(order_id: str, sku: str, tier: str = "STANDARD") -> dict[str, Any]:
@@ -95,6 +96,7 @@ class Worker:
             "STREAM_APP_LOG_LEVEL": "INFO",
             "STREAM_APP_PRE_ORDER_WAIT_SECONDS": "5",
             "STREAM_APP_MAX_QUEUE_DEPTH": "100000",
+            "STREAM_APP_SERVICE_API_KEY": SERVICE_KEY,
             **{f"STREAM_APP_TOPIC_{name.upper().replace('-', '_')}": f"{prefix}-{name}"
                for name in ("inventory-changes", "pre-orders", "reservation-commands",
                             "reservation-events", "pre-order-results")},
@@ -190,7 +192,8 @@ async def steady_http(session: aiohttp.ClientSession, worker: Worker, rate: int,
         body = orjson.dumps(pre_order(f"{tag}-{i}", f"LAT-{i % 16}"))
         started = time.perf_counter()
         async with session.post(worker.url + "/pre-orders", data=body,
-                                headers={"Content-Type": "application/json"}) as response:
+                                headers={"Content-Type": "application/json",
+                                         "X-API-Key": SERVICE_KEY}) as response:
             await response.read()
             statuses[response.status] = statuses.get(response.status, 0) + 1
             if response.status == 200:
@@ -268,7 +271,7 @@ async def fetch_queue(session: aiohttp.ClientSession, worker: Worker, sku: str) 
     entries: list[dict[str, Any]] = []
     while True:
         url = f"{worker.url}/queues/{sku}/{LOC}/{SHIP}?limit=10000&offset={len(entries)}"
-        async with session.get(url) as response:
+        async with session.get(url, headers={"X-API-Key": SERVICE_KEY}) as response:
             page = await response.json()
         entries.extend(page["entries"])
         if not page["entries"] or len(entries) >= page["depth"]:

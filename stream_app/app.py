@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import faust
 
+from stream_app.credentials import Credentials
 from stream_app.domain.inventory import BufferPolicy
 from stream_app.metrics import Metrics
 from stream_app.settings import Settings
@@ -104,6 +105,10 @@ class Runtime:
     result_waiters: ResultWaiters | None = None  # agents.result_waiters
     channels: ChannelsService | None = None  # agents.channels, the channel_state table
     reconciler: Reconciler | None = None  # agents.reconcile
+    credentials: Credentials = field(init=False)  # from the settings
+
+    def __post_init__(self) -> None:
+        self.credentials = Credentials.from_settings(self.settings)
 
     def topic(self, name: str) -> faust.TopicT:
         return self.topics[name]

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from stream_app.credentials import open_doors
 from stream_app.embedded import (
     EmbeddedBroker,
     EmbeddedBrokerError,
@@ -128,6 +129,8 @@ def run_worker(settings: Settings, fresh_broker: bool = False) -> int:
     asyncio.set_event_loop(loop)
     bootstrap_topics(settings, loop)
     runtime = create_runtime(settings)
+    for warning in open_doors(settings):
+        log.warning("%s", warning)
     _say(f"web view:  http://{runtime.app.conf.web_host}:{settings.web_port}/")
     return serve(runtime.app, settings, loop, fresh_broker)
 

@@ -28,11 +28,11 @@ def other_workers(runtime: Runtime) -> list[str]:
 
 async def fetch_json(
     session: aiohttp.ClientSession, url: str, path: str, headers: dict[str, str] | None = None,
-    seconds: float = 5.0,
+    seconds: float = 5.0, query: dict[str, str] | None = None,
 ) -> Json:
     try:
         async with session.get(
-            URL(url).with_path(path).with_query(scope="local"),
+            URL(url).with_path(path).with_query({**(query or {}), "scope": "local"}),
             headers=headers or {},
             timeout=aiohttp.ClientTimeout(total=seconds),
         ) as response:

@@ -7,6 +7,7 @@ working directory is read too). Secrets are ``SecretStr`` and never printed: use
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 ENV_PREFIX = "STREAM_APP_"
 
@@ -218,7 +220,50 @@ class Settings(BaseSettings):
         "confirmation, or this long after it (checked by the hourly expiry pass; counted in "
         "stream_app_confirmed_holds_released_total{reason=\"grace\"})",
     )
-    admin_api_key: SecretStr = SecretStr("")
+    admin_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="X-API-Key of the admin endpoints (release, export, flush, reconcile); "
+        "empty refuses them",
+    )
+    service_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="X-API-Key a storefront sends to place pre-orders, cancel and commit "
+        "reservations and see customer data (the admin key works too); empty refuses those "
+        "calls",
+    )
+    reservation_id_secret: SecretStr = Field(
+        SecretStr(""),
+        description="key of the HMAC in reservation ids, so an id cannot be derived from "
+        "an order id; the same on every worker and never changed once orders exist (ids "
+        "already issued keep working, a replayed order must get its id again). Empty: "
+        "unkeyed ids, with a warning at start-up",
+    )
+    cluster_secret: SecretStr = Field(
+        SecretStr(""),
+        description="token of requests forwarded between workers (a client-set forwarding "
+        "header without it is ignored); empty: derived from the other secrets and the app id",
+    )
+    forward_timeout_seconds: float = Field(
+        2.5, gt=0, le=30,
+        description="how long a worker waits for the worker it forwards a request to; "
+        "then 503 with Retry-After",
+    )
+    max_order_quantity: int = Field(
+        10_000, ge=1, le=2**31 - 1,
+        description="the largest quantity of one pre-order item (and of GET /atp)",
+    )
+    max_text_length: int = Field(
+        200, ge=16, le=10_000,
+        description="the longest id, e-mail, tier, product name or category a pre-order may hold",
+    )
+    max_json_depth: int = Field(
+        16, ge=4, le=512, description="the deepest nesting a request body may have"
+    )
+    release_window_days: int = Field(
+        14, ge=0, le=3660,
+        description="POST /admin/release takes a date at most this many days from today "
+        "(either side)",
+    )
     export_cron: str = "0 3 * * *"
     retention_days: int = Field(
         30, ge=1,
@@ -278,13 +323,21 @@ class Settings(BaseSettings):
     @field_validator("release_cron", "expiry_check_cron", "export_cron", "resync_cron", "reconcile_cron")
     @classmethod
     def _check_cron(cls, value: str, info: ValidationInfo) -> str:
-        from croniter import croniter
+        from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
         if info.field_name == "reconcile_cron" and not value.strip():
             return ""
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a crontab expression like '0 2 * * *'")
-        return value
+        text = value.strip()
+        fields = text.split()
+        macro = text.startswith("@") and len(fields) == 1
+        if not (macro or len(fields) == 5) or not croniter.is_valid(text):
+            raise ValueError(f"{value!r} is not a crontab expression like '0 2 * * *' "
+                             "(5 fields: minute hour day month weekday)")
+        try:  # valid fields that never fire (Feb 31) would crash the timer when it starts
+            croniter(text, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+        except (CroniterBadCronError, CroniterBadDateError, ValueError, KeyError):
+            raise ValueError(f"{value!r} never fires (no such date)") from None
+        return text
 
     @field_validator("channels_file")
     @classmethod
@@ -352,6 +405,8 @@ def load_settings(**overrides: Any) -> Settings:
     """Build :class:`Settings`; an invalid value raises :class:`SettingsError` naming it."""
     try:
         return Settings(**overrides)
+    except PydanticSettingsError as exc:  # a JSON setting that is not JSON: no traceback
+        raise SettingsError(f"invalid setting: {_name_env_vars(str(exc))}") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -360,3 +415,14 @@ def load_settings(**overrides: Any) -> Settings:
             var = f"{ENV_PREFIX}{name.upper()}" if name else "configuration"
             problems.append(f"{var}: {err.get('msg', 'invalid value')}")
         raise SettingsError("invalid setting " + "; ".join(problems)) from None
+
+
+def _name_env_vars(message: str) -> str:
+    """pydantic-settings names the field (``field "tier_scores"``): name the variable."""
+    import re
+
+    return re.sub(
+        r'field "([a-z0-9_]+)"',
+        lambda m: f"{ENV_PREFIX}{m.group(1).upper()} (expected JSON)",
+        message,
+    )

@@ -18,12 +18,56 @@ most aiokafka's ``fetcher_timeout``, 0.2 s, when nothing else was fetchable).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
 import faust
 
 from stream_app.broker.consumers import on_worker_consumer
+
+#: Faust's fetch checks that are false for a partition left out of fetches on purpose
+_FETCH_ALARMS = ("has not sent fetch request for", "stopped fetching from")
+_FAUST_CONSUMER_LOGGER = "faust.transport.drivers.aiokafka"
+
+
+class PausedFetchAlarms(logging.Filter):
+    """Faust checks each assigned partition's last fetch and logs an ERROR ("Aiokafka has
+    not sent fetch request for TP since start", "stopped fetching from TP") when there is
+    none: for the partitions this worker leaves out of its fetches on purpose (paused,
+    :func:`fetch_consumed_only`) that is expected, so the record becomes DEBUG and an
+    ERROR in the log means an error. The same alarm for a partition being consumed stays
+    an ERROR. ``suppressed`` counts the downgraded ones."""
+
+    def __init__(self, paused: Callable[[], Collection[Any]]) -> None:
+        super().__init__()
+        self.paused = paused
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.args:
+            return True
+        message = str(record.msg)
+        if not any(alarm in message for alarm in _FETCH_ALARMS):
+            return True
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        if args[0] not in self.paused():  # a consumed partition: a real alarm
+            return True
+        self.suppressed += 1
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_alarms(paused: Callable[[], Collection[Any]]) -> PausedFetchAlarms:
+    """Install :class:`PausedFetchAlarms` on Faust's consumer logger (once)."""
+    logger = logging.getLogger(_FAUST_CONSUMER_LOGGER)
+    for existing in logger.filters:
+        if isinstance(existing, PausedFetchAlarms):
+            existing.paused = paused
+            return existing
+    installed = PausedFetchAlarms(paused)
+    logger.addFilter(installed)
+    return installed
 
 
 class ConsumedOnly:
@@ -74,5 +118,6 @@ def fetch_consumed_only(app: faust.App) -> None:
             fetcher._get_actions_per_node = scoped_actions(
                 actions, lambda: consumer._paused_partitions
             )
+            quiet_alarms(lambda: consumer._paused_partitions)
 
     on_worker_consumer(app, "_stream_app_fetch_scoped", started=started)

@@ -600,7 +600,9 @@ class ReservationBook:
         require_aware(now)
         if request.sku != self.sku or request.location != self.location:
             raise ValueError(f"item {request.sku}|{request.location} is not of this book")
-        rid = reservation_id(request.order_id, request.sku, request.location, request.item_index)
+        rid = reservation_id(
+            request.order_id, request.sku, request.location, request.item_index, policy.id_secret
+        )
         cause = cause or rid
         existing = self._by_id.get(rid)
         if existing is not None:

@@ -166,10 +166,24 @@ class SyncRun:
         self.errors.append(error[:500])
         self.advance(FAILED, now_us)
 
+    @property
+    def outcome(self) -> str | None:
+        """``ok`` (every record accepted), ``partial`` (some refused), ``rejected`` (none
+        accepted), ``failed`` (the run broke off); None while running. A run that ended
+        but did not get every record in is never shown as a success."""
+        if self.state == FAILED:
+            return FAILED
+        if self.state != "completed":
+            return None
+        if not self.failed:
+            return "ok"
+        return "partial" if self.accepted else "rejected"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "runId": self.run_id,
             "state": self.state,
+            "outcome": self.outcome,
             "fullResync": self.full_resync,
             "startedAt": iso_us(self.started_at_us),
             "finishedAt": iso_us(self.finished_at_us or 0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 
@@ -41,17 +42,24 @@ def expires_at_for(ship_date: date, expiry_days: int) -> datetime:
     return datetime.combine(ship_date - timedelta(days=expiry_days), time(0), tzinfo=UTC)
 
 
-def reservation_id(order_id: str, sku: str, location: str, item_index: int) -> str:
+def reservation_id(
+    order_id: str, sku: str, location: str, item_index: int, secret: bytes = b""
+) -> str:
     """Deterministic, self-routing id: ``R-<key>-<hash>``.
 
     ``<key>`` is ``sku|location`` in URL-safe base64 without padding (so the id names the
     partition that owns it, see :func:`key_of_reservation_id`); ``<hash>`` is 16 hex
-    digits of sha256 over the length-prefixed parts (unambiguous whatever they hold).
+    digits of HMAC-SHA256 keyed with ``secret`` over the length-prefixed parts
+    (unambiguous whatever they hold), so that nobody without the secret can derive the
+    id of an order they know. With no secret: SHA-256, derivable (start-up warns).
     """
     material = (
         f"{len(order_id)}:{order_id}|{len(sku)}:{sku}|{len(location)}:{location}|{item_index}"
-    )
-    digest = hashlib.sha256(material.encode()).hexdigest()[:16]
+    ).encode()
+    if secret:
+        digest = hmac.new(secret, material, hashlib.sha256).hexdigest()[:16]
+    else:
+        digest = hashlib.sha256(material).hexdigest()[:16]
     return f"R-{encode_key(f'{sku}|{location}')}-{digest}"
 
 

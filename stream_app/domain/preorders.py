@@ -36,6 +36,10 @@ class Policy:
     commit_required: bool = True
     expiry_days: int = 7
     committed_first: bool = False
+    max_quantity: int = 10_000  # of one item
+    max_text_length: int = 200  # ids, e-mail, tier, product name, category, source
+    #: HMAC key of reservation ids (empty: unkeyed ids), see domain.ids.reservation_id
+    id_secret: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         scores = {normalize_tier(name): int(score) for name, score in self.tier_scores.items()}
@@ -58,6 +62,9 @@ class Policy:
             commit_required=settings.commit_required,
             expiry_days=settings.expiry_days,
             committed_first=settings.release_committed_first,
+            max_quantity=settings.max_order_quantity,
+            max_text_length=settings.max_text_length,
+            id_secret=settings.reservation_id_secret.get_secret_value().encode(),
         )
 
 
@@ -214,7 +221,77 @@ def _resolve_tier(raw: Any, policy: Policy, reasons: list[str]) -> tuple[str, st
     return "", None
 
 
-def _parse_items(raw: Any, reasons: list[str]) -> list[PreOrderItem]:
+def ship_date_problems(ship_date: date, policy: Policy, today: date) -> list[str]:
+    """Why ``ship_date`` is outside ``today + [min_days_ahead, max_days_ahead]``; [] when inside."""
+    earliest = today + timedelta(days=policy.min_days_ahead)
+    latest = today + timedelta(days=policy.max_days_ahead)
+    if ship_date < earliest:
+        return [
+            f"shipDate {ship_date.isoformat()} is too early: at least "
+            f"{policy.min_days_ahead} days ahead (earliest {earliest.isoformat()})"
+        ]
+    if ship_date > latest:
+        return [
+            f"shipDate {ship_date.isoformat()} is too late: at most "
+            f"{policy.max_days_ahead} days ahead (latest {latest.isoformat()})"
+        ]
+    return []
+
+
+def quantity_problems(quantity: Any, policy: Policy) -> list[str]:
+    """Why ``quantity`` is not a JSON integer in ``1..max_quantity``; [] when it is."""
+    if not is_positive_int(quantity):
+        return ["quantity must be a positive integer"]
+    if quantity > policy.max_quantity:
+        return [f"quantity must be at most {policy.max_quantity}"]
+    return []
+
+
+def key_problems(sku: str, location: str, policy: Policy) -> list[str]:
+    """Why ``sku``/``location`` cannot name an item (empty, ``|``, too long); [] when fine."""
+    reasons: list[str] = []
+    for name, value in (("sku", sku), ("locationRef", location)):
+        _identifier({name: value}, name, reasons, key_part=True)
+        if len(value) > policy.max_text_length:
+            reasons.append(f"{name} is longer than {policy.max_text_length} characters")
+    return reasons
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests (a scalar is 0), counted no further than ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list) and node:
+            if depth + 1 > limit:
+                return depth + 1
+            deepest = max(deepest, depth + 1)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+_TEXT_FIELDS = ("orderId", "customerId", "customerEmail", "customerTier", "shipDate", "source")
+_ITEM_TEXT_FIELDS = ("sku", "locationRef", "location", "productName", "category")
+
+
+def _check_lengths(raw: Mapping[str, Any], limit: int, reasons: list[str]) -> None:
+    def check(where: str, value: Any) -> None:
+        if isinstance(value, str) and len(value) > limit:
+            reasons.append(f"{where} is longer than {limit} characters")
+
+    for name in _TEXT_FIELDS:
+        check(name, raw.get(name))
+    items = raw.get("items")
+    if isinstance(items, list):
+        for index, entry in enumerate(items):
+            if isinstance(entry, Mapping):
+                for name in _ITEM_TEXT_FIELDS:
+                    check(f"items[{index}].{name}", entry.get(name))
+
+
+def _parse_items(raw: Any, policy: Policy, reasons: list[str]) -> list[PreOrderItem]:
     if not isinstance(raw, list):
         reasons.append("items is required (a list with at least one item)")
         return []
@@ -232,8 +309,7 @@ def _parse_items(raw: Any, reasons: list[str]) -> list[PreOrderItem]:
         location_raw = entry.get("locationRef", entry.get("location"))
         location = _identifier({"locationRef": location_raw}, "locationRef", reasons, True)
         quantity = entry.get("quantity")
-        if not is_positive_int(quantity):
-            reasons.append("quantity must be a positive integer")
+        reasons.extend(quantity_problems(quantity, policy))
         name = entry.get("productName")
         if name is not None and not isinstance(name, str):
             reasons.append("productName must be a string")
@@ -262,7 +338,8 @@ def validate_pre_order(raw: Any, policy: Policy, today: date) -> PreOrder | list
     Rules: orderId, customerId, customerEmail, customerTier, shipDate and items required;
     ids are non-empty strings (JSON integers accepted; sku and locationRef without ``|``,
     the key separator); every quantity a
-    JSON integer > 0; ``today + min_days_ahead ≤ shipDate ≤ today + max_days_ahead``;
+    JSON integer in ``1..max_quantity``; every string at most ``max_text_length``
+    characters; ``today + min_days_ahead ≤ shipDate ≤ today + max_days_ahead``;
     unknown tiers rejected or mapped to STANDARD per policy; with ``max_per_customer``
     the units of one SKU in this order may not exceed it (the book enforces it across
     orders).
@@ -270,6 +347,7 @@ def validate_pre_order(raw: Any, policy: Policy, today: date) -> PreOrder | list
     if not isinstance(raw, Mapping):
         return ["pre-order must be a JSON object"]
     reasons: list[str] = []
+    _check_lengths(raw, policy.max_text_length, reasons)
     order_id = _identifier(raw, "orderId", reasons)
     customer_id = _identifier(raw, "customerId", reasons)
     email = raw.get("customerEmail")
@@ -281,23 +359,12 @@ def validate_pre_order(raw: Any, policy: Policy, today: date) -> PreOrder | list
     if ship_date is None:
         reasons.append("shipDate is required (an ISO date YYYY-MM-DD)")
     else:
-        earliest = today + timedelta(days=policy.min_days_ahead)
-        latest = today + timedelta(days=policy.max_days_ahead)
-        if ship_date < earliest:
-            reasons.append(
-                f"shipDate {ship_date.isoformat()} is too early: at least "
-                f"{policy.min_days_ahead} days ahead (earliest {earliest.isoformat()})"
-            )
-        elif ship_date > latest:
-            reasons.append(
-                f"shipDate {ship_date.isoformat()} is too late: at most "
-                f"{policy.max_days_ahead} days ahead (latest {latest.isoformat()})"
-            )
+        reasons.extend(ship_date_problems(ship_date, policy, today))
     source = raw.get("source")
     if source is not None and not isinstance(source, str):
         reasons.append("source must be a string")
         source = None
-    items = _parse_items(raw.get("items"), reasons)
+    items = _parse_items(raw.get("items"), policy, reasons)
     if policy.max_per_customer is not None:
         per_sku: dict[str, int] = {}
         for item in items:
@@ -328,6 +395,29 @@ def parse_pre_order(raw: Any, policy: Policy, today: date) -> PreOrder:
     if isinstance(result, list):
         raise PreOrderInvalid(result)
     return result
+
+
+def order_conflicts(order: PreOrder, recorded: Iterable[Mapping[str, Any]]) -> list[str]:
+    """How ``order`` differs from the reservations already recorded under its orderId
+    (``Reservation.to_dict`` shapes, any subset of its items); [] when it is the same
+    order sent again. A resend must be the same content: another one is a conflict (409),
+    never silently answered with the first order's result."""
+    items = {item.index: item for item in order.items}
+    problems: list[str] = []
+    for seen in recorded:
+        index = int(seen.get("itemIndex", -1))
+        item = items.get(index)
+        if item is None:
+            problems.append(f"items[{index}] was placed before and is missing now")
+            continue
+        now = {"sku": item.sku, "location": item.location, "quantity": item.quantity,
+               "shipDate": order.ship_date.isoformat(), "tier": order.tier,
+               "customerId": order.customer_id}
+        for name, value in now.items():
+            if seen.get(name) != value:
+                where = name if name in ("shipDate", "tier", "customerId") else f"items[{index}].{name}"
+                problems.append(f"{where} was {seen.get(name)!r}, now {value!r}")
+    return sorted(set(problems))
 
 
 def pre_order_result(order_id: str, decisions: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -113,6 +113,31 @@ def plan_release(
     return expired + allocations + not_allocated
 
 
+def plan_outcome(transition: Transition) -> str:
+    """What a planned transition means for its customer: ``ordered`` (a Fluent order is
+    created), ``expired``, ``cancelled_<reason>``."""
+    if transition.status is Status.CONFIRMING:
+        return "ordered"
+    if transition.status is Status.EXPIRED:
+        return "expired"
+    return f"cancelled_{transition.reason or 'other'}"
+
+
+def plan_counts(
+    book: ReservationBook, transitions: Iterable[Transition], into: dict[str, dict[str, int]]
+) -> None:
+    """Add ``transitions`` (a :func:`plan_release` of ``book``) to ``into``: reservations
+    by tier, then by :func:`plan_outcome` (and ``units_<outcome>``)."""
+    for transition in transitions:
+        reservation = book.get(transition.reservation_id)
+        if reservation is None:
+            continue
+        tier = into.setdefault(reservation.tier, {})
+        outcome = plan_outcome(transition)
+        tier[outcome] = tier.get(outcome, 0) + 1
+        tier[f"units_{outcome}"] = tier.get(f"units_{outcome}", 0) + reservation.quantity
+
+
 def pending_orders(book: ReservationBook, policy: Policy) -> list[Reservation]:
     """CONFIRMING / RELEASE_FAILED reservations (their order is still to create)."""
     pending = [r for r in book.reservations() if r.status in PENDING]

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from stream_app.app import need
 from stream_app.cluster import fetch_json, other_workers
+from stream_app.web.errors import ApiView
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -49,7 +50,7 @@ def register(runtime: Runtime) -> None:
     service = need(runtime.channels, "the channels service")
 
     @app.page("/channels")
-    class Channels(View):
+    class Channels(ApiView):
         async def get(self, request: Request) -> Response:
             local = {
                 "url": str(app.conf.canonical_url),

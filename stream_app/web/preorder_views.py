@@ -26,6 +26,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import aiohttp
 import orjson
 from faust.web import Request, Response, View
 from faust.web.exceptions import ServiceUnavailable
@@ -34,11 +35,21 @@ from yarl import URL
 from agents.books import supply_for
 from stream_app.app import need
 from stream_app.cluster import other_workers
+from stream_app.credentials import KEY_HEADER, LOCAL_ONLY_HEADER, redact_customers
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.ids import key_of_reservation_id
-from stream_app.domain.preorders import pre_order_result, validate_pre_order
+from stream_app.domain.preorders import (
+    json_depth,
+    key_problems,
+    order_conflicts,
+    pre_order_result,
+    quantity_problems,
+    ship_date_problems,
+    validate_pre_order,
+)
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
+from stream_app.web.errors import ApiView
 from stream_app.web.views import forward_to_owner
 
 if TYPE_CHECKING:
@@ -48,8 +59,6 @@ log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
-#: asks a worker to answer an order lookup from its own books only (no fan-out)
-LOCAL_ONLY_HEADER = "X-Stream-App-Local-Only"
 QUEUE_PAGE_DEFAULT = 1000
 QUEUE_PAGE_MAX = 10_000
 
@@ -72,15 +81,19 @@ def _parse_date(text: str | None) -> date | None:
 def _parse_int(text: str | None, default: int, minimum: int) -> int | None:
     if text is None or text == "":
         return default
-    try:
-        value = int(text)
-    except ValueError:
+    if len(text) > 12 or not text.isdigit():  # "1e23", "-1", "9" * 5000: not a count
         return None
+    value = int(text)
     return value if value >= minimum else None
+
+
+def _unauthorized(view: View) -> Response:
+    return _bad(view, [f"{KEY_HEADER} with the service key is required"], 401, "unauthorized")
 
 
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
+    credentials = runtime.credentials
     preorders = need(runtime.preorders, "the pre-order books")
     store, orders, policy = preorders.store, preorders.orders, preorders.policy
     waiters = need(runtime.result_waiters, "the results waiters")
@@ -101,9 +114,15 @@ def register(runtime: Runtime) -> None:
             runtime, store.changelog_topic, store.partition_of(key), view.web, request
         )
 
+    def shown(request: Request, body: Json) -> Json:
+        """Customer data only for callers holding the service (or admin) key."""
+        return body if credentials.is_service(request.headers) else redact_customers(body)
+
     @app.page("/pre-orders")
-    class PreOrders(View):
+    class PreOrders(ApiView):
         async def post(self, request: Request) -> Response:
+            if not credentials.is_service(request.headers):
+                return _unauthorized(self)
             limit = settings.max_request_bytes
             if (getattr(request, "content_length", None) or 0) > limit:
                 return _bad(self, [f"body exceeds {limit} bytes"], 413, "too_large")
@@ -114,6 +133,9 @@ def register(runtime: Runtime) -> None:
                 raw = orjson.loads(body)
             except orjson.JSONDecodeError:
                 return _bad(self, ["body is not JSON"], error="invalid_pre_order")
+            if json_depth(raw, settings.max_json_depth) > settings.max_json_depth:
+                return _bad(self, [f"body nests deeper than {settings.max_json_depth} levels"],
+                            error="invalid_pre_order")
             checked = validate_pre_order(raw, policy, datetime.now(UTC).date())
             if isinstance(checked, list):
                 return _bad(self, checked, error="invalid_pre_order")
@@ -126,6 +148,13 @@ def register(runtime: Runtime) -> None:
             if forwarded is not None:
                 return forwarded
             order_id = checked.order_id
+            conflicts = order_conflicts(checked, store.order_reservations(order_id))
+            if conflicts:
+                return _bad(
+                    self,
+                    [f"orderId {order_id!r} was already placed with other content", *conflicts],
+                    409, "conflict",
+                )
             pending: Json = {
                 "status": "pending",
                 "orderId": order_id,
@@ -173,19 +202,21 @@ def register(runtime: Runtime) -> None:
             target = request.url.with_host(url.host or "127.0.0.1").with_port(url.port)
             try:
                 async with app.http_client.get(
-                    target, headers={LOCAL_ONLY_HEADER: "1"}
+                    target,
+                    headers=credentials.forwarding_headers(request.headers, LOCAL_ONLY_HEADER),
+                    timeout=aiohttp.ClientTimeout(total=settings.forward_timeout_seconds),
                 ) as response:
                     if response.status == 200:
                         body: Json = await response.json()
                         return body
-            except Exception as exc:  # a worker that is going away: ask the next
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # going away: next
                 log.warning("order lookup on %s failed: %r", url, exc)
         return None
 
     @app.page("/pre-orders/{order_id}")
-    class PreOrderStatus(View):
+    class PreOrderStatus(ApiView):
         async def get(self, request: Request, order_id: str) -> Response:
-            local_only = bool(request.headers.get(LOCAL_ONLY_HEADER))
+            local_only = credentials.is_forwarded(request.headers, LOCAL_ONLY_HEADER)
             if not local_only:
                 forwarded = await forward_to_owner(
                     runtime,
@@ -199,7 +230,7 @@ def register(runtime: Runtime) -> None:
                 entry = orders.get(order_id)  # multi-item orders: the collector's entry
                 if entry is not None:
                     if "result" in entry:
-                        return self.json(entry["result"])
+                        return self.json(shown(request, entry["result"]))
                     return self.json(
                         {
                             "status": "pending",
@@ -211,25 +242,27 @@ def register(runtime: Runtime) -> None:
                     )
             found = store.order_reservations(order_id)
             if found:
-                return self.json(pre_order_result(order_id, found))
+                return self.json(shown(request, pre_order_result(order_id, found)))
             if not local_only:
                 remote = await ask_other_workers(request)
                 if remote is not None:
-                    return self.json(remote)
+                    return self.json(shown(request, remote))
             return self.json(
                 {"error": "not_found", "message": f"no pre-order {order_id}"}, status=404
             )
 
     @app.page("/atp/{sku}/{location}")
-    class Atp(View):
+    class Atp(ApiView):
         async def get(self, request: Request, sku: str, location: str) -> Response:
             ship_date = _parse_date(request.query.get("shipDate"))
             quantity = _parse_int(request.query.get("quantity"), 1, 1)
-            reasons = []
+            # the intake's own rules: an answer of RESERVE means POST /pre-orders takes it
+            reasons = key_problems(sku, location, policy)
             if ship_date is None:
                 reasons.append("shipDate is required (an ISO date YYYY-MM-DD)")
-            if quantity is None:
-                reasons.append("quantity must be a positive integer")
+            else:
+                reasons.extend(ship_date_problems(ship_date, policy, datetime.now(UTC).date()))
+            reasons.extend(quantity_problems(quantity, policy))
             if reasons or ship_date is None or quantity is None:
                 return _bad(self, reasons)
             key = inventory_key(sku, location)
@@ -245,7 +278,7 @@ def register(runtime: Runtime) -> None:
             return self.json(body)
 
     @app.page("/reservations/{reservation_id}")
-    class ReservationView(View):
+    class ReservationView(ApiView):
         async def get(self, request: Request, reservation_id: str) -> Response:
             key = key_of_reservation_id(reservation_id)
             if key is None:
@@ -262,9 +295,11 @@ def register(runtime: Runtime) -> None:
                     status=404,
                 )
             book, reservation = found
-            return self.json(book.reservation_dict(reservation))
+            return self.json(shown(request, book.reservation_dict(reservation)))
 
     async def run_command(view: View, request: Request, reservation_id: str, name: str) -> Response:
+        if not credentials.is_service(request.headers):
+            return _unauthorized(view)
         key = key_of_reservation_id(reservation_id)
         if key is None:
             return view.json({"error": "not_found", "message": "not a reservation id"}, status=404)
@@ -310,17 +345,17 @@ def register(runtime: Runtime) -> None:
         return view.json(body, status=status)
 
     @app.page("/reservations/{reservation_id}/cancel")
-    class CancelReservation(View):
+    class CancelReservation(ApiView):
         async def post(self, request: Request, reservation_id: str) -> Response:
             return await run_command(self, request, reservation_id, "cancel")
 
     @app.page("/reservations/{reservation_id}/commit")
-    class CommitReservation(View):
+    class CommitReservation(ApiView):
         async def post(self, request: Request, reservation_id: str) -> Response:
             return await run_command(self, request, reservation_id, "commit")
 
     @app.page("/queues/{sku}/{location}/{ship_date}")
-    class Queue(View):
+    class Queue(ApiView):
         async def get(self, request: Request, sku: str, location: str, ship_date: str) -> Response:
             when = _parse_date(ship_date)
             limit = _parse_int(request.query.get("limit"), QUEUE_PAGE_DEFAULT, 1)
@@ -352,4 +387,4 @@ def register(runtime: Runtime) -> None:
                 body = book.queue_view(when, offset, limit)
             body["offset"] = offset
             body["limit"] = limit
-            return self.json(body)
+            return self.json(shown(request, body))

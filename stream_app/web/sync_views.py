@@ -10,25 +10,24 @@ Each worker knows only its own flushes, so the answering worker asks the others
 from __future__ import annotations
 
 import asyncio
-import hmac
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from agents.reconcile import merge as merge_reconciliation
 from stream_app.app import need
 from stream_app.cluster import fetch_json, other_workers
+from stream_app.web.errors import ApiView
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
 
 
 def admin_allowed(runtime: Runtime, request: Request) -> bool:
-    """Admin endpoints need ``X-API-Key``; with no key configured they refuse everyone."""
-    expected = runtime.settings.admin_api_key.get_secret_value()
-    given = request.headers.get("X-API-Key", "")
-    return bool(expected) and hmac.compare_digest(expected.encode(), given.encode())
+    """Admin endpoints need the admin ``X-API-Key``; with no key configured they refuse
+    everyone (stream_app.credentials)."""
+    return runtime.credentials.is_admin(request.headers)
 
 
 def merge(workers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -61,7 +60,7 @@ def register(runtime: Runtime) -> None:
     background: set[asyncio.Future[Any]] = set()
 
     @app.page("/sync")
-    class Sync(View):
+    class Sync(ApiView):
         async def get(self, request: Request) -> Response:
             local = service.status()
             if request.query.get("scope") == "local":
@@ -77,7 +76,7 @@ def register(runtime: Runtime) -> None:
             return self.json(merge([local, *remote]))
 
     @app.page("/sync/flush")
-    class Flush(View):
+    class Flush(ApiView):
         async def post(self, request: Request) -> Response:
             if not admin_allowed(runtime, request):
                 return self.json({"error": "unauthorized"}, status=401)
@@ -88,7 +87,7 @@ def register(runtime: Runtime) -> None:
             return self.json({"status": "flush requested"}, status=202)
 
     @app.page("/sync/reconciliation")
-    class Reconciliation(View):
+    class Reconciliation(ApiView):
         async def get(self, request: Request) -> Response:
             local = reconciler.status()
             if request.query.get("scope") == "local":
@@ -100,7 +99,7 @@ def register(runtime: Runtime) -> None:
             return self.json(merge_reconciliation([local, *remote]))
 
     @app.page("/sync/reconcile")
-    class Reconcile(View):
+    class Reconcile(ApiView):
         async def post(self, request: Request) -> Response:
             if not admin_allowed(runtime, request):
                 return self.json({"error": "unauthorized"}, status=401)

@@ -7,11 +7,13 @@ router, driven by the partition of our own partitioner rather than by the table 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import faust
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
@@ -20,23 +22,31 @@ from stream_app.broker.lifecycle import is_ready
 from stream_app.delivery_watch import watch_of
 from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
 from stream_app.records import inventory_key
+from stream_app.web.errors import ApiView
+from stream_app.web.errors import install as install_json_errors
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
 
-FORWARDED_HEADER = "X-Stream-App-Forwarded"
+log = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 
 async def forward_to_owner(
     runtime: Runtime, changelog_topic: str, partition: int, web: faust.web.Web, request: Request
 ) -> Response | None:
-    """Forward to the owner of ``partition``; None when this worker owns it."""
+    """Forward to the owner of ``partition``; None when this worker owns it.
+
+    The owner gets the request with the cluster token (a forwarding header without it,
+    as a client may send, is ignored) and ``forward_timeout_seconds`` to answer; an owner
+    that does not answer in time or cannot be reached is 503 with ``Retry-After``.
+    """
     app = runtime.app
     url = owner_url(app, changelog_topic, partition)
     if url is None:
         raise ServiceUnavailable(f"no worker owns partition {partition} yet (rebalancing)")
-    if request.headers.get(FORWARDED_HEADER):
+    credentials = runtime.credentials
+    if credentials.is_forwarded(request.headers):
         # Already forwarded once: answer from local state rather than bounce around
         # while the two workers disagree about the assignment.
         return None
@@ -45,13 +55,31 @@ async def forward_to_owner(
     if (dest.host, dest.port) == (own.host, own.port):
         return None
     routed = request.url.with_host(dest.host or "127.0.0.1").with_port(dest.port)
-    headers = {**request.headers, FORWARDED_HEADER: "1"}
-    async with app.http_client.request(
-        method=request.method, url=routed, headers=headers, data=await request.read()
-    ) as response:
-        return web.text(
-            await response.text(), content_type=response.content_type, status=response.status
+    seconds = runtime.settings.forward_timeout_seconds
+    try:
+        async with app.http_client.request(
+            method=request.method,
+            url=routed,
+            headers=credentials.forwarding_headers(request.headers),
+            data=await request.read(),
+            timeout=aiohttp.ClientTimeout(total=seconds),
+        ) as response:
+            return web.bytes(
+                await response.read(), content_type=response.content_type,
+                status=response.status,
+                headers={k: v for k, v in response.headers.items() if k in _PASSED_BACK},
+            )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("forwarding %s %s to %s failed: %r", request.method, request.url.path, dest, exc)
+        return web.json(
+            {"error": "unavailable", "reasons": [f"the worker owning partition {partition} "
+             f"did not answer within {seconds:g}s"],
+             "message": "the owner of this key did not answer in time; try again"},
+            status=503, headers={"Retry-After": "1"},
         )
+
+
+_PASSED_BACK = frozenset({"Retry-After", "Location"})
 
 
 def inventory_view(runtime: Runtime, sku: str, location: str, state: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +101,7 @@ def inventory_view(runtime: Runtime, sku: str, location: str, state: dict[str, A
 
 def register(runtime: Runtime) -> None:
     app = runtime.app
+    install_json_errors(app.web.web_app)  # type: ignore[attr-defined]  # the aiohttp driver
 
     watch = watch_of(app)
 
@@ -81,7 +110,7 @@ def register(runtime: Runtime) -> None:
         return watch.stalls(now, runtime.settings.stall_seconds)
 
     @app.page("/health")
-    class Health(View):
+    class Health(ApiView):
         async def get(self, request: Request) -> Response:
             stalled = stalls()
             ready = is_ready(app) and not stalled
@@ -102,7 +131,7 @@ def register(runtime: Runtime) -> None:
             return self.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
-    class Metrics(View):
+    class Metrics(ApiView):
         async def get(self, request: Request) -> Response:
             metrics = runtime.metrics
             now = asyncio.get_running_loop().time()
@@ -116,12 +145,12 @@ def register(runtime: Runtime) -> None:
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/")
-    class Dashboard(View):
+    class Dashboard(ApiView):
         async def get(self, request: Request) -> Response:
             return self.html(DASHBOARD.read_text(encoding="utf-8"))
 
     @app.page("/inventory/{sku}/{location}")
-    class Inventory(View):
+    class Inventory(ApiView):
         async def get(self, request: Request, sku: str, location: str) -> Response:
             key = inventory_key(sku, location)
             table = runtime.inventory

@@ -4,13 +4,18 @@ duplicates none and keeps queue positions consistent."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 
+import orjson
 import pytest
+import urllib3
 
 from stream_app.partitioning import partition_for
 from tests.fixtures.kafka import KafkaCluster, consume, produce
-from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.procs import SERVICE, ProcessFactory, StreamAppProcess, wait_for
 from tests.integration.test_preorders import (
     LOC,
     assert_queue_consistent,
@@ -51,7 +56,7 @@ def test_any_worker_answers_and_a_killed_worker_loses_nothing(
     kafka: KafkaCluster, processes: ProcessFactory
 ) -> None:
     prefix = f"poe-{uuid.uuid4().hex[:6]}"
-    base = worker_env(kafka, prefix)
+    base = worker_env(kafka, prefix, STREAM_APP_FORWARD_TIMEOUT_SECONDS="1")
     w1 = processes.start("worker", processes.env(base))
     w1.wait_ready(90)
     skus = [f"FWD-{i}" for i in range(8)]
@@ -87,6 +92,7 @@ def test_any_worker_answers_and_a_killed_worker_loses_nothing(
     other = next(w for w in workers if w is not owner(workers, f"{sku}|{LOC}"))
     status, body = other.post(f"/reservations/{rids[sku]}/commit")
     assert status == 200 and body["reservation"]["committed"] is True, body
+    check_credentials_and_forwarding(other, owner(workers, f"{sku}|{LOC}"), rids[sku])
 
     # --- a burst, the burst owner SIGKILLed mid-way, then restarted ---------------------
     victim = owner(workers, f"BURST|{LOC}")
@@ -130,6 +136,39 @@ def test_any_worker_answers_and_a_killed_worker_loses_nothing(
     rebuilt = processes.start("worker", processes.env(base))
     rebuilt.wait_ready(120)
     assert queue(rebuilt, "BURST") == body
+
+
+def check_credentials_and_forwarding(
+    other: StreamAppProcess, owner: StreamAppProcess, rid: str
+) -> None:
+    """Through the worker that does not own ``rid``: a client-set forwarding header is
+    ignored (trusted, the worker would answer 404 from its own books), customer data
+    only with the service key, a command needs it, and an owner that does not answer is
+    503 with Retry-After within the forward timeout."""
+    path = f"/reservations/{rid}"
+    status, full = other.get(path)
+    assert status == 200 and full["customerEmail"], full
+    spoofed = other.get(path, headers={**SERVICE, "X-Stream-App-Forwarded": "1"})
+    assert spoofed == (200, full)
+    status, anonymous = other.get(path, headers={})
+    assert status == 200 and anonymous == {
+        k: v for k, v in full.items() if k not in ("customerEmail", "customerId")
+    }
+    status, refused = other.post(f"{path}/cancel", headers={"X-API-Key": "wrong"})
+    assert status == 401 and refused["error"] == "unauthorized", refused
+    assert owner.get(path) == (200, full)  # nothing was cancelled
+
+    assert owner.proc is not None
+    os.killpg(owner.proc.pid, signal.SIGSTOP)  # alive but silent
+    try:
+        started = time.monotonic()
+        response = urllib3.request("GET", other.url + path, headers=SERVICE, timeout=10)
+        took = time.monotonic() - started
+    finally:
+        os.killpg(owner.proc.pid, signal.SIGCONT)
+    body = orjson.loads(response.data)
+    assert response.status == 503 and response.headers["Retry-After"], body
+    assert body["error"] == "unavailable" and took < 3, (took, body)
 
 
 def announced_every_state(events: list[dict], entries: list[dict]) -> bool:

@@ -214,6 +214,16 @@ def test_vip_first_then_arrival_rest_cancelled(app: App) -> None:
     })
     app.set_stock(a, 3)  # supply shrinks before the release: 4 reserved, 3 units
 
+    code, dry = app.worker.post(f"/admin/release?date={ship(days)}&dryRun=true", headers=ADMIN)
+    assert code == 200 and dry["dryRun"] is True, dry
+    assert dry["plan"]["byTier"]["VIP"] == {"ordered": 2, "units_ordered": 2}
+    assert dry["plan"]["byTier"]["STANDARD"] == {
+        "ordered": 4, "units_ordered": 4,
+        "cancelled_insufficient_inventory": 1, "units_cancelled_insufficient_inventory": 1,
+        "cancelled_not_allocated": 2, "units_cancelled_not_allocated": 2,
+    }
+    assert app.reservation(rid("S2-VIP-A", a))["status"] == "RESERVED"  # a dry run changes nothing
+
     run_id = app.release(ship(days))
     report = app.report(run_id)
     app.wait_statuses({
@@ -325,8 +335,17 @@ def test_admin_trigger_needs_the_key_and_a_date(app: App) -> None:
     assert worker.post("/admin/expire")[0] == 401
     assert worker.post("/admin/export")[0] == 401
     assert worker.get("/admin/release-state")[0] == 401
-    code, body = worker.post("/admin/release?date=2020-01-01", headers=ADMIN)
-    assert code == 202 and body["releaseDate"] == "2020-01-01"
+    code, body = worker.post("/admin/release?date=2020-01-01", headers=ADMIN)  # all at once
+    assert code == 400 and "outside the release window" in body["message"], body
+    assert worker.post(f"/admin/release?date={ship(400)}", headers=ADMIN)[0] == 400
+    assert worker.post(f"/admin/release?date={ship(1)}&dryRun=maybe", headers=ADMIN)[0] == 400
+    early = ship(-14)  # the window's first day: nothing ships that early
+    code, body = worker.post(f"/admin/release?date={early}&dryRun=true", headers=ADMIN)
+    assert code == 200 and body["dryRun"] is True and body["plan"]["totals"] == {}, body
+    assert worker.get("/releases")[1]["runs"] == [] or all(
+        r["releaseDate"] != early for r in worker.get("/releases")[1]["runs"])  # nothing ran
+    code, body = worker.post(f"/admin/release?date={early}", headers=ADMIN)
+    assert code == 202 and body["releaseDate"] == early and body["plan"]["keys"] == 0
     report = app.report(body["runId"])
     assert report["reservations"] == 0 and report["partitionsDone"] == 4
     assert worker.get("/releases/rel-20200101-nope")[0] == 404

@@ -20,7 +20,14 @@ from stream_app.domain.priority import DEFAULT_TIER_SCORES
 from stream_app.embedded import free_port
 from stream_app.partitioning import partition_for
 from tests.fixtures.kafka import KafkaCluster, Producer, consume, produce, topic_settings_env
-from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.procs import (
+    ID_SECRET,
+    SERVICE,
+    ProcessFactory,
+    StreamAppProcess,
+    http,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +64,9 @@ def expected(sku: str, ref: str, quantity: int, days: int, location: str = LOC) 
         "location": location, "quantity": quantity, "expectedOn": ship(days),
         "updatedAt": datetime.now(UTC).isoformat(),
     }
+
+
+ADMIN_KEY = {"X-API-Key": "preorders-admin-key"}
 
 
 def priority(entry: dict[str, Any]) -> tuple[int, int]:
@@ -139,6 +149,7 @@ def worker_env(kafka: KafkaCluster, prefix: str, **extra: str) -> dict[str, str]
         "STREAM_APP_PARTITIONS": "4",
         "STREAM_APP_FLUENT_SIM_PORT": str(free_port()),
         "STREAM_APP_PRE_ORDER_WAIT_SECONDS": "10",
+        "STREAM_APP_ADMIN_API_KEY": ADMIN_KEY["X-API-Key"],
         # SKUs named EXACT-* are not overbooked (easier arithmetic in some tests)
         "STREAM_APP_OVERBOOKING_RATES": '{"EXACT-*": 1.0}',
         **topic_settings_env(prefix),
@@ -262,8 +273,10 @@ def test_duplicate_submission_same_result_no_new_reservation(cluster: Cluster) -
     second_status, second = cluster.post_order(body)
     assert second_status == 200
     assert second == first
-    assert first["reservations"][0]["reservationId"] == reservation_id("DUP-1", sku, LOC, 0)
-    assert first["waitlisted"][0]["reservationId"] == reservation_id("DUP-1", "EXACT-DUP2", LOC, 1)
+    secret = ID_SECRET.encode()  # keyed: nobody without the secret derives them
+    assert first["reservations"][0]["reservationId"] == reservation_id("DUP-1", sku, LOC, 0, secret)
+    assert first["waitlisted"][0]["reservationId"] == reservation_id("DUP-1", "EXACT-DUP2", LOC, 1, secret)
+    assert first["reservations"][0]["reservationId"] != reservation_id("DUP-1", sku, LOC, 0)
     cluster.send("pre-orders", body)  # and a third time through the topic: one more result
     records = consume(cluster.bootstrap, cluster.topic("pre-order-results"),
                       lambda rs: sum(r.get("orderId") == "DUP-1" for r in rs) >= 3)
@@ -272,6 +285,62 @@ def test_duplicate_submission_same_result_no_new_reservation(cluster: Cluster) -
     assert cluster.queue(sku)["depth"] == 1
     assert cluster.queue("EXACT-DUP2")["depth"] == 1
     assert cluster.worker.get("/pre-orders/DUP-1") == (200, first)  # the collector's entry
+
+
+def test_credentials_bounds_conflicts_and_json_errors(cluster: Cluster) -> None:
+    """What a storefront and a stranger see: the service key is needed to place, cancel
+    and commit and to see customer data; bounds and resends with other content are
+    clear 4xx answers; every error, 404 and 405 included, is JSON with a code."""
+    worker, sku = cluster.worker, "AUTH-1"
+    cluster.set_stock(sku, 5)
+    body = order("AUTH-O1", sku, quantity=2)
+    for headers in ({}, {"X-API-Key": "guess"}):
+        status, refused = worker.post("/pre-orders", body, headers=headers)
+        assert status == 401 and refused["error"] == "unauthorized" and refused["reasons"], refused
+    assert worker.post("/pre-orders", body, headers=ADMIN_KEY)[0] == 200  # the admin key too
+    status, again = cluster.post_order(body)
+    assert status == 200 and again["reservations"][0]["quantity"] == 2
+    rid = again["reservations"][0]["reservationId"]
+
+    status, conflict = cluster.post_order(order("AUTH-O1", sku, quantity=3))
+    assert status == 409 and conflict["error"] == "conflict", conflict
+    assert any("quantity was 2, now 3" in r for r in conflict["reasons"]), conflict
+    assert cluster.queue(sku)["depth"] == 1
+
+    status, anonymous = worker.get(f"/queues/{sku}/{LOC}/{ship(30)}", headers={})
+    assert status == 200 and anonymous["entries"], anonymous
+    assert all("customerEmail" not in e and "customerId" not in e for e in anonymous["entries"])
+    assert cluster.queue(sku)["entries"][0]["customerEmail"] == "AUTH-O1@example.com"
+    assert "customerEmail" not in worker.get(f"/reservations/{rid}", headers={})[1]
+    assert "customerEmail" not in str(worker.get("/pre-orders/AUTH-O1", headers={})[1])
+    assert worker.post(f"/reservations/{rid}/cancel", headers={})[0] == 401
+    assert worker.post(f"/reservations/{rid}/commit", headers={})[0] == 401
+    assert worker.get(f"/reservations/{rid}")[1]["status"] == "RESERVED"
+
+    status, big = cluster.post_order(order("AUTH-BIG", sku, quantity=10**12))
+    assert status == 400 and "quantity must be at most 10000" in big["message"], big
+    status, long = cluster.post_order(order("x" * 201, sku))
+    assert status == 400 and "orderId is longer than 200 characters" in long["reasons"], long
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    status, nested = cluster.post_order({**order("AUTH-DEEP", sku), "extra": deep})
+    assert status == 400 and "nests deeper" in nested["message"], nested
+
+    # GET /atp applies the intake's rules (its RESERVE means POST /pre-orders takes it)
+    for query, reason in ((f"shipDate={ship(2)}", "too early"), (f"shipDate={ship(400)}", "too late"),
+                          (f"shipDate={ship(30)}&quantity=1e23", "positive integer"),
+                          (f"shipDate={ship(30)}&quantity={'9' * 40}", "positive integer"),
+                          (f"shipDate={ship(30)}&quantity=10001", "at most 10000")):
+        status, answer = worker.get(f"/atp/{sku}/{LOC}?{query}")
+        assert status == 400 and reason in answer["message"], (query, answer)
+    assert worker.get(f"/atp/{sku}/{LOC}?shipDate={ship(30)}&quantity=1")[1]["recommendation"] == "RESERVE"
+
+    for method, path, status, code in (("GET", "/no/such/endpoint", 404, "not_found"),
+                                       ("DELETE", "/pre-orders", 405, "method_not_allowed"),
+                                       ("GET", "/reservations/not-an-id", 404, "not_found")):
+        got, answer = http(method, worker.url + path, headers=SERVICE)
+        assert got == status and answer["error"] == code and answer["message"], (path, answer)
 
 
 def test_invalid_orders_with_every_reason(cluster: Cluster) -> None:

@@ -88,3 +88,19 @@ def test_run_lifecycle_in_order_and_failure_from_anywhere() -> None:
         other.advance("creating_job", 2)
     other.fail("FluentUnavailable: down", 3)
     assert other.state == "failed" and other.errors == ["FluentUnavailable: down"]
+
+
+@pytest.mark.parametrize(
+    ("accepted", "failed", "outcome"), [(3, 0, "ok"), (0, 0, "ok"), (2, 1, "partial"), (0, 3, "rejected")]
+)
+def test_a_run_that_did_not_get_everything_in_is_not_a_success(
+    accepted: int, failed: int, outcome: str
+) -> None:
+    run = SyncRun("r", started_at_us=0)
+    assert run.outcome is None  # running
+    run.accepted, run.failed = accepted, failed
+    run.advance("completed", 1)
+    assert run.as_dict()["outcome"] == outcome and run.state == "completed"
+    broken = SyncRun("b", started_at_us=0)
+    broken.fail("down", 1)
+    assert broken.outcome == "failed"

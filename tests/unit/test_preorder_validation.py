@@ -15,6 +15,8 @@ from stream_app.domain.preorders import (
     PreOrder,
     PreOrderInvalid,
     invalid_pre_order_result,
+    json_depth,
+    order_conflicts,
     parse_pre_order,
     pre_order_result,
     validate_pre_order,
@@ -274,3 +276,38 @@ def test_priority_order_helper() -> None:
         (50, 0),
         (50, 1),
     ]
+
+
+def test_quantities_and_strings_are_bounded() -> None:
+    policy = Policy(max_quantity=100, max_text_length=20)
+    huge = order(items=[{"sku": "PS6", "quantity": 10**12, "locationRef": "DC1"}])
+    assert validate_pre_order(huge, policy, TODAY) == ["items[0].quantity must be at most 100"]
+    long = order(orderId="o" * 21, items=[{"sku": "S" * 25, "quantity": 1, "locationRef": "DC1"}])
+    reasons = validate_pre_order(long, policy, TODAY)
+    assert reasons == ["orderId is longer than 20 characters",
+                       "items[0].sku is longer than 20 characters"]
+    assert isinstance(validate_pre_order(order(), policy, TODAY), PreOrder)
+
+
+def test_a_resend_with_other_content_is_a_conflict() -> None:
+    placed = parse_pre_order(order(), POLICY, TODAY)
+    recorded = [{**r.to_dict(), "itemIndex": r.item_index} for r in placed.item_requests()]
+    assert order_conflicts(placed, recorded) == []
+    assert order_conflicts(placed, []) == []
+    more = parse_pre_order(order(items=[{"sku": "PS6", "quantity": 2, "locationRef": "DC1"}]),
+                           POLICY, TODAY)
+    assert order_conflicts(more, recorded) == ["items[0].quantity was 1, now 2"]
+    later = parse_pre_order(order(shipDate=(TODAY + timedelta(days=31)).isoformat()), POLICY, TODAY)
+    assert [r.split(" was")[0] for r in order_conflicts(later, recorded)] == ["shipDate"]
+
+
+@given(st.recursive(st.integers() | st.text(max_size=3),
+                    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=2), kids, max_size=3),
+                    max_leaves=30))
+def test_json_depth_counts_nesting(value: Any) -> None:
+    def depth(v: Any) -> int:
+        children = list(v.values()) if isinstance(v, dict) else v if isinstance(v, list) else []
+        return 1 + max(map(depth, children), default=0) if children else 0
+
+    assert json_depth(value, 1000) == depth(value)
+    assert json_depth(value, 2) <= 3

@@ -42,6 +42,10 @@ def test_env_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPa
         ("STREAM_APP_OVERSELL_PROTECTION", "maybe"),
         ("STREAM_APP_GC_THRESHOLDS", "[700, -1, 10]"),
         ("STREAM_APP_RELEASE_ORDERS_PER_REQUEST", "0"),
+        ("STREAM_APP_RELEASE_CRON", "0 2 31 2 *"),  # valid fields, never fires (Feb 31)
+        ("STREAM_APP_RELEASE_CRON", "0 2 * * * *"),  # six fields: croniter reads seconds
+        ("STREAM_APP_EXPORT_CRON", "0 25 * * *"),
+        ("STREAM_APP_TIER_SCORES", "{not json"),  # pydantic-settings' own error, named
     ],
 )
 def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
@@ -51,24 +55,34 @@ def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: 
     assert var in str(err.value)
 
 
-def test_cli_stops_with_one_message_naming_the_variable() -> None:
+@pytest.mark.parametrize(
+    ("var", "value"), [("STREAM_APP_BATCH_SIZE", "99999"), ("STREAM_APP_OVERBOOKING_RATES", "{x")]
+)
+def test_cli_stops_with_one_message_naming_the_variable(var: str, value: str) -> None:
     import os
 
-    env = {**os.environ, "STREAM_APP_BATCH_SIZE": "99999"}
+    env = {**os.environ, var: value}
     proc = subprocess.run(
         [sys.executable, "-m", "stream_app.cli", "settings"], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
-    assert "STREAM_APP_BATCH_SIZE" in proc.stderr and "Traceback" not in proc.stderr
+    assert var in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAM_APP_FLUENT_PASSWORD", "hunter2-very-secret")
     monkeypatch.setenv("STREAM_APP_ADMIN_API_KEY", "admin-key-123")
+    monkeypatch.setenv("STREAM_APP_SERVICE_API_KEY", "service-key-456")
+    monkeypatch.setenv("STREAM_APP_RESERVATION_ID_SECRET", "id-secret-789")
     s = load_settings(_env_file=None)
-    dumped = str(s.masked()) + repr(s) + str(s)
-    assert "hunter2-very-secret" not in dumped and "admin-key-123" not in dumped
+    from stream_app.credentials import Credentials
+    from stream_app.domain.preorders import Policy
+
+    dumped = str(s.masked()) + repr(s) + str(s) + repr(Credentials.from_settings(s))
+    dumped += repr(Policy.from_settings(s))
+    for secret in ("hunter2-very-secret", "admin-key-123", "service-key-456", "id-secret-789"):
+        assert secret not in dumped
     assert s.fluent_password.get_secret_value() == "hunter2-very-secret"
 
 

@@ -1,0 +1,103 @@
+"""Every error answer is JSON: ``{"error": <code>, "message": ..., "reasons": [...]}``.
+
+* :class:`ApiView`: the base of our views; a Faust ``WebError`` raised in one (such as
+  ``ServiceUnavailable`` while rebalancing) becomes that shape (503 with ``Retry-After``).
+* :func:`json_errors`: an aiohttp middleware for what never reaches a view, or escapes
+  one: an unknown path (404), a method a path does not take (405, with ``Allow``), a body
+  over the server's limit (413) and any unexpected exception (500, logged, no details).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+from faust.web import Request, Response, View
+from faust.web.exceptions import WebError
+
+log = logging.getLogger(__name__)
+
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "too_many_requests",
+    500: "internal",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+def error_body(status: int, reasons: Sequence[str], code: str | None = None) -> dict[str, Any]:
+    return {
+        "error": code or CODES.get(status, "error"),
+        "message": "; ".join(reasons),
+        "reasons": list(reasons),
+    }
+
+
+def _retry_after(status: int) -> dict[str, str]:
+    return {"Retry-After": "1"} if status in (429, 503) else {}
+
+
+class ApiView(View):
+    """A Faust view whose raised ``WebError`` answers in our error shape."""
+
+    async def on_request_error(self, request: Request, exc: WebError) -> Response:
+        status = int(exc.code)
+        return self.json(
+            error_body(status, [str(exc.detail)]), status=status, headers=_retry_after(status)
+        )
+
+
+def _json_response(status: int, reasons: Sequence[str], headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(error_body(status, reasons)),
+        status=status,
+        content_type="application/json",
+        headers={**headers, **_retry_after(status)},
+    )
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers: dict[str, str] = {}
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = sorted(exc.allowed_methods)
+            headers["Allow"] = ", ".join(allowed)
+            reasons = [f"{request.method} is not allowed on {request.path} (allowed: "
+                       f"{', '.join(allowed)})"]
+        elif isinstance(exc, web.HTTPNotFound):
+            reasons = [f"no endpoint {request.path}"]
+        else:
+            reasons = [exc.reason or CODES.get(exc.status, "error")]
+        return _json_response(exc.status, reasons, headers)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json_response(500, ["internal error (logged on the worker)"], {})
+
+
+def install(web_app: web.Application) -> None:
+    """Add the middleware once (before the server starts: aiohttp freezes the list)."""
+    if json_errors not in web_app.middlewares:
+        web_app.middlewares.append(json_errors)  # type: ignore[arg-type]
