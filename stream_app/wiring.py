@@ -29,6 +29,7 @@ import agents.sync
 import stream_app.web.channel_views
 import stream_app.web.preorder_views
 import stream_app.web.release_views
+import stream_app.web.seed_views
 import stream_app.web.sync_views
 import stream_app.web.views
 from agents.books import Books
@@ -62,6 +63,7 @@ REGISTRY: tuple[Callable[[Runtime], None], ...] = (
     agents.channels.register,
     stream_app.web.views.register,
     stream_app.web.preorder_views.register,
+    stream_app.web.seed_views.register,
     stream_app.web.sync_views.register,
     stream_app.web.release_views.register,
     stream_app.web.channel_views.register,

@@ -343,6 +343,41 @@ def test_credentials_bounds_conflicts_and_json_errors(cluster: Cluster) -> None:
         assert got == status and answer["error"] == code and answer["message"], (path, answer)
 
 
+def test_seed_webhook_paths_answer_in_the_seed_shapes(cluster: Cluster) -> None:
+    """SPEC section 7: POST /pre-order, /check-atp and /cancel-reservation keep working."""
+    worker, sku = cluster.worker, "SEED-1"
+    cluster.set_stock(sku, 2)
+    status, atp = worker.post("/check-atp", {"sku": sku, "locationRef": LOC, "shipDate": ship(30)})
+    assert status == 200 and atp["canFulfill"] is True and atp["requestedQuantity"] == 1, atp
+    assert atp["recommendation"] == "Reservation can be fulfilled" and atp["locationRef"] == LOC
+    assert set(atp) >= {"currentInventory", "expectedArrival", "totalExpected", "existingReservations",
+                        "overbookingLimit", "availableToPromise", "duration", "timestamp"}
+    status, short = worker.post("/check-atp", {"sku": sku, "locationRef": LOC, "shipDate": ship(30),
+                                               "quantity": 5})
+    assert short["recommendation"] == "Insufficient inventory (need 5, available 2)", short
+
+    status, placed = worker.post("/pre-order", order("SEED-O1", sku))
+    assert status == 200 and placed["success"] is True and placed["reservations"], placed
+    assert set(placed) >= {"orderId", "reservations", "waitlisted", "failedItems", "message"}
+    status, bad = worker.post("/pre-order", {**order("SEED-BAD", sku), "items": []})
+    assert status == 400 and bad["success"] is False and "items" in bad["error"], bad
+    assert worker.post("/pre-order", order("SEED-O2", sku), headers={})[0] == 401
+
+    rid = placed["reservations"][0]["reservationId"]
+    status, cancelled = worker.post("/cancel-reservation", {"reservationId": rid})
+    assert status == 200 and cancelled == {
+        "success": True, "reservationId": rid, "orderId": "SEED-O1", "reservationIds": [rid],
+        "message": "Reservation cancelled successfully"}, cancelled
+    assert worker.get(f"/reservations/{rid}")[1]["status"] == "CANCELLED"
+    status, by_order = worker.post("/pre-order", order("SEED-O3", sku))
+    status, cancelled = worker.post("/cancel-reservation", {"orderId": "SEED-O3"})
+    assert status == 200 and cancelled["success"] and cancelled["orderId"] == "SEED-O3", cancelled
+    status, unknown = worker.post("/cancel-reservation", {"orderId": "NEVER-PLACED"})
+    assert status == 404 and "NEVER-PLACED" in unknown["error"], unknown
+    status, missing = worker.post("/cancel-reservation", {})
+    assert status == 400 and missing["success"] is False
+
+
 def test_invalid_orders_with_every_reason(cluster: Cluster) -> None:
     bad = order("BAD-1", "SKU-X", "GOLD", quantity=0, days=2)
     del bad["customerEmail"]
