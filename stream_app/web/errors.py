@@ -47,6 +47,11 @@ def error_body(status: int, reasons: Sequence[str], code: str | None = None) -> 
     }
 
 
+def unauthorized(view: View, key: str = "admin") -> Response:
+    """401: the endpoint needs the ``key`` key in ``X-API-Key``."""
+    return view.json(error_body(401, [f"X-API-Key with the {key} key is required"]), status=401)
+
+
 def _retry_after(status: int) -> dict[str, str]:
     return {"Retry-After": "1"} if status in (429, 503) else {}
 

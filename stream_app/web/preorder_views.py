@@ -35,7 +35,7 @@ from yarl import URL
 from agents.books import supply_for
 from stream_app.app import need
 from stream_app.cluster import other_workers
-from stream_app.credentials import KEY_HEADER, LOCAL_ONLY_HEADER, redact_customers
+from stream_app.credentials import LOCAL_ONLY_HEADER, redact_customers
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.ids import key_of_reservation_id
 from stream_app.domain.preorders import (
@@ -49,7 +49,7 @@ from stream_app.domain.preorders import (
 )
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
-from stream_app.web.errors import ApiView
+from stream_app.web.errors import ApiView, unauthorized
 from stream_app.web.views import forward_to_owner
 
 if TYPE_CHECKING:
@@ -87,10 +87,6 @@ def _parse_int(text: str | None, default: int, minimum: int) -> int | None:
     return value if value >= minimum else None
 
 
-def _unauthorized(view: View) -> Response:
-    return _bad(view, [f"{KEY_HEADER} with the service key is required"], 401, "unauthorized")
-
-
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
     credentials = runtime.credentials
@@ -122,7 +118,7 @@ def register(runtime: Runtime) -> None:
     class PreOrders(ApiView):
         async def post(self, request: Request) -> Response:
             if not credentials.is_service(request.headers):
-                return _unauthorized(self)
+                return unauthorized(self, "service")
             limit = settings.max_request_bytes
             if (getattr(request, "content_length", None) or 0) > limit:
                 return _bad(self, [f"body exceeds {limit} bytes"], 413, "too_large")
@@ -299,7 +295,7 @@ def register(runtime: Runtime) -> None:
 
     async def run_command(view: View, request: Request, reservation_id: str, name: str) -> Response:
         if not credentials.is_service(request.headers):
-            return _unauthorized(view)
+            return unauthorized(view, "service")
         key = key_of_reservation_id(reservation_id)
         if key is None:
             return view.json({"error": "not_found", "message": "not a reservation id"}, status=404)
@@ -360,7 +356,7 @@ def register(runtime: Runtime) -> None:
             when = _parse_date(ship_date)
             limit = _parse_int(request.query.get("limit"), QUEUE_PAGE_DEFAULT, 1)
             offset = _parse_int(request.query.get("offset"), 0, 0)
-            reasons = []
+            reasons = key_problems(sku, location, policy)
             if when is None:
                 reasons.append("shipDate must be an ISO date YYYY-MM-DD")
             if limit is None:

@@ -22,7 +22,7 @@ import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from agents.release_export import (
     export_now,
@@ -38,7 +38,7 @@ from stream_app.domain.release import merge_run_reports
 from stream_app.exports import (
     ExportError,
 )
-from stream_app.web.errors import ApiView, error_body
+from stream_app.web.errors import ApiView, error_body, unauthorized
 from stream_app.web.sync_views import admin_allowed
 
 if TYPE_CHECKING:
@@ -100,9 +100,6 @@ def merge_previews(previews: list[Json]) -> Json:
 def register(runtime: Runtime) -> None:
     app = runtime.app
     service = need(runtime.release, "the release service").service
-
-    def unauthorized(view: View) -> Response:
-        return view.json({"error": "unauthorized", "message": "X-API-Key required"}, status=401)
 
     @app.page("/admin/release")
     class AdminRelease(ApiView):
@@ -185,11 +182,10 @@ def register(runtime: Runtime) -> None:
         async def get(self, request: Request) -> Response:
             if request.query.get("scope") == "local":
                 return self.json(local_parts(runtime))
-            try:
-                limit = max(1, min(500, int(request.query.get("limit", LIST_DEFAULT))))
-            except ValueError:
-                return self.json({"error": "bad_request", "message": "limit must be a number"},
-                                 status=400)
+            text = request.query.get("limit", str(LIST_DEFAULT))
+            if not text.isdigit() or len(text) > 9 or int(text) < 1:
+                return self.json(error_body(400, ["limit must be a positive integer"]), status=400)
+            limit = min(500, int(text))
             parts, missing = await gather_parts(runtime)
             runs = merged_runs(runtime, parts)
             return self.json({

@@ -16,6 +16,7 @@ to the owner of the key as usual) and reshapes the answer.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from stream_app.app import Runtime
 
 Json = dict[str, Any]
+#: a SKU or location that can name a path segment (aiohttp's ``{name}`` takes no ``{}/``)
+ADDRESSABLE = re.compile(r"^[^/{}|]+$")
 ACTIVE = frozenset({"RESERVED", "WAITLISTED"})
 
 
@@ -44,6 +47,8 @@ def seed_pre_order_answer(status: int, body: Json) -> Json:
     if status == 202:
         return {"success": False, "pending": True, **body,
                 "message": "decision pending: poll statusUrl"}
+    if status != 400:  # 401, 409, 413, 503: the product's error answer, marked unsuccessful
+        return {"success": False, **body}
     return {"success": False, "error": body.get("message") or body.get("error") or "failed",
             **({"reasons": body["reasons"]} if body.get("reasons") else {})}
 
@@ -134,6 +139,9 @@ def register(runtime: Runtime) -> None:
                        (("sku", sku), ("locationRef", location), ("shipDate", ship)) if not value]
             if type(quantity) is not int:
                 reasons.append("quantity must be a positive integer")
+            for name, value in (("sku", sku), ("locationRef", location)):
+                if value and not ADDRESSABLE.match(value):
+                    reasons.append(f"{name} may not hold / {{ }} or |")
             if reasons or sku is None or location is None or ship is None:
                 return self.json({"success": False, "error": "; ".join(reasons),
                                   "reasons": reasons}, status=400)

@@ -18,7 +18,7 @@ from faust.web import Request, Response
 from agents.reconcile import merge as merge_reconciliation
 from stream_app.app import need
 from stream_app.cluster import fetch_json, other_workers
-from stream_app.web.errors import ApiView
+from stream_app.web.errors import ApiView, unauthorized
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -79,7 +79,7 @@ def register(runtime: Runtime) -> None:
     class Flush(ApiView):
         async def post(self, request: Request) -> Response:
             if not admin_allowed(runtime, request):
-                return self.json({"error": "unauthorized"}, status=401)
+                return unauthorized(self)
             if request.query.get("full") in ("1", "true", "yes"):
                 service.request_full_resync()
             else:
@@ -102,7 +102,7 @@ def register(runtime: Runtime) -> None:
     class Reconcile(ApiView):
         async def post(self, request: Request) -> Response:
             if not admin_allowed(runtime, request):
-                return self.json({"error": "unauthorized"}, status=401)
+                return unauthorized(self)
             run_id = f"rec-manual-{uuid.uuid4().hex[:8]}"
             task = asyncio.ensure_future(reconciler.run(run_id))
             background.add(task)
