@@ -58,7 +58,7 @@ from tests.fixtures.chaos import (
     without,
 )
 from tests.fixtures.kafka import KafkaCluster
-from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.procs import ID_SECRET, ProcessFactory, StreamAppProcess, wait_for
 from tests.fixtures.simproc import ADMIN, Sim, start_sim
 from tests.fixtures.simproc import worker_env as sim_worker_env
 from tests.integration.test_preorders import worker_env as preorder_worker_env
@@ -606,7 +606,7 @@ def random_commands(rng: random.Random, orders: list[tuple[str, dict[str, Any]]]
         order_id = raw["orderId"] if rng.random() > 0.02 else f"nope-{len(out)}"
         name = rng.choices(["cancel", "commit"], weights=[45, 55])[0]
         if rng.random() < 0.7:
-            command = {"command": name, "reservationId": reservation_id(order_id, sku, LOC, 0)}
+            command = {"command": name, "reservationId": reservation_id(order_id, sku, LOC, 0, ID_SECRET.encode())}
         else:
             command = {"command": name, "orderId": order_id}
         out.append((sku, command))

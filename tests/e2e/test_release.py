@@ -24,7 +24,7 @@ import pytest
 
 from stream_app.domain.ids import reservation_id
 from tests.fixtures.kafka import KafkaCluster, Producer, consume
-from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.procs import ID_SECRET, ProcessFactory, StreamAppProcess, wait_for
 from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION
 from tests.fixtures.simproc import ADMIN, Sim, start_sim, worker_env
 
@@ -57,7 +57,7 @@ def stock(sku: str, on_hand: int) -> dict[str, Any]:
 
 
 def rid(order_id: str, sku: str) -> str:
-    return reservation_id(order_id, sku, LOC, 0)
+    return reservation_id(order_id, sku, LOC, 0, ID_SECRET.encode())
 
 
 def ref(order_id: str, sku: str) -> str:
