@@ -15,7 +15,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -194,6 +194,15 @@ class Books:
             out.steps.clear()
             out.wrote = True
 
+    def note_decision(self, reservation: Reservation | None, arrived: datetime) -> None:
+        if reservation is None:
+            return
+        metrics = self.runtime.metrics
+        metrics.decisions.labels(str(reservation.status), reservation.tier).inc()
+        waited = (datetime.now(UTC) - arrived).total_seconds()
+        if 0 <= waited < 3600:  # a replay of an old input is not a decision's latency
+            metrics.decision_seconds.observe(waited)
+
     def decide(
         self, partition: int, items: Iterable[Json], out: Outbox, received: datetime
     ) -> int:
@@ -227,6 +236,7 @@ class Books:
                 continue
             if not outcome.duplicate:
                 part.note_order(request.order_id, key)
+                self.note_decision(outcome.reservation, now)
             self.record(key, partition, outcome, out)
             decided.append((request, count, submission, book, outcome.reservation))
         by_partition: dict[int, list[Json]] = defaultdict(list)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -79,9 +80,11 @@ def count_dead_letters(metrics: Metrics) -> Observer:
 
     def observe(messages: Sequence[Message]) -> None:
         for *_, headers in messages:
-            for name, value in headers or ():
-                if name == "dlq-source-topic":
-                    metrics.dead_letters.labels(value.decode()).inc()
+            found = dict(headers or ())
+            source = found.get("dlq-source-topic")
+            if source is not None:
+                reason = found.get("dlq-reason", b"").decode(errors="replace")
+                metrics.note_dead_letter(source.decode(), reason[:300], time.time())
 
     return observe
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: the latest dead letters a worker keeps per source topic (for the console)
+LATEST_DEAD_LETTERS = 10
+#: seconds from a pre-order's arrival (its message timestamp) to its decision
+DECISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
@@ -62,6 +69,63 @@ class Metrics:
             ["outcome"], registry=self.registry,
         )
         self.ready = Gauge("stream_app_ready", "1 when the worker is ready", registry=self.registry)
+        self.decisions = Counter(
+            "stream_app_decisions_total", "Pre-order items decided, by outcome and tier",
+            ["outcome", "tier"], registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "stream_app_decision_seconds",
+            "From a pre-order's arrival (message timestamp) to its item's decision",
+            buckets=DECISION_BUCKETS, registry=self.registry,
+        )
+        #: source topic → (unix time, reason) of its latest dead letters, newest last
+        self.latest_dead_letters: dict[str, deque[tuple[float, str]]] = {}
+
+    def note_dead_letter(self, topic: str, reason: str, at: float) -> None:
+        self.dead_letters.labels(topic).inc()
+        kept = self.latest_dead_letters.get(topic)
+        if kept is None:
+            kept = self.latest_dead_letters[topic] = deque(maxlen=LATEST_DEAD_LETTERS)
+        kept.append((at, reason))
+
+    def dead_letter_view(self) -> dict[str, dict[str, object]]:
+        counts = {
+            sample.labels["topic"]: int(sample.value)
+            for metric in self.dead_letters.collect() for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+        return {
+            topic: {"count": count, "latest": [
+                {"at": at, "reason": reason}
+                for at, reason in reversed(self.latest_dead_letters.get(topic, ()))
+            ]}
+            for topic, count in sorted(counts.items())
+        }
+
+    def decision_view(self) -> dict[str, object]:
+        """Decisions by outcome (summed over tiers) and by tier, and the latency
+        histogram's cumulative buckets: cheap (a few dozen samples)."""
+        by_outcome: dict[str, int] = {}
+        by_tier: dict[str, dict[str, int]] = {}
+        for metric in self.decisions.collect():
+            for sample in metric.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                outcome, tier = sample.labels["outcome"], sample.labels["tier"]
+                by_outcome[outcome] = by_outcome.get(outcome, 0) + int(sample.value)
+                by_tier.setdefault(tier, {})[outcome] = int(sample.value)
+        buckets: list[tuple[str, int]] = []
+        count, total = 0, 0.0
+        for metric in self.decision_seconds.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets.append((sample.labels["le"], int(sample.value)))
+                elif sample.name.endswith("_count"):
+                    count = int(sample.value)
+                elif sample.name.endswith("_sum"):
+                    total = float(sample.value)
+        return {"byOutcome": by_outcome, "byTier": by_tier,
+                "latency": {"count": count, "sumSeconds": round(total, 6), "buckets": buckets}}
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

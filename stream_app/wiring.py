@@ -27,6 +27,7 @@ import agents.reconcile
 import agents.release
 import agents.sync
 import stream_app.web.channel_views
+import stream_app.web.console_views
 import stream_app.web.openapi
 import stream_app.web.preorder_views
 import stream_app.web.release_views
@@ -68,6 +69,7 @@ REGISTRY: tuple[Callable[[Runtime], None], ...] = (
     stream_app.web.sync_views.register,
     stream_app.web.release_views.register,
     stream_app.web.channel_views.register,
+    stream_app.web.console_views.register,
     stream_app.web.openapi.register,
 )
 

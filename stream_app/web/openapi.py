@@ -257,6 +257,16 @@ def document(version: str) -> Json:
             "/releases/{runId}": {"get": op("one release run", {
                 "200": answer(RELEASE_RUN), **errors(404)},
                 params=[path_param("runId", {"type": "string", "pattern": "^[^/{}]+$"})])},
+            "/console/status": {"get": op(
+                "every worker's partitions, consumer lag, dead letters and decisions",
+                {"200": answer(obj({"workers": array(OBJECT), "lag": OBJECT,
+                                    "deadLetters": OBJECT, "decisions": OBJECT}))})},
+            "/campaigns/{sku}/{location}": {"get": op(
+                "a SKU/location's campaign per ship date: limit, held, ATP, by tier and status",
+                {"200": answer(obj({"sku": STRING, "location": STRING,
+                                    "currentInventory": INT, "shipDates": array(OBJECT)})),
+                 **errors(400)},
+                params=KEY_PARAMS)},
             "/pre-order": {"post": op("seed alias of POST /pre-orders", {
                 "200": answer(DECISION), "202": answer(SEED_ANSWER),
                 "400": answer(SEED_ANSWER), "409": answer(ERROR), "413": answer(ERROR)},
