@@ -162,7 +162,7 @@ def check_credentials_and_forwarding(
     os.killpg(owner.proc.pid, signal.SIGSTOP)  # alive but silent
     try:
         started = time.monotonic()
-        response = urllib3.request("GET", other.url + path, headers=SERVICE, timeout=10)
+        response = urllib3.request("GET", other.url + path, headers=SERVICE, timeout=10, retries=False)
         took = time.monotonic() - started
     finally:
         os.killpg(owner.proc.pid, signal.SIGCONT)
