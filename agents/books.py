@@ -34,6 +34,7 @@ from stream_app.domain.model import Outcome, Reservation
 from stream_app.domain.preorders import (
     ItemRequest,
     Policy,
+    bump_exposure,
     pre_order_result,
 )
 from stream_app.partitioning import partition_for
@@ -243,6 +244,7 @@ class Books:
         for request, count, submission, book, reservation in decided:
             decision = book.reservation_dict(reservation)
             decision["itemIndex"] = request.item_index
+            decision.update(bump_exposure(request.tier, decision["status"], self.policy))
             if count <= 1:
                 # a single-item order is complete here: publish now, no collector hop and
                 # no order_results write (GET /pre-orders finds it through the books'

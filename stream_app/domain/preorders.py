@@ -452,6 +452,31 @@ def pre_order_result(order_id: str, decisions: Iterable[Mapping[str, Any]]) -> d
     }
 
 
+def bump_exposure(tier: str, status: str, policy: Policy) -> dict[str, Any]:
+    """What a customer may rely on: ``tierRank`` (1 = the highest tier) and
+    ``provisional`` — a RESERVED item that a later arrival of a higher tier may still bump
+    back to the waitlist (preemption and the waitlist on, and a tier above its own)."""
+    score = policy.tier_scores.get(tier, 0)
+    rank = 1 + len({s for s in policy.tier_scores.values() if s > score})
+    exposed = (
+        status == "RESERVED" and policy.priority_preemption and policy.waitlist_enabled
+        and rank > 1
+    )
+    return {"tierRank": rank, "provisional": exposed}
+
+
+def with_bump_exposure(body: Any, policy: Policy) -> Any:
+    """``body`` with :func:`bump_exposure` added to every reservation in it (any depth)."""
+    if isinstance(body, list):
+        return [with_bump_exposure(item, policy) for item in body]
+    if not isinstance(body, dict):
+        return body
+    out = {key: with_bump_exposure(value, policy) for key, value in body.items()}
+    if "reservationId" in body and "status" in body and "tier" in body:
+        out.update(bump_exposure(str(body["tier"]), str(body["status"]), policy))
+    return out
+
+
 def invalid_pre_order_result(order_id: str, reasons: Sequence[str]) -> dict[str, Any]:
     """The ``pre-order-results`` value of a pre-order that failed validation."""
     return {

@@ -55,6 +55,10 @@ RESERVATION = obj(
     {
         "queuePosition": {"type": ["integer", "null"]}, "customerId": STRING,
         "customerEmail": STRING, "committed": BOOL, "reason": NULLABLE_STRING,
+        "tierRank": {"type": "integer", "minimum": 1,
+                     "description": "1 = the highest tier"},
+        "provisional": {"type": "boolean",
+                        "description": "RESERVED, and a later higher-tier arrival may bump it"},
     },
 )
 DECISION = obj(

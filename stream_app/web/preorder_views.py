@@ -46,6 +46,7 @@ from stream_app.domain.preorders import (
     quantity_problems,
     ship_date_problems,
     validate_pre_order,
+    with_bump_exposure,
 )
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
@@ -111,7 +112,9 @@ def register(runtime: Runtime) -> None:
         )
 
     def shown(request: Request, body: Json) -> Json:
-        """Customer data only for callers holding the service (or admin) key."""
+        """Customer data only for callers holding the service (or admin) key; every
+        reservation says whether it may still be bumped (``provisional``, ``tierRank``)."""
+        body = with_bump_exposure(body, policy)
         return body if credentials.is_service(request.headers) else redact_customers(body)
 
     @app.page("/pre-orders")
@@ -187,7 +190,7 @@ def register(runtime: Runtime) -> None:
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
                         result = await asyncio.wait_for(asyncio.shield(future), wait)
-                        return self.json(result)
+                        return self.json(shown(request, result))
             finally:
                 waiters.forget(order_id, future)
             return self.json(pending, status=202)
@@ -338,7 +341,7 @@ def register(runtime: Runtime) -> None:
             "reservation": reservations[0] if reservations else None,
         }
         status = 200 if error is None else 404 if error == "not_found" else 409
-        return view.json(body, status=status)
+        return view.json(shown(request, body), status=status)
 
     @app.page("/reservations/{reservation_id}/cancel")
     class CancelReservation(ApiView):

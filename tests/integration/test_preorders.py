@@ -300,6 +300,8 @@ def test_credentials_bounds_conflicts_and_json_errors(cluster: Cluster) -> None:
     assert worker.post("/pre-orders", body, headers=ADMIN_KEY)[0] == 200  # the admin key too
     status, again = cluster.post_order(body)
     assert status == 200 and again["reservations"][0]["quantity"] == 2
+    # a STANDARD told RESERVED is told too that a higher tier may still bump it
+    assert again["reservations"][0]["provisional"] is True and again["reservations"][0]["tierRank"] == 3
     rid = again["reservations"][0]["reservationId"]
 
     status, conflict = cluster.post_order(order("AUTH-O1", sku, quantity=3))

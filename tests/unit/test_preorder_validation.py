@@ -311,3 +311,17 @@ def test_json_depth_counts_nesting(value: Any) -> None:
 
     assert json_depth(value, 1000) == depth(value)
     assert json_depth(value, 2) <= 3
+
+
+def test_a_reservation_says_whether_a_higher_tier_may_still_bump_it() -> None:
+    from stream_app.domain.preorders import bump_exposure, with_bump_exposure
+
+    policy = Policy()  # PLATINUM 150, VIP 100, STANDARD 50; preemption and waitlist on
+    assert bump_exposure("STANDARD", "RESERVED", policy) == {"tierRank": 3, "provisional": True}
+    assert bump_exposure("VIP", "RESERVED", policy) == {"tierRank": 2, "provisional": True}
+    assert bump_exposure("PLATINUM", "RESERVED", policy) == {"tierRank": 1, "provisional": False}
+    assert bump_exposure("STANDARD", "WAITLISTED", policy)["provisional"] is False
+    assert bump_exposure("STANDARD", "RESERVED", Policy(priority_preemption=False))["provisional"] is False
+    body = {"orderId": "O", "reservations": [{"reservationId": "R", "status": "RESERVED", "tier": "VIP"}]}
+    assert with_bump_exposure(body, policy)["reservations"][0]["provisional"] is True
+    assert "provisional" not in with_bump_exposure(body, policy)  # only on reservations
