@@ -153,7 +153,16 @@ class Settings(BaseSettings):
     )
     unknown_tier_policy: str = Field("reject", pattern="^(reject|standard)$")
     max_per_customer: int | None = Field(None, ge=1)
-    pre_order_wait_seconds: float = Field(2.0, ge=0)
+    pre_order_wait_seconds: float = Field(
+        2.0, ge=0,
+        description="POST /pre-orders answers within this (publishing and the decision), "
+        "else 202 with the status URL",
+    )
+    pre_order_max_in_flight: int = Field(
+        2000, ge=1,
+        description="POST /pre-orders being answered at once on one worker; beyond it 429 "
+        "with Retry-After instead of queueing",
+    )
     max_request_bytes: int = Field(256_000, ge=1024)
     preorder_batch_max: int = Field(1000, ge=1, description="pre-orders grouped per intake step")
     preorder_batch_within: float = Field(

@@ -196,7 +196,7 @@ def document(version: str) -> Json:
                         query("quantity", {"type": "integer", "minimum": 1, "maximum": 10_000})])},
             "/pre-orders": {"post": op(
                 "place a pre-order: the decision (200) or pending (202)",
-                {"200": answer(DECISION), "202": answer(PENDING), **errors(400, 409, 413)},
+                {"200": answer(DECISION), "202": answer(PENDING), **errors(400, 409, 413, 429)},
                 body=PRE_ORDER, secured=SERVICE)},
             "/pre-orders/{orderId}": {"get": op(
                 "an order's result (customer data with the service key)",
@@ -273,7 +273,8 @@ def document(version: str) -> Json:
                 params=KEY_PARAMS)},
             "/pre-order": {"post": op("seed alias of POST /pre-orders", {
                 "200": answer(DECISION), "202": answer(SEED_ANSWER),
-                "400": answer(SEED_ANSWER), "409": answer(ERROR), "413": answer(ERROR)},
+                "400": answer(SEED_ANSWER), "409": answer(ERROR), "413": answer(ERROR),
+                "429": answer(ERROR)},
                 body=PRE_ORDER, secured=SERVICE)},
             "/check-atp": {"post": op("seed alias of GET /atp", {
                 "200": answer(SEED_ATP), "400": answer(SEED_ANSWER)},

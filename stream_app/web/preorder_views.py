@@ -50,7 +50,7 @@ from stream_app.domain.preorders import (
 )
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
-from stream_app.web.errors import ApiView, unauthorized
+from stream_app.web.errors import ApiView, error_body, unauthorized
 from stream_app.web.views import forward_to_owner
 
 if TYPE_CHECKING:
@@ -117,11 +117,30 @@ def register(runtime: Runtime) -> None:
         body = with_bump_exposure(body, policy)
         return body if credentials.is_service(request.headers) else redact_customers(body)
 
+    in_flight = [0]  # POST /pre-orders being answered on this worker now
+
     @app.page("/pre-orders")
     class PreOrders(ApiView):
         async def post(self, request: Request) -> Response:
             if not credentials.is_service(request.headers):
                 return unauthorized(self, "service")
+            if in_flight[0] >= settings.pre_order_max_in_flight:
+                # above capacity: say so at once rather than queue (the storefront retries)
+                return self.json(
+                    error_body(429, [f"{in_flight[0]} pre-orders are being answered on this "
+                                     "worker; send it again shortly (the same orderId is never "
+                                     "reserved twice)"]),
+                    status=429, headers={"Retry-After": "1"},
+                )
+            in_flight[0] += 1
+            try:
+                return await self.place(request)
+            finally:
+                in_flight[0] -= 1
+
+        async def place(self, request: Request) -> Response:
+            # one deadline for the whole answer: publishing and waiting for the decision
+            deadline = asyncio.get_running_loop().time() + settings.pre_order_wait_seconds
             limit = settings.max_request_bytes
             if (getattr(request, "content_length", None) or 0) > limit:
                 return _bad(self, [f"body exceeds {limit} bytes"], 413, "too_large")
@@ -170,7 +189,10 @@ def register(runtime: Runtime) -> None:
                     waiters.follow()
                     if not waiters.ready.is_set():  # results follower starting
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(waiters.ready.wait(), wait)
+                            await asyncio.wait_for(
+                                waiters.ready.wait(),
+                                max(0.0, deadline - asyncio.get_running_loop().time()),
+                            )
                 try:
                     delivered = await app.producer.send(
                         names.pre_orders,
@@ -180,16 +202,26 @@ def register(runtime: Runtime) -> None:
                         None,
                         None,
                     )
-                    await delivered  # on the broker before we answer (even 202 = accepted)
+                    # on the broker before we answer (even 202 = accepted)
+                    budget = deadline - asyncio.get_running_loop().time() if wait > 0 else None
+                    await asyncio.wait_for(asyncio.shield(delivered), budget)
+                except TimeoutError:
+                    return self.json(
+                        error_body(503, ["the broker did not confirm the pre-order within "
+                                         f"{wait:g}s; send it again (the same orderId is never "
+                                         "reserved twice)"], "unavailable"),
+                        status=503, headers={"Retry-After": "1"},
+                    )
                 except Exception as exc:
                     log.warning("could not publish pre-order %s: %r", order_id, exc)
                     return self.json(
                         {"error": "unavailable", "message": "the pre-order was not accepted"},
                         status=503,
                     )
-                if wait > 0:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if wait > 0 and remaining > 0:
                     with contextlib.suppress(TimeoutError):
-                        result = await asyncio.wait_for(asyncio.shield(future), wait)
+                        result = await asyncio.wait_for(asyncio.shield(future), remaining)
                         return self.json(shown(request, result))
             finally:
                 waiters.forget(order_id, future)

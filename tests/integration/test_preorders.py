@@ -6,14 +6,17 @@ Each test uses its own SKUs, so the tests share the worker without sharing state
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
+import urllib3
 
 from stream_app.domain.ids import reservation_id
 from stream_app.domain.priority import DEFAULT_TIER_SCORES
@@ -378,6 +381,41 @@ def test_seed_webhook_paths_answer_in_the_seed_shapes(cluster: Cluster) -> None:
     assert status == 404 and "NEVER-PLACED" in unknown["error"], unknown
     status, missing = worker.post("/cancel-reservation", {})
     assert status == 400 and missing["success"] is False
+
+
+def test_above_capacity_it_answers_at_once_instead_of_queueing(
+    kafka: KafkaCluster, processes: ProcessFactory
+) -> None:
+    """At most ``pre_order_max_in_flight`` POSTs are answered at once: the rest get 429
+    with Retry-After at once; none takes longer than ``pre_order_wait_seconds`` (+ slack);
+    a refused order was not placed, and sent again it is."""
+    prefix = f"cap-{uuid.uuid4().hex[:6]}"
+    env = worker_env(kafka, prefix, STREAM_APP_PRE_ORDER_MAX_IN_FLIGHT="2",
+                     STREAM_APP_PRE_ORDER_WAIT_SECONDS="0.5")
+    worker = processes.start("worker", processes.env(env))
+    worker.wait_ready(90)
+    produce(kafka.bootstrap, f"{prefix}-inventory-changes", [stock("CAP-1", 100)])
+    wait_for(lambda: worker.get(f"/inventory/CAP-1/{LOC}")[0] == 200, 30, 0.2, "stock")
+
+    def post(n: int) -> tuple[int, float, str | None]:
+        started = time.monotonic()
+        response = urllib3.request("POST", worker.url + "/pre-orders", retries=False, timeout=10,
+                                   body=orjson.dumps(order(f"CAP-{n}", "CAP-1")),
+                                   headers={**SERVICE, "Content-Type": "application/json"})
+        return response.status, time.monotonic() - started, response.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(post, range(48)))
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 202, 429} and 429 in statuses, statuses
+    assert all(retry == "1" for status, _, retry in answers if status == 429)
+    assert max(took for _, took, _ in answers) < 0.5 + 0.5, sorted(took for _, took, _ in answers)[-5:]
+    refused = [n for n, (status, _, _) in enumerate(answers) if status == 429]
+    placed = [n for n, (status, _, _) in enumerate(answers) if status != 429]
+    for n in placed:
+        wait_for(lambda n=n: worker.get(f"/pre-orders/CAP-{n}")[0] == 200, 30, 0.1, f"CAP-{n}")
+    assert all(worker.get(f"/pre-orders/CAP-{n}")[0] == 404 for n in refused)
+    assert post(refused[0])[0] in (200, 202)  # sent again, it is placed
 
 
 def test_invalid_orders_with_every_reason(cluster: Cluster) -> None:
