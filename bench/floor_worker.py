@@ -19,7 +19,8 @@ import asyncio
 import faust
 import orjson
 
-from stream_app.app import create_faust_app, raw_topic, tune_consumer
+from stream_app.app import create_faust_app, raw_topic
+from stream_app.broker import patches
 from stream_app.broker.batching import take_ready
 from stream_app.cli import bootstrap_topics, serve
 from stream_app.settings import Settings
@@ -28,7 +29,7 @@ from stream_app.topics import TopicNames
 
 def build(settings: Settings) -> faust.App:
     app = create_faust_app(settings)
-    tune_consumer(app, settings)
+    patches.install(app, settings)  # the worker's consumer tuning and patches
     names = TopicNames.from_settings(settings)
 
     def topic(name: str) -> faust.TopicT:

@@ -129,6 +129,11 @@ class Worker:
             await asyncio.sleep(0.2)
         raise SystemExit("worker not ready in time")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the worker process has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         stop_process(self.proc, 30)
         self.log.close()
@@ -200,6 +205,7 @@ async def steady_http(session: aiohttp.ClientSession, worker: Worker, rate: int,
                 latencies.append((time.perf_counter() - started) * 1000)
 
     total = int(rate * seconds)
+    cpu = worker.cpu_seconds()
     start = time.perf_counter()
     tasks = []
     for i in range(total):
@@ -208,15 +214,18 @@ async def steady_http(session: aiohttp.ClientSession, worker: Worker, rate: int,
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
+    cpu_ms = (worker.cpu_seconds() - cpu) * 1000
     return {"rate": rate, "requests": total, "statuses": statuses,
             "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "max_ms": max(latencies, default=float("nan"))}
+            "max_ms": max(latencies, default=float("nan")),
+            "cpu_ms_per_decision": cpu_ms / max(1, statuses.get(200, 0) + statuses.get(202, 0))}
 
 
 async def steady_topic(producer: AIOKafkaProducer, clock: ResultClock, worker: Worker, rate: int,
                        seconds: float, tag: str, by_sku: bool = True) -> dict[str, Any]:
     sent: dict[str, float] = {}
     total = int(rate * seconds)
+    cpu = worker.cpu_seconds()
     start = time.perf_counter()
     for i in range(total):
         delay = start + i / rate - time.perf_counter()
@@ -229,10 +238,12 @@ async def steady_topic(producer: AIOKafkaProducer, clock: ResultClock, worker: W
         await producer.send(worker.topic("pre-orders"), orjson.dumps(pre_order(order_id, sku)),
                             key=key.encode())
     await clock.wait_for(set(sent), 60)
+    cpu_ms = (worker.cpu_seconds() - cpu) * 1000
     latencies = [(clock.seen[o][0] - t) * 1000 for o, t in sent.items() if o in clock.seen]
     return {"rate": rate, "orders": total, "decided": len(latencies),
             "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "max_ms": max(latencies, default=float("nan"))}
+            "max_ms": max(latencies, default=float("nan")),
+            "cpu_ms_per_decision": cpu_ms / max(1, len(latencies))}
 
 
 async def floor(bootstrap: str, rate_seconds: list[tuple[int, float]]) -> dict[str, Any]:
@@ -259,7 +270,8 @@ async def floor(bootstrap: str, rate_seconds: list[tuple[int, float]]) -> dict[s
             out[f"floor_{rate}"] = got = await steady_topic(producer, clock, worker, rate, seconds, f"f{rate}")
             print(f"(b) FLOOR topic to result at {rate}/s (bench.floor_worker: no decisions): "
                   f"p50 {got['p50_ms']:.1f} ms  p99 {got['p99_ms']:.1f} ms  "
-                  f"decided {got['decided']}/{got['orders']}", flush=True)
+                  f"decided {got['decided']}/{got['orders']}  "
+                  f"CPU {got['cpu_ms_per_decision']:.2f} ms/answer", flush=True)
     finally:
         await producer.stop()
         await clock.stop()
@@ -355,20 +367,27 @@ async def product(args: argparse.Namespace, broker: EmbeddedBroker) -> dict[str,
                         out[f"topic_{rate}"] = got = await steady_topic(
                             producer, clock, worker, rate, args.seconds, f"topic_{rate}-")
                         print(f"(b) topic to result at {rate}/s, keyed by sku|location: p50 {got['p50_ms']:.1f} ms  "
-                              f"p99 {got['p99_ms']:.1f} ms  decided {got['decided']}/{got['orders']}", flush=True)
+                              f"p99 {got['p99_ms']:.1f} ms  decided {got['decided']}/{got['orders']}  "
+                              f"CPU {got['cpu_ms_per_decision']:.2f} ms/decision", flush=True)
                         continue
                     out[f"http_{rate}"] = await steady_http(session, worker, rate, args.seconds, f"h{rate}")
-                    print(f"(a) POST /pre-orders at {rate}/s : p50 {out[f'http_{rate}']['p50_ms']:.1f} ms  "
-                          f"p99 {out[f'http_{rate}']['p99_ms']:.1f} ms  statuses {out[f'http_{rate}']['statuses']}", flush=True)
+                    got = out[f"http_{rate}"]
+                    print(f"(a) POST /pre-orders at {rate}/s : p50 {got['p50_ms']:.1f} ms  "
+                          f"p99 {got['p99_ms']:.1f} ms  max {got['max_ms']:.1f} ms  statuses {got['statuses']}  "
+                          f"CPU {got['cpu_ms_per_decision']:.2f} ms/decision", flush=True)
+                    if args.http_only:
+                        continue
                     for name, by_sku in ((f"topic_{rate}", True), (f"topic_{rate}_by_order", False)):
                         out[name] = got = await steady_topic(
                             producer, clock, worker, rate, args.seconds, f"{name}-", by_sku)
                         print(f"(b) topic to result at {rate}/s, keyed by {'sku|location' if by_sku else 'orderId (baseline)'}: "
                               f"p50 {got['p50_ms']:.1f} ms  p99 {got['p99_ms']:.1f} ms  "
-                              f"decided {got['decided']}/{got['orders']}", flush=True)
+                              f"decided {got['decided']}/{got['orders']}  "
+                              f"CPU {got['cpu_ms_per_decision']:.2f} ms/decision", flush=True)
                     ratio = out[f"topic_{rate}_by_order"]["p99_ms"] / out[f"topic_{rate}"]["p99_ms"]
                     print(f"    p99 keyed by orderId / keyed by sku|location = {ratio:.2f}", flush=True)
-                for name, by_sku in (() if args.topic_only else (("burst", False), ("burst_by_sku", True))):
+                skip_burst = args.topic_only or args.http_only
+                for name, by_sku in (() if skip_burst else (("burst", False), ("burst_by_sku", True))):
                     out[name] = result = await burst(session, clock, worker, broker.bootstrap,
                                                      args.burst, args.units, 1.05, by_sku)
                     print(f"(c) burst {result['orders']:,} orders vs {result['units']:,} units, keyed by "
@@ -395,8 +414,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_floor:  # after the product's worker stopped: nothing else runs
             out.update(await floor(broker.bootstrap, rates))
             for rate in args.rates:
-                ratio = out[f"topic_{rate}"]["p99_ms"] / out[f"floor_{rate}"]["p99_ms"]
-                print(f"    p99 at {rate}/s: worker / floor = {ratio:.2f}", flush=True)
+                floor_p99 = out[f"floor_{rate}"]["p99_ms"]
+                for path in ("topic", "http"):
+                    if f"{path}_{rate}" in out:
+                        got = out[f"{path}_{rate}"]
+                        print(f"    {path} at {rate}/s: p99 / floor p99 = {got['p99_ms'] / floor_p99:.2f} "
+                              f"(target <= 2 for http), CPU per decision / floor = "
+                              f"{got['cpu_ms_per_decision'] / out[f'floor_{rate}']['cpu_ms_per_decision']:.2f}",
+                              flush=True)
     finally:
         broker.stop()
     return out
@@ -410,6 +435,8 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=5_000, help="units of the launch SKU")
     parser.add_argument("--no-floor", action="store_true", help="skip the floor runs (bench.floor_worker)")
     parser.add_argument("--floor-only", action="store_true", help="only the floor runs")
+    parser.add_argument("--http-only", action="store_true",
+                        help="only (a): POST /pre-orders at each rate (then the floor unless --no-floor)")
     parser.add_argument("--topic-only", action="store_true",
                         help="only (b) keyed by sku|location (and the floor): no POST, no baseline, no burst")
     parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[200, 500],

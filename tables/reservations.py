@@ -29,7 +29,7 @@ from typing import Any
 
 import faust
 import orjson
-from faust.types import TP, TableT
+from faust.types import TableT
 from faust.web.exceptions import ServiceUnavailable
 
 from stream_app.broker.stores import partition_items
@@ -146,6 +146,7 @@ class ReservationStore:
         self.chunk_size = chunk_size
         self._parts: dict[int, PartitionBooks] = {}
         self._generation = -1
+        self._owned: tuple[int, frozenset[int]] | None = None  # (rebalance, partitions)
         #: requestId → future resolved by the agent that applied the command (web waits)
         self._command_waiters: dict[str, asyncio.Future[Json]] = {}
 
@@ -157,10 +158,25 @@ class ReservationStore:
         return partition_for(key, self.partitions)
 
     def owns(self, partition: int) -> bool:
-        if self.app.consumer is None:
-            return False
-        actives = self.app.assignor.assigned_actives()
-        return TP(self.changelog_topic, partition) in actives
+        return partition in self.owned_partitions()
+
+    def owned_partitions(self) -> frozenset[int]:
+        """The partitions this worker owns now. Faust's ``assigned_actives()`` builds a
+        set of every assigned topic partition per call (measured: 8% of a worker's CPU
+        at 500 POST /pre-orders a second, asked 9 times per request), so the answer is
+        kept per rebalance once it has ended; during one it is read afresh every time."""
+        app = self.app
+        if app.consumer is None:
+            return frozenset()
+        generation = app.rebalancing_count
+        if self._owned is not None and self._owned[0] == generation and not app.rebalancing:
+            return self._owned[1]
+        topic = self.changelog_topic
+        owned = frozenset(tp.partition for tp in app.assignor.assigned_actives()
+                          if tp.topic == topic)
+        if not app.rebalancing:
+            self._owned = (generation, owned)
+        return owned
 
     # --- the cache -----------------------------------------------------------------
 
@@ -264,9 +280,7 @@ class ReservationStore:
         """Reservations of ``order_id`` in the partitions this worker owns (live state,
         by item index): how a single-item order is found without an order table."""
         found: list[Json] = []
-        for partition in range(self.partitions):
-            if not self.owns(partition):
-                continue
+        for partition in sorted(self.owned_partitions()):
             part = self.books(partition)
             for key in part.orders.get(order_id, ()):
                 book = part.books[key]
