@@ -96,7 +96,10 @@ class Reconciler:
         self.runs.appendleft(run)
         async with self.lock:
             if self.client is None:
-                self.client = FluentClient(FluentConfig.from_settings(self.runtime.settings))
+                self.client = FluentClient(
+                    FluentConfig.from_settings(self.runtime.settings),
+                    on_call=self.runtime.metrics.note_fluent_call,
+                )
             topic = self.runtime.names.internal
             accepted = self.sync.accepted
             try:

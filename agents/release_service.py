@@ -388,7 +388,10 @@ class ReleaseService:
 
     def _client(self) -> FluentClient:
         if self.client is None:
-            self.client = FluentClient(FluentConfig.from_settings(self.settings))
+            self.client = FluentClient(
+                FluentConfig.from_settings(self.settings),
+                on_call=self.runtime.metrics.note_fluent_call,
+            )
         return self.client
 
     def _must_yield(self, epoch: int) -> str | None:

@@ -247,7 +247,10 @@ class SyncService:
 
     def _client(self) -> FluentClient:
         if self.client is None:
-            self.client = FluentClient(FluentConfig.from_settings(self.settings), on_retry=None)
+            self.client = FluentClient(
+                FluentConfig.from_settings(self.settings),
+                on_call=self.runtime.metrics.note_fluent_call,
+            )
         return self.client
 
     def _record_error(self, run: SyncRun, message: str) -> None:
@@ -309,6 +312,7 @@ class SyncService:
                     self._record_error(run, f"{sku}/{location}: {message}")
             run.advance("completed", self.clock())
             self.runtime.metrics.sync_runs.labels("completed").inc()
+            self._note_duration(run)
             self.consecutive_failures = 0
             self.next_allowed_us = 0
             if more:
@@ -321,10 +325,16 @@ class SyncService:
             self.current = None
         return run
 
+    def _note_duration(self, run: SyncRun) -> None:
+        if run.finished_at_us is not None:
+            seconds = (run.finished_at_us - run.started_at_us) / 1e6
+            self.runtime.metrics.flush_seconds.labels(run.outcome or "unknown").observe(seconds)
+
     def _fail(self, run: SyncRun, exc: BaseException, client: FluentClient) -> None:
         message = f"{type(exc).__name__}: {exc}"
         run.fail(message, self.clock())
         self.runtime.metrics.sync_runs.labels("failed").inc()
+        self._note_duration(run)
         self._record_error(run, message)
         self.consecutive_failures += 1
         base = self.settings.fluent_backoff_base * 4

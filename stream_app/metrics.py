@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
+#: a path segment holding an id (job, batch, order): one label for all of them
+_ID_SEGMENT = re.compile(r"/[0-9][^/]*")
 #: the latest dead letters a worker keeps per source topic (for the console)
 LATEST_DEAD_LETTERS = 10
 #: seconds from a pre-order's arrival (its message timestamp) to its decision
@@ -78,8 +88,41 @@ class Metrics:
             "From a pre-order's arrival (message timestamp) to its item's decision",
             buckets=DECISION_BUCKETS, registry=self.registry,
         )
+        self.http_requests = Counter(
+            "stream_app_http_requests_total", "Web requests answered, by route and status",
+            ["route", "status"], registry=self.registry,
+        )
+        self.http_seconds = Histogram(
+            "stream_app_http_request_seconds", "Time to answer a web request, by route",
+            ["route"], buckets=DECISION_BUCKETS, registry=self.registry,
+        )
+        self.fluent_calls = Counter(
+            "stream_app_fluent_calls_total",
+            "Fluent HTTP calls, by endpoint (ids replaced) and status (or error kind)",
+            ["endpoint", "status"], registry=self.registry,
+        )
+        self.fluent_seconds = Histogram(
+            "stream_app_fluent_call_seconds", "Fluent HTTP call latency, by endpoint",
+            ["endpoint"], buckets=DECISION_BUCKETS, registry=self.registry,
+        )
+        self.flush_seconds = Histogram(
+            "stream_app_flush_seconds", "Duration of a Fluent delta flush, by outcome",
+            ["outcome"], buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "stream_app_consumer_lag", "Messages not yet read, per source topic and partition "
+            "this worker consumes (set at each scrape)", ["topic", "partition"],
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
         #: source topic → (unix time, reason) of its latest dead letters, newest last
         self.latest_dead_letters: dict[str, deque[tuple[float, str]]] = {}
+
+    def note_fluent_call(self, method: str, path: str, status: str, seconds: float) -> None:
+        endpoint = f"{method} {_ID_SEGMENT.sub('/{id}', path)}"
+        self.fluent_calls.labels(endpoint, status).inc()
+        self.fluent_seconds.labels(endpoint).observe(seconds)
 
     def note_dead_letter(self, topic: str, reason: str, at: float) -> None:
         self.dead_letters.labels(topic).inc()

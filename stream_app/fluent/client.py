@@ -164,8 +164,11 @@ class FluentClient:
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
         on_retry: Callable[[RetryEvent], None] | None = None,
+        on_call: Callable[[str, str, str, float], None] | None = None,
     ) -> None:
         self.config = config
+        #: (method, path, status or error kind, seconds) of every HTTP call (metrics)
+        self.on_call = on_call
         self._base = config.base_url.rstrip("/")
         self._sleep = sleep
         self._rng = rng
@@ -185,6 +188,10 @@ class FluentClient:
         self.token_requests_total = 0
         self.last_error: str | None = None
         self.last_backoff_seconds = 0.0
+
+    def _note_call(self, method: str, path: str, status: str, started: float) -> None:
+        if self.on_call is not None:
+            self.on_call(method, path, status, self._clock() - started)
 
     def __repr__(self) -> str:
         return f"FluentClient(base_url={self._base!r}, retailer_id={self.config.retailer_id!r})"
@@ -275,6 +282,7 @@ class FluentClient:
                 headers["Authorization"] = f"Bearer {used_token.get_secret_value()}"
             status: int | None = None
             retry_after: float | None = None
+            started = self._clock()
             try:
                 # Big bodies go as a stream (aiohttp warns about >1 MB of raw bytes).
                 payload = (
@@ -291,6 +299,7 @@ class FluentClient:
                     raw = await resp.read()
                     status = resp.status
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                self._note_call(method, path, str(status), started)
                 text = raw.decode("utf-8", errors="replace")
                 try:
                     body = orjson.loads(raw) if raw else None
@@ -312,6 +321,7 @@ class FluentClient:
                     return response
                 error = f"HTTP {status} {'; '.join(response.messages())[:200]}".strip()
             except (TimeoutError, aiohttp.ClientError) as exc:
+                self._note_call(method, path, type(exc).__name__, started)
                 error = f"{type(exc).__name__} {exc}".strip()
             error = self._redact(f"{method} {path}: {error}")
             self.last_error = error

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from faust.web import Request, Response
 
 from agents.books import supply_for
 from stream_app.app import need
+from stream_app.broker.lag import lag_by_topic
 from stream_app.cluster import fetch_json, other_workers
 from stream_app.domain.campaign import campaign_view
 from stream_app.domain.preorders import key_problems
@@ -32,26 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
-
-
-def consumer_lag(app: Any) -> dict[str, int]:
-    """Messages not yet read, per topic, over the partitions this worker consumes
-    (the broker's end offset as the consumer last saw it − the next offset to read)."""
-    if app.consumer is None:
-        return {}
-    read = app.monitor.tp_read_offsets
-    committed = app.monitor.tp_committed_offsets
-    lag: dict[str, int] = {}
-    for tp in app.assignor.assigned_actives():
-        if tp.topic.endswith("-changelog") or "__assignor" in tp.topic:  # not work to do
-            continue
-        with contextlib.suppress(Exception):  # not fetched yet / going away: no figure
-            end = app.consumer.highwater(tp)
-            done = read.get(tp)
-            position = done + 1 if done is not None else committed.get(tp, end)
-            if end is not None:
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, int(end) - int(position))
-    return lag
 
 
 def merge_status(workers: list[Json]) -> Json:
@@ -112,7 +92,7 @@ def register(runtime: Runtime) -> None:
             "url": str(app.conf.canonical_url),
             "partitions": partitions,
             "standbys": standbys,
-            "lag": consumer_lag(app),
+            "lag": lag_by_topic(app),
             "deadLetters": runtime.metrics.dead_letter_view(),
             "decisions": runtime.metrics.decision_view(),
         }

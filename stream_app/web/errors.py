@@ -2,8 +2,8 @@
 
 * :class:`ApiView`: the base of our views; a Faust ``WebError`` raised in one (such as
   ``ServiceUnavailable`` while rebalancing) becomes that shape (503 with ``Retry-After``).
-* :func:`json_errors`: an aiohttp middleware for what never reaches a view, or escapes
-  one: an unknown path (404), a method a path does not take (405, with ``Allow``), a body
+* :func:`json_errors`: an aiohttp middleware (that also counts every answer by route and
+  status) for what never reaches a view, or escapes one: an unknown path (404), a method a path does not take (405, with ``Allow``), a body
   over the server's limit (413) and any unexpected exception (500, logged, no details).
 """
 
@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
+if TYPE_CHECKING:
+    from stream_app.metrics import Metrics
+
 log = logging.getLogger(__name__)
+
+Middleware = Callable[..., Awaitable[web.StreamResponse]]
 
 CODES = {
     400: "bad_request",
@@ -75,8 +81,27 @@ def _json_response(status: int, reasons: Sequence[str], headers: dict[str, str])
     )
 
 
-@web.middleware
-async def json_errors(
+def json_errors(metrics: Metrics | None = None) -> Middleware:
+    """The middleware: JSON error bodies, and every answer counted by route and status
+    (``stream_app_http_requests_total``) with its time (``stream_app_http_request_seconds``)."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await _answer(request, handler)
+        if metrics is not None:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.http_requests.labels(route, str(response.status)).inc()
+            metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    return middleware
+
+
+async def _answer(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     try:
@@ -102,7 +127,9 @@ async def json_errors(
         return _json_response(500, ["internal error (logged on the worker)"], {})
 
 
-def install(web_app: web.Application) -> None:
+def install(web_app: web.Application, metrics: Metrics | None = None) -> None:
     """Add the middleware once (before the server starts: aiohttp freezes the list)."""
-    if json_errors not in web_app.middlewares:
-        web_app.middlewares.append(json_errors)  # type: ignore[arg-type]
+    if not any(getattr(m, "__stream_app__", False) for m in web_app.middlewares):
+        middleware = json_errors(metrics)
+        middleware.__stream_app__ = True  # type: ignore[attr-defined]
+        web_app.middlewares.append(middleware)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from faust.web.exceptions import ServiceUnavailable
 from yarl import URL
 
 from stream_app.broker.assignment import owner_url
+from stream_app.broker.lag import consumer_lag
 from stream_app.broker.lifecycle import is_ready
 from stream_app.delivery_watch import watch_of
 from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
@@ -101,7 +102,7 @@ def inventory_view(runtime: Runtime, sku: str, location: str, state: dict[str, A
 
 def register(runtime: Runtime) -> None:
     app = runtime.app
-    install_json_errors(app.web.web_app)  # type: ignore[attr-defined]  # the aiohttp driver
+    install_json_errors(app.web.web_app, runtime.metrics)  # type: ignore[attr-defined]
 
     watch = watch_of(app)
 
@@ -142,6 +143,9 @@ def register(runtime: Runtime) -> None:
             sync = runtime.sync
             if sync is not None:
                 metrics.dirty_keys.set(sync.dirty_count())
+            metrics.consumer_lag.clear()
+            for (topic, partition), behind in consumer_lag(app).items():
+                metrics.consumer_lag.labels(topic, str(partition)).set(behind)
             return self.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/")

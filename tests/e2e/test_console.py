@@ -26,7 +26,8 @@ def test_an_operator_runs_the_campaign_from_the_console(
     from playwright.sync_api import expect, sync_playwright
 
     prefix = f"con-{uuid.uuid4().hex[:6]}"
-    worker = processes.start("worker", processes.env(worker_env(kafka, prefix)))
+    env = worker_env(kafka, prefix, STREAM_APP_FLUSH_INTERVAL_SECONDS="1")
+    worker = processes.start("worker", processes.env(env))
     worker.wait_ready(90)
     sku = "LAUNCH-1"
     produce(kafka.bootstrap, f"{prefix}-inventory-changes", [stock(sku, 3)])
@@ -38,6 +39,17 @@ def test_an_operator_runs_the_campaign_from_the_console(
     produce(kafka.bootstrap, f"{prefix}-pre-orders", [b"not json at all"])
     wait_for(lambda: worker.metrics().get(
         f'stream_app_dead_letters_total{{topic="{prefix}-pre-orders"}}', 0) >= 1, 30, 0.2, "dead letter")
+
+    # what an SRE scrapes, each series cheap to produce
+    metrics = wait_for(lambda: (lambda m: m if any(k.startswith("stream_app_fluent_calls_total{")
+                                                    for k in m) else None)(worker.metrics()),
+                       30, 0.5, "a Fluent call counted (no Fluent here: connection errors)")
+    assert metrics['stream_app_http_requests_total{route="/pre-orders",status="200"}'] == 6
+    assert metrics['stream_app_decisions_total{outcome="RESERVED",tier="VIP"}'] == 2
+    assert metrics["stream_app_decision_seconds_count"] == 6
+    assert any(k.startswith(f'stream_app_consumer_lag{{partition="0",topic="{prefix}-pre-orders"')
+               for k in metrics), sorted(k for k in metrics if "lag" in k)
+    assert metrics["process_cpu_seconds_total"] > 0 and metrics["process_resident_memory_bytes"] > 0
 
     errors: list[str] = []
     with sync_playwright() as pw:

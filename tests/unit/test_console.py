@@ -48,3 +48,14 @@ def test_worker_statuses_add_up() -> None:
     latency = merged["decisions"]["latency"]
     assert latency["count"] == 2 and dict(latency["buckets"])["0.005"] == 1
     assert dict(latency["buckets"])["+Inf"] == 2 and len(merged["unreachable"]) == 1
+
+
+def test_fluent_calls_are_counted_by_endpoint_without_ids() -> None:
+    metrics = Metrics()
+    metrics.note_fluent_call("POST", "/api/v4.1/job/123/batch", "200", 0.01)
+    metrics.note_fluent_call("GET", "/api/v4.1/job/123/batch/9f8e", "200", 0.02)
+    metrics.note_fluent_call("GET", "/api/v4.1/job/77/batch/1", "ClientConnectorError", 1.0)
+    text = metrics.render().decode()
+    assert 'endpoint="POST /api/v4.1/job/{id}/batch",status="200"} 1.0' in text
+    assert 'endpoint="GET /api/v4.1/job/{id}/batch/{id}",status="200"} 1.0' in text
+    assert 'status="ClientConnectorError"} 1.0' in text
