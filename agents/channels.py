@@ -302,3 +302,11 @@ def register(runtime: Runtime) -> None:
     @app.timer(1.0)
     async def supervise_channels() -> None:
         service.supervise()
+
+    @app.task
+    async def close_on_stop() -> None:
+        """Holds until the worker stops, then stops the pollers and closes their session."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await service.close()

@@ -193,6 +193,15 @@ def register(runtime: Runtime) -> None:
         internal_dlq, "reconciliation message", reconciler.apply, reconciler.sync.accepted
     )
 
+    @app.task
+    async def close_on_stop() -> None:
+        """Holds until the worker stops (Faust cancels its tasks), then closes the Fluent
+        session a reconciliation opened."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await reconciler.close()
+
     if settings.reconcile_cron:
 
         @app.crontab(settings.reconcile_cron, timezone=UTC, on_leader=True)

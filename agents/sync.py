@@ -18,6 +18,10 @@
   is clean at that moment. A key leaves the dirty set only once Fluent accepted it; a
   crash anywhere loses nothing: markers are written before the offset of their cause is.
 * The dirty-count gauge reads the marker counts the table keeps (O(partitions)).
+
+About 500 lines on purpose: the steps of a flush run (collect, job, batches, polling,
+acknowledgements, backoff, metrics) share one service's state; split up, they would pass
+all of it around.
 """
 
 from __future__ import annotations
@@ -438,6 +442,12 @@ def register(runtime: Runtime) -> None:
 
     @app.task
     async def flush_loop() -> None:
+        try:
+            await flush_every_interval()
+        finally:  # the task is cancelled when the worker stops: close the Fluent session
+            await service.close()
+
+    async def flush_every_interval() -> None:
         interval = settings.flush_interval_seconds
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + interval
