@@ -24,13 +24,13 @@ run: install
 	$(BIN)/stream-app run
 
 test: install
-	$(BIN)/python -m pytest -q -n 4 --dist worksteal --durations=20
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal --durations=20
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
 test-all: install
-	$(BIN)/python -m pytest -q -n 4 --dist worksteal -m "slow or not slow"
+	$(BIN)/python -m pytest -q -n 3 --dist worksteal -m "slow or not slow"
 
 lint: install
 	$(BIN)/ruff check stream_app agents tables tests bench

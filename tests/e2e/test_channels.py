@@ -303,7 +303,9 @@ def test_two_workers_run_one_poller_per_channel_and_ingest_a_file_once(
     wait_for(lambda: "archive/two.csv.rejections.json" in bucket.keys(), 60, 0.3, "file finished")
     assert sum(v["active"] for v in local_views()) == 1
     assert sum(v["rowsDone"] for v in local_views()) == rows  # read by one of them, once
-    merged = channel_view(second)
+    # the archive is written before the file is remembered as ingested: wait for both
+    merged = wait_for(lambda: (lambda v: v if v["filesIngested"] == 1 else None)(
+        channel_view(second)), 30, 0.2, "the file counted as ingested")
     assert merged["owner"] and merged["filesIngested"] == 1
     topic = f"{app_id}-inventory-changes"
     sentinels(kafka.bootstrap, topic, 4)

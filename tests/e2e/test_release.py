@@ -556,9 +556,14 @@ def test_missed_night_is_caught_up_at_start_up(kafka: KafkaCluster, app: App, tm
         restarted.wait_ready(90)
         mine.worker = restarted
         mine.wait_statuses({rid(f"N{i}", sku): "CONFIRMED" for i in range(3)})
-        runs = restarted.get("/releases")[1]["runs"]
-        caught = [r for r in runs if r["trigger"] == "catch-up" and r["releaseDate"] == ship(0)]
-        assert caught and caught[0]["totals"] == {"CONFIRMED": 3}, runs
+
+        def caught_up() -> list[dict[str, Any]]:  # the report follows the reservations
+            runs = restarted.get("/releases")[1]["runs"]
+            return [r for r in runs if r["trigger"] == "catch-up" and r["releaseDate"] == ship(0)
+                    and r.get("totals") == {"CONFIRMED": 3}]
+
+        caught = wait_for(caught_up, 30, 0.2, "the catch-up run's report: 3 CONFIRMED")
+        assert caught[0]["state"] == "completed", caught
         assert {"PO-" + rid(f"N{i}", sku) for i in range(3)} <= set(mine.orders())
     finally:
         factory.stop_all()
