@@ -80,11 +80,17 @@ def count_dead_letters(metrics: Metrics) -> Observer:
 
     def observe(messages: Sequence[Message]) -> None:
         for *_, headers in messages:
-            found = dict(headers or ())
-            source = found.get("dlq-source-topic")
+            if not headers:  # almost every delivery: no dict built for it
+                continue
+            source = reason = None
+            for name, value in headers:
+                if name == "dlq-source-topic":
+                    source = value
+                elif name == "dlq-reason":
+                    reason = value
             if source is not None:
-                reason = found.get("dlq-reason", b"").decode(errors="replace")
-                metrics.note_dead_letter(source.decode(), reason[:300], time.time())
+                text = (reason or b"").decode(errors="replace")[:300]
+                metrics.note_dead_letter(source.decode(), text, time.time())
 
     return observe
 

@@ -65,9 +65,7 @@ QUEUE_PAGE_MAX = 10_000
 
 
 def _bad(view: View, reasons: list[str], status: int = 400, error: str = "bad_request") -> Response:
-    return view.json(
-        {"error": error, "reasons": reasons, "message": "; ".join(reasons)}, status=status
-    )
+    return view.json(error_body(status, reasons, error), status=status)
 
 
 def _parse_date(text: str | None) -> date | None:
