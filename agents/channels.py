@@ -21,6 +21,12 @@ Data path (one channel)::
 * **Rejected rows** (with their line numbers and reasons) are written, per checkpoint,
   as parts beside the archive and gathered into ``<archive>/<name>.rejections.json``
   when the file is done; then the file is marked ingested, then archived (copy, delete).
+* **A poller reads what it (or the owner before it) checkpointed**: before each poll it
+  sends a fence through its partition of the internal topic and waits until the internal
+  agent applies it (:meth:`ChannelsService.fence`): every checkpoint on the broker before
+  it is then in ``channel_state``. Without it a poller started after a kill or a
+  rebalance could read a checkpoint the agent had not re-applied yet and send again what
+  the lost one covered (or ingest a file marked ingested a second time).
 * Progress (file, rows done, rejected, last poll, errors) is this module's
   :meth:`ChannelsService.status`, served by ``GET /channels``.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -62,6 +69,10 @@ log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 ERRORS_KEPT = 20
+
+
+class FenceTimeout(Exception):
+    """The internal agent did not apply a channel's fence in time (it is behind)."""
 
 
 def poll_key(channel: str) -> str:
@@ -144,6 +155,8 @@ class ChannelsService:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.limits = Limits(max_quantity=runtime.settings.max_quantity)
         self.session: aiohttp.ClientSession | None = None
+        self.fence_timeout = runtime.settings.channel_fence_timeout_seconds
+        self._fences: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     def from_settings(cls, runtime: Runtime, table: KeyedTable) -> ChannelsService:
@@ -209,7 +222,35 @@ class ChannelsService:
         partition = self.partition_of(channel)
         await deliver(self.runtime.app, [(topic, CHANNEL_PROGRESS, body, partition, None)])
 
+    async def fence(self, channel: str) -> None:
+        """Return once the internal agent has applied every checkpoint of ``channel``
+        published before now: a fence message through the channel's partition comes back
+        after them (one partition, one order). :class:`FenceTimeout` after
+        ``channel_fence_timeout_seconds``."""
+        nonce = f"{channel}:{uuid.uuid4().hex}"
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fences[nonce] = waiter
+        try:
+            topic = self.runtime.names.internal
+            body = orjson.dumps({"fence": nonce})
+            partition = self.partition_of(channel)
+            await deliver(self.runtime.app, [(topic, CHANNEL_PROGRESS, body, partition, None)])
+            try:
+                await asyncio.wait_for(waiter, self.fence_timeout)
+            except TimeoutError:
+                raise FenceTimeout(
+                    f"channel {channel}: its checkpoints on the broker were not applied within "
+                    f"{self.fence_timeout:g}s (the internal agent is behind); polling later"
+                ) from None
+        finally:
+            self._fences.pop(nonce, None)
+
     def apply_progress(self, message: Json, partition: int) -> None:
+        if "fence" in message:  # a poller's fence: what was before it is applied
+            waiter = self._fences.get(message["fence"])  # another worker's, or an old one: None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
         key, value = message["key"], message["value"]
         if not isinstance(key, str) or not isinstance(value, dict):
             raise ValueError("channel progress needs a string key and an object value")
@@ -230,13 +271,14 @@ class ChannelsService:
                 async with s3_client(cfg) as client:
                     while True:
                         status.last_poll = self.now()
+                        await self.fence(channel.name)
                         for obj in await list_objects(
                             client, cfg, channel.prefix, channel.archive_prefix
                         ):
                             await ingest_file(self, client, cfg, channel, obj)
                         status.last_success = self.now()
                         await asyncio.sleep(channel.poll_interval_seconds)
-            except (S3ChannelError, ExportError, CsvFormatError) as exc:
+            except (S3ChannelError, ExportError, CsvFormatError, FenceTimeout) as exc:
                 log.warning("channel %s: %s", channel.name, exc)
                 status.error(str(exc), self.now())
             except Exception as exc:  # a bug: say so, keep the poller alive
@@ -254,8 +296,9 @@ class ChannelsService:
         key = poll_key(channel.name)
         while True:
             status.last_poll = self.now()
-            state = self.table.get(key, self.partition_of(channel.name)) or {}
             try:
+                await self.fence(channel.name)
+                state = self.table.get(key, self.partition_of(channel.name)) or {}
                 async for page in poller.poll(state):
                     await self.publish_records(channel.name, page.records)
                     if page.rejected:
@@ -277,7 +320,7 @@ class ChannelsService:
                     status.rows_total += len(page.records) + len(page.rejected)
                     status.rejected_total += len(page.rejected)
                 status.last_success = self.now()
-            except RestChannelError as exc:
+            except (RestChannelError, FenceTimeout) as exc:
                 log.warning("channel %s: %s", channel.name, exc)
                 status.error(str(exc), self.now())
             except Exception as exc:  # a bug: say so, keep the poller alive

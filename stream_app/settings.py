@@ -293,6 +293,13 @@ class Settings(BaseSettings):
         description="JSON or YAML file of channel connectors (S3 CSV drops, REST pollers; "
         "stream_app.connectors.config); empty = none. Checked at start-up",
     )
+    channel_fence_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="a channel's poller waits this long, before each poll, for the checkpoints "
+        "already on the broker to be applied (a fence through its partition); then it retries",
+    )
     release_catch_up: bool = Field(
         True, description="at start-up the leader releases a scheduled night that was missed"
     )

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from agents.channel_files import PIPELINE_DEPTH
+from stream_app.connectors.rest import derived_event_id
 from stream_app.embedded import free_port
 from tests.fixtures.kafka import KafkaCluster, consume
 from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
@@ -171,7 +172,9 @@ def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     worker = start_worker(processes, kafka, app_id, sim, s3_server, channels, data_dir)
     rows = 6000
     lines = ["SKU,Store,Qty,Held"] + [f"K{n},S{n % 7},{n % 97},{n % 5}" for n in range(rows)]
-    lines[100] = "K-bad,S1,x,0"  # one bad row (line 101)
+    bad_lines = [101, 3001, 5901]  # before and after the kill: each part written once
+    for line in bad_lines:
+        lines[line - 1] = f"K-bad{line},S1,x,0"
     bucket.put("incoming/big.csv", ("\n".join(lines) + "\n").encode())
 
     wait_for(lambda: ((channel_view(worker).get("file") or {}).get("rowsDone") or 0) > 500, 60, 0.05, "mid-file")
@@ -179,13 +182,15 @@ def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     worker = start_worker(processes, kafka, app_id, sim, s3_server, channels, data_dir)
     wait_for(lambda: "archive/big.csv.rejections.json" in bucket.keys(), 120, 0.3, "file finished")
     report = bucket.json("archive/big.csv.rejections.json")
-    assert (report["rows"], report["accepted"], report["rejected"]) == (rows, rows - 1, 1)
-    assert [r["line"] for r in report["rejections"]] == [101]
+    assert (report["rows"], report["accepted"], report["rejected"]) == (rows, rows - 3, 3)
+    assert [r["line"] for r in report["rejections"]] == bad_lines
+    assert not [k for k in bucket.keys() if ".parts/" in k]  # the parts are gone
 
     envelopes = consume(kafka.bootstrap, f"{app_id}-inventory-changes",
-                        until=lambda got: sum(len(m["records"]) for m in got) >= rows - 1, timeout=30)
+                        until=lambda got: sum(len(m["records"]) for m in got) >= rows - 3, timeout=30)
     ids = [r["eventId"] for m in envelopes for r in m["records"]]
-    assert set(ids) == {f"s3:{CHANNEL}:{report['etag']}:{n + 2:012d}" for n in range(rows) if n != 99}
+    assert set(ids) == {f"s3:{CHANNEL}:{report['etag']}:{n + 2:012d}" for n in range(rows)
+                        if n + 2 not in bad_lines}
     assert len(ids) - len(set(ids)) <= 50 * PIPELINE_DEPTH  # at most the envelopes in flight at the kill
     for n in (0, 1234, rows - 1):  # and the state is the oracle's
         body = wait_for(lambda n=n: (r := worker.get(f"/inventory/K{n}/S{n % 7}"))[0] == 200 and r[1],
@@ -311,3 +316,99 @@ def test_two_workers_run_one_poller_per_channel_and_ingest_a_file_once(
     sentinels(kafka.bootstrap, topic, 4)
     got = consume(kafka.bootstrap, topic, until=lambda got: sum("sentinel" in m for m in got) == 4)
     assert sum(len(m.get("records", ())) for m in got) == rows
+
+
+class IncrementalUpstream:
+    """An incremental REST feed on loopback (own thread): ``pages`` pages by cursor, each
+    with an ETag (the last one answers 304 to it); the first request for page ``gate``
+    is held until :meth:`release` (the worker is killed while waiting for it)."""
+
+    def __init__(self, pages: int, per_page: int, gate: int) -> None:
+        self.pages, self.per_page, self.gate = pages, per_page, gate
+        self.requests: list[str | None] = []  # the cursor of each request (None: the first page)
+        self.not_modified = 0
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.held = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    def items(self, page: int) -> list[dict[str, Any]]:
+        return [{"sku": f"I{page}-{n}", "store": "S1", "available": page * 10 + n,
+                 "ts": f"2026-12-01T00:{page:02d}:{n:02d}Z"} for n in range(self.per_page)]
+
+    async def handle(self, request: web.Request) -> web.Response:
+        cursor = request.query.get("cursor")
+        self.requests.append(cursor)
+        page = int(cursor[1:]) if cursor else 0
+        etag = f'"page-{page}"'
+        if request.headers.get("If-None-Match") == etag:
+            self.not_modified += 1
+            return web.Response(status=304, headers={"ETag": etag})
+        if page == self.gate and self.requests.count(cursor) == 1:
+            await self.held.wait()
+        nxt = f"p{page + 1}" if page + 1 < self.pages else None
+        return web.json_response({"items": self.items(page), "next": nxt}, headers={"ETag": etag})
+
+    async def _start(self) -> asyncio.Event:
+        app = web.Application()
+        app.router.add_get("/feed", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return asyncio.Event()
+
+    def release(self) -> None:
+        self.loop.call_soon_threadsafe(self.held.set)
+
+    def stop(self) -> None:
+        self.release()
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_worker_killed_mid_poll_resumes_at_its_checkpoint_and_sends_nothing_twice(
+    processes: ProcessFactory, kafka: KafkaCluster, s3_server: str, tmp_path: Path
+) -> None:
+    pages, per_page, gate = 12, 25, 7
+    upstream = IncrementalUpstream(pages, per_page, gate)
+    try:
+        sim = start_sim(processes)
+        app_id = f"chrk-{uuid.uuid4().hex[:6]}"
+        path = tmp_path / "channels.json"
+        path.write_text(json.dumps({"channels": [
+            {"name": "FEED", "kind": "rest", "url": f"http://127.0.0.1:{upstream.port}/feed",
+             "recordsPath": "$.items[*]", "nextCursorPath": "$.next", "resumeFromCursor": True,
+             "requestsPerMinute": 6000, "pollIntervalSeconds": 0.3,
+             "mapping": {"fields": {"sku": "sku", "location": "store", "onHand": "available",
+                                    "updatedAt": "ts"}}},
+        ]}))
+        data_dir = tmp_path / "w"
+        data_dir.mkdir()
+        worker = start_worker(processes, kafka, app_id, sim, s3_server, path, data_dir)
+        wait_for(lambda: f"p{gate}" in upstream.requests, 60, 0.05, "the poller waiting for the held page")
+        worker.kill()  # pages 0..gate-1 published and checkpointed; page `gate` not answered
+        before = len(upstream.requests)
+        worker = start_worker(processes, kafka, app_id, sim, s3_server, path, data_dir)
+        upstream.release()
+        wait_for(lambda: upstream.not_modified >= 1, 60, 0.1, "the walk finished (the last page 304)")
+        # the new owner walked on from the checkpoint: the held page first, page 0 never again
+        after = upstream.requests[before:]
+        assert after[0] == f"p{gate}", after
+        assert None not in after and f"p{gate - 1}" not in after
+
+        wanted = {derived_event_id("FEED", {"sku": i["sku"], "location": "S1", "updatedAt": i["ts"]})
+                  for p in range(pages) for i in upstream.items(p)}
+        topic = f"{app_id}-inventory-changes"
+        sentinels(kafka.bootstrap, topic, 4)  # after everything the walk sent
+        got = consume(kafka.bootstrap, topic, until=lambda got: sum("sentinel" in m for m in got) == 4)
+        ids = [r["eventId"] for m in got for r in m.get("records", ())]
+        assert set(ids) == wanted  # nothing lost
+        assert len(ids) == len(wanted)  # nothing twice (the last page answers 304 since)
+        for p, n in ((0, 0), (gate, 3), (pages - 1, per_page - 1)):
+            body = wait_for(lambda p=p, n=n: (r := worker.get(f"/inventory/I{p}-{n}/S1"))[0] == 200 and r[1],
+                            30, 0.2, f"I{p}-{n}")
+            assert body["atp"] == p * 10 + n
+    finally:
+        upstream.stop()
