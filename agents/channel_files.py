@@ -5,6 +5,12 @@ draws the data path and says why nothing is lost or ingested twice).
 each row, and per envelope: sends the good records, writes the rejected rows as a part
 beside the archive, then publishes the checkpoint. At the end it gathers the parts into
 the rejection report, marks the file ingested, deletes the parts and archives the file.
+
+The parts are found by listing their prefix (``<archive>.rejections.parts/<etag>/``), not
+kept in the checkpoint: a checkpoint stays the same size however many rows a file rejects.
+A segment after a checkpoint is cut the same way again after a restart (by counts from
+the checkpoint's offset), so a part written before a kill is written again under its own
+name, never beside a second copy.
 """
 
 from __future__ import annotations
@@ -17,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 from stream_app.connectors.config import S3Channel
 from stream_app.connectors.csv_rows import csv_records
 from stream_app.connectors.mapping import RowMapper
-from stream_app.connectors.s3_files import S3Object, archive, delete, get_json, put_json, read_from
+from stream_app.connectors.s3_files import (
+    S3Object,
+    archive,
+    delete_keys,
+    get_json,
+    list_keys,
+    put_json,
+    read_from,
+)
 from stream_app.exports import S3Config
 
 if TYPE_CHECKING:
@@ -44,6 +58,11 @@ def archive_key(channel: S3Channel, key: str) -> str:
     return f"{channel.archive_prefix}{name}"
 
 
+def parts_prefix(channel: S3Channel, obj: S3Object) -> str:
+    """Where the rejected rows of ``obj`` wait for the report, one part per segment."""
+    return f"{archive_key(channel, obj.key)}.rejections.parts/{obj.etag}/"
+
+
 async def ingest_file(
     service: ChannelsService, client: Any, cfg: S3Config, channel: S3Channel, obj: S3Object
 ) -> None:
@@ -59,6 +78,8 @@ async def ingest_file(
                 obj.key,
                 progress.get("key"),
             )
+        # a kill after the file was marked ingested: its parts may be left (the report has them)
+        await delete_keys(client, cfg, await list_keys(client, cfg, parts_prefix(channel, obj)))
         await archive(client, cfg, obj, archive_key(channel, obj.key))
         return
     if not progress:
@@ -71,7 +92,6 @@ async def ingest_file(
             "header": None,
             "good": 0,
             "rejected": 0,
-            "parts": [],
             "status": "ingesting",
             "startedAt": service.now(),
         }
@@ -121,15 +141,13 @@ async def _read_rows(
         that is not on the broker, and checkpoints are sent in file order."""
         part = None
         if bad:
-            part = f"{archive_key(channel, obj.key)}.rejections.parts/{bad[0]['line']:012d}.json"
+            part = f"{parts_prefix(channel, obj)}{bad[0]['line']:012d}.json"
         await asyncio.gather(
             service.publish_records(channel.name, good),
             put_json(client, cfg, part, bad) if part else asyncio.sleep(0),
         )
         if previous is not None:
             await previous
-        if part:
-            progress["parts"] = [*progress["parts"], part]
         progress.update(
             offset=end, line=next_line, good=progress["good"] + len(good),
             rejected=progress["rejected"] + len(bad), header=header,
@@ -200,7 +218,9 @@ async def _finish(
     file_error: str | None,
 ) -> None:
     rejections: list[Json] = []
-    for part in progress["parts"]:
+    # a checkpoint of an earlier version kept its parts' names (under the old prefix)
+    parts = [*progress.get("parts", ()), *await list_keys(client, cfg, parts_prefix(channel, obj))]
+    for part in parts:
         if len(rejections) < channel.max_rejections_kept:
             rejections.extend(await get_json(client, cfg, part))
     report_key = f"{archive_key(channel, obj.key)}.rejections.json"
@@ -225,11 +245,10 @@ async def _finish(
         "finishedAt": report["finishedAt"],
         "report": report_key,
         "fileError": file_error,
-        "parts": [],
     }
+    done.pop("parts", None)
     await service.checkpoint(channel.name, key, done)
-    for part in progress["parts"]:
-        await delete(client, cfg, part)
+    await delete_keys(client, cfg, parts)
     await archive(client, cfg, obj, archive_key(channel, obj.key))
     if file_error:
         service.status[channel.name].error(f"{obj.key}: {file_error}", service.now())
