@@ -153,6 +153,7 @@ def register(runtime: Runtime) -> None:
     dlq = runtime.topic(names.internal_dlq)
 
     @app.agent(runtime.topic(names.internal), name="internal")
+    @runtime.metrics.counting_crashes("internal")
     async def internal(stream: faust.StreamT[bytes]) -> None:
         registry = dispatch_table(runtime.internal_handlers)  # every module has registered
         async for event in stream.events():

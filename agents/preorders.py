@@ -188,6 +188,7 @@ def register(runtime: Runtime) -> None:
     commands_dlq = runtime.topic(names.reservation_commands_dlq)
 
     @app.agent(pre_orders, name="preorder-intake")
+    @runtime.metrics.counting_crashes("preorder-intake")
     async def intake(stream: faust.StreamT[bytes]) -> None:
         async for events in take_ready(
             stream, settings.preorder_batch_max, settings.preorder_batch_within
@@ -262,6 +263,7 @@ def register(runtime: Runtime) -> None:
         await books.flush(out)
 
     @app.agent(commands, name="reservation-command-router")
+    @runtime.metrics.counting_crashes("reservation-command-router")
     async def command_router(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:

@@ -62,6 +62,7 @@ def register(runtime: Runtime) -> None:
     tz = ZoneInfo(settings.release_timezone)
 
     @app.agent(runtime.topic(names.release_commands), name="release-apply")
+    @runtime.metrics.counting_crashes("release-apply")
     async def release_apply(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:

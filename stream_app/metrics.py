@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,6 +21,9 @@ from prometheus_client import (
 
 #: a path segment holding an id (job, batch, order): one label for all of them
 _ID_SEGMENT = re.compile(r"/[0-9][^/]*")
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
 #: the latest dead letters a worker keeps per source topic (for the console)
 LATEST_DEAD_LETTERS = 10
 #: seconds from a pre-order's arrival (its message timestamp) to its decision
@@ -115,9 +123,43 @@ class Metrics:
             "this worker consumes (set at each scrape)", ["topic", "partition"],
             registry=self.registry,
         )
+        self.table_keys = Gauge(
+            "stream_app_table_keys",
+            "Entries of each table in the partitions this worker serves (RocksDB's estimate, "
+            "markers included; set at each scrape, O(partitions))", ["table"],
+            registry=self.registry,
+        )
+        self.agent_crashes = Counter(
+            "stream_app_agent_crashes_total",
+            "Agent bodies ended by an unexpected exception (Faust restarts them)", ["agent"],
+            registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
         #: source topic → (unix time, reason) of its latest dead letters, newest last
         self.latest_dead_letters: dict[str, deque[tuple[float, str]]] = {}
+
+    def counting_crashes(self, agent: str) -> Callable[[F], F]:
+        """Decorate an agent's function: an exception ending it (not a cancel: a stop or a
+        rebalance) counts in ``stream_app_agent_crashes_total{agent}`` and is re-raised."""
+
+        self.agent_crashes.labels(agent)  # the series exists (0) before any crash
+
+        def decorate(fun: F) -> F:
+            @functools.wraps(fun)
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await fun(*args, **kwargs)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.agent_crashes.labels(agent).inc()
+                    log.exception("agent %s crashed (Faust restarts it)", agent)
+                    raise
+
+            counted.counts_crashes = agent  # type: ignore[attr-defined]
+            return counted  # type: ignore[return-value]
+
+        return decorate
 
     def note_fluent_call(self, method: str, path: str, status: str, seconds: float) -> None:
         endpoint = f"{method} {_ID_SEGMENT.sub('/{id}', path)}"

@@ -20,6 +20,7 @@ from yarl import URL
 from stream_app.broker.assignment import owner_url
 from stream_app.broker.lag import consumer_lag
 from stream_app.broker.lifecycle import is_ready
+from stream_app.broker.stores import estimated_keys
 from stream_app.delivery_watch import watch_of
 from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
 from stream_app.records import inventory_key
@@ -143,6 +144,12 @@ def register(runtime: Runtime) -> None:
             sync = runtime.sync
             if sync is not None:
                 metrics.dirty_keys.set(sync.dirty_count())
+            metrics.table_keys.clear()
+            active = app.assignor.assigned_actives() if app.consumer else set()
+            for table in app.tables.values():
+                changelog = table.changelog_topic.get_topic_name()
+                mine = {tp.partition for tp in active if tp.topic == changelog}
+                metrics.table_keys.labels(table.name).set(estimated_keys(table, mine))
             metrics.consumer_lag.clear()
             for (topic, partition), behind in consumer_lag(app).items():
                 metrics.consumer_lag.labels(topic, str(partition)).set(behind)

@@ -188,6 +188,8 @@ def test_metrics_and_dashboard(pipeline: Pipeline) -> None:
     assert lines["stream_app_inventory_records_applied_total"] >= 1
     assert lines[f'stream_app_dead_letters_total{{topic="{pipeline.topic}"}}'] >= 1
     assert lines["stream_app_ready"] == 1.0
+    assert lines['stream_app_table_keys{table="inventory"}'] >= 1  # RocksDB's estimate
+    assert lines['stream_app_agent_crashes_total{agent="internal"}'] == 0
     status, html = pipeline.worker.get("/")
     assert status == 200 and "<title>stream-app" in html and "/sync" in html
 
