@@ -2,6 +2,8 @@
 
 * :class:`ApiView`: the base of our views; a Faust ``WebError`` raised in one (such as
   ``ServiceUnavailable`` while rebalancing) becomes that shape (503 with ``Retry-After``).
+* :func:`read_json`: a request's JSON body within the size and depth bounds, else a
+  :class:`BodyError` with the status (413, 400) and the reason, for every view with a body.
 * :func:`json_errors`: an aiohttp middleware (that also counts every answer by route and
   status) for what never reaches a view, or escapes one: an unknown path (404), a method a path does not take (405, with ``Allow``), a body
   over the server's limit (413) and any unexpected exception (500, logged, no details).
@@ -19,6 +21,8 @@ import orjson
 from aiohttp import web
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
+
+from stream_app.domain.preorders import json_depth
 
 if TYPE_CHECKING:
     from stream_app.metrics import Metrics
@@ -51,6 +55,44 @@ def error_body(status: int, reasons: Sequence[str], code: str | None = None) -> 
         "message": "; ".join(reasons),
         "reasons": list(reasons),
     }
+
+
+class BodyError(Exception):
+    """A request body out of bounds or not JSON: ``status`` (413 or 400) and ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+async def read_json(request: Request, *, max_bytes: int, max_depth: int) -> Any:
+    """The body as JSON: at most ``max_bytes`` (a larger Content-Length is refused before
+    reading), nesting at most ``max_depth`` levels; else :class:`BodyError`."""
+    if (getattr(request, "content_length", None) or 0) > max_bytes:
+        raise BodyError(413, f"body exceeds {max_bytes} bytes")
+    raw = await request.read()
+    if len(raw) > max_bytes:
+        raise BodyError(413, f"body exceeds {max_bytes} bytes")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BodyError(400, "body is not JSON") from None
+    if json_depth(body, max_depth) > max_depth:
+        raise BodyError(400, f"body nests deeper than {max_depth} levels")
+    return body
+
+
+def parse_count(text: str | None, default: int, minimum: int) -> int | None:
+    """A query parameter that counts (``limit``, ``offset``, ``quantity``): digits only,
+    at least ``minimum``; ``default`` when absent; None when it is not one ("1e23", "-1",
+    "9" * 5000)."""
+    if text is None or text == "":
+        return default
+    if len(text) > 12 or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value >= minimum else None
 
 
 def unauthorized(view: View, key: str = "admin") -> Response:

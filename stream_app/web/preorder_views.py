@@ -39,7 +39,6 @@ from stream_app.credentials import LOCAL_ONLY_HEADER, redact_customers
 from stream_app.domain.future_atp import atp_response
 from stream_app.domain.ids import key_of_reservation_id
 from stream_app.domain.preorders import (
-    json_depth,
     key_problems,
     order_conflicts,
     pre_order_result,
@@ -50,7 +49,14 @@ from stream_app.domain.preorders import (
 )
 from stream_app.partitioning import partition_for
 from stream_app.records import inventory_key
-from stream_app.web.errors import ApiView, error_body, unauthorized
+from stream_app.web.errors import (
+    ApiView,
+    BodyError,
+    error_body,
+    parse_count,
+    read_json,
+    unauthorized,
+)
 from stream_app.web.views import forward_to_owner
 
 if TYPE_CHECKING:
@@ -75,15 +81,6 @@ def _parse_date(text: str | None) -> date | None:
         return date.fromisoformat(text.strip()[:10]) if len(text.strip()) == 10 else None
     except ValueError:
         return None
-
-
-def _parse_int(text: str | None, default: int, minimum: int) -> int | None:
-    if text is None or text == "":
-        return default
-    if len(text) > 12 or not text.isdigit():  # "1e23", "-1", "9" * 5000: not a count
-        return None
-    value = int(text)
-    return value if value >= minimum else None
 
 
 def register(runtime: Runtime) -> None:
@@ -139,19 +136,12 @@ def register(runtime: Runtime) -> None:
         async def place(self, request: Request) -> Response:
             # one deadline for the whole answer: publishing and waiting for the decision
             deadline = asyncio.get_running_loop().time() + settings.pre_order_wait_seconds
-            limit = settings.max_request_bytes
-            if (getattr(request, "content_length", None) or 0) > limit:
-                return _bad(self, [f"body exceeds {limit} bytes"], 413, "too_large")
-            body = await request.read()
-            if len(body) > limit:
-                return _bad(self, [f"body exceeds {limit} bytes"], 413, "too_large")
             try:
-                raw = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                return _bad(self, ["body is not JSON"], error="invalid_pre_order")
-            if json_depth(raw, settings.max_json_depth) > settings.max_json_depth:
-                return _bad(self, [f"body nests deeper than {settings.max_json_depth} levels"],
-                            error="invalid_pre_order")
+                raw = await read_json(request, max_bytes=settings.max_request_bytes,
+                                      max_depth=settings.max_json_depth)
+            except BodyError as exc:
+                code = "too_large" if exc.status == 413 else "invalid_pre_order"
+                return _bad(self, [exc.reason], exc.status, code)
             checked = validate_pre_order(raw, policy, datetime.now(UTC).date())
             if isinstance(checked, list):
                 return _bad(self, checked, error="invalid_pre_order")
@@ -286,7 +276,7 @@ def register(runtime: Runtime) -> None:
     class Atp(ApiView):
         async def get(self, request: Request, sku: str, location: str) -> Response:
             ship_date = _parse_date(request.query.get("shipDate"))
-            quantity = _parse_int(request.query.get("quantity"), 1, 1)
+            quantity = parse_count(request.query.get("quantity"), 1, 1)
             # the intake's own rules: an answer of RESERVE means POST /pre-orders takes it
             reasons = key_problems(sku, location, policy)
             if ship_date is None:
@@ -389,8 +379,8 @@ def register(runtime: Runtime) -> None:
     class Queue(ApiView):
         async def get(self, request: Request, sku: str, location: str, ship_date: str) -> Response:
             when = _parse_date(ship_date)
-            limit = _parse_int(request.query.get("limit"), QUEUE_PAGE_DEFAULT, 1)
-            offset = _parse_int(request.query.get("offset"), 0, 0)
+            limit = parse_count(request.query.get("limit"), QUEUE_PAGE_DEFAULT, 1)
+            offset = parse_count(request.query.get("offset"), 0, 0)
             reasons = key_problems(sku, location, policy)
             if when is None:
                 reasons.append("shipDate must be an ISO date YYYY-MM-DD")

@@ -38,7 +38,7 @@ from stream_app.domain.release import merge_run_reports
 from stream_app.exports import (
     ExportError,
 )
-from stream_app.web.errors import ApiView, error_body, unauthorized
+from stream_app.web.errors import ApiView, error_body, parse_count, unauthorized
 from stream_app.web.sync_views import admin_allowed
 
 if TYPE_CHECKING:
@@ -182,10 +182,10 @@ def register(runtime: Runtime) -> None:
         async def get(self, request: Request) -> Response:
             if request.query.get("scope") == "local":
                 return self.json(local_parts(runtime))
-            text = request.query.get("limit", str(LIST_DEFAULT))
-            if not text.isdigit() or len(text) > 9 or int(text) < 1:
+            asked = parse_count(request.query.get("limit"), LIST_DEFAULT, 1)
+            if asked is None:
                 return self.json(error_body(400, ["limit must be a positive integer"]), status=400)
-            limit = min(500, int(text))
+            limit = min(500, asked)
             parts, missing = await gather_parts(runtime)
             runs = merged_runs(runtime, parts)
             return self.json({

@@ -29,7 +29,7 @@ from yarl import URL
 
 from stream_app.credentials import KEY_HEADER
 from stream_app.domain.ids import iso
-from stream_app.web.errors import ApiView, error_body
+from stream_app.web.errors import ApiView, BodyError, error_body, read_json
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -102,17 +102,23 @@ def register(runtime: Runtime) -> None:
             answer: Json = orjson.loads(await response.read())
             return response.status, answer
 
-    async def json_body(view: ApiView, request: Request) -> Json | Response:
-        raw = await request.read()
-        if len(raw) > settings.max_request_bytes:
-            return view.json(error_body(413, [f"body exceeds {settings.max_request_bytes} bytes"]),
-                             status=413)
+    async def json_body(view: ApiView, request: Request, *fields: str) -> Json | Response:
+        """The body (a JSON object within the bounds; ``fields`` no longer than
+        ``max_text_length``), else the seed's error answer."""
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
+            body = await read_json(request, max_bytes=settings.max_request_bytes,
+                                   max_depth=settings.max_json_depth)
+        except BodyError as exc:
+            return view.json({"success": False, **error_body(exc.status, [exc.reason])},
+                             status=exc.status)
         if not isinstance(body, dict):
             return view.json({"success": False, "error": "body must be a JSON object"},
+                             status=400)
+        limit = settings.max_text_length
+        long = [f"{name} is longer than {limit} characters" for name in fields
+                if isinstance(body.get(name), str) and len(body[name]) > limit]
+        if long:
+            return view.json({"success": False, "error": "; ".join(long), "reasons": long},
                              status=400)
         return body
 
@@ -129,7 +135,7 @@ def register(runtime: Runtime) -> None:
     class SeedCheckAtp(ApiView):
         async def post(self, request: Request) -> Response:
             started = time.perf_counter()
-            body = await json_body(self, request)
+            body = await json_body(self, request, "sku", "locationRef", "shipDate")
             if not isinstance(body, dict):
                 return body
             sku, location = _string(body, "sku"), _string(body, "locationRef")
@@ -157,7 +163,7 @@ def register(runtime: Runtime) -> None:
     @app.page("/cancel-reservation")
     class SeedCancel(ApiView):
         async def post(self, request: Request) -> Response:
-            body = await json_body(self, request)
+            body = await json_body(self, request, "reservationId", "orderId")
             if not isinstance(body, dict):
                 return body
             rid, order_id = _string(body, "reservationId"), _string(body, "orderId")

@@ -381,6 +381,14 @@ def test_seed_webhook_paths_answer_in_the_seed_shapes(cluster: Cluster) -> None:
     assert status == 404 and "NEVER-PLACED" in unknown["error"], unknown
     status, missing = worker.post("/cancel-reservation", {})
     assert status == 400 and missing["success"] is False
+    # the aliases' bodies have the pre-orders' bounds: depth, string length
+    deep: Any = "x"
+    for _ in range(40):
+        deep = {"a": deep}
+    status, nested = worker.post("/check-atp", {"sku": sku, "locationRef": LOC, "shipDate": ship(30), "x": deep})
+    assert status == 400 and nested["success"] is False and "nests deeper" in nested["message"], nested
+    status, long = worker.post("/cancel-reservation", {"orderId": "O" * 5000})
+    assert status == 400 and "orderId is longer than" in long["error"], long
 
 
 def test_above_capacity_it_answers_at_once_instead_of_queueing(
