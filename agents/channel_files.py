@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from stream_app.connectors.config import S3Channel
@@ -43,6 +44,54 @@ log = logging.getLogger(__name__)
 PIPELINE_DEPTH = 8
 
 Json = dict[str, Any]
+
+
+class Checkpoints:
+    """A file's checkpoints, sent in order and coalesced: one send at a time, always of
+    the newest progress handed over (:meth:`covering`), so the file's pace is not one
+    checkpoint round trip per envelope. A wait ends once a checkpoint at or past its
+    offset is on the broker; a failed send fails every wait it covered."""
+
+    def __init__(self, send: Callable[[Json], Awaitable[None]]) -> None:
+        self._send = send
+        self._wanted: Json | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Future[None] | None = None
+        self.sent = 0  # checkpoints sent (for tests: fewer than segments under load)
+
+    def covering(self, progress: Json) -> asyncio.Future[None]:
+        """Send ``progress`` (or a newer one); the future is done once it is durable."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((int(progress["offset"]), waiter))
+        self._wanted = progress
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+        return waiter
+
+    async def _run(self) -> None:
+        while self._wanted is not None:
+            progress, self._wanted = self._wanted, None
+            try:
+                await self._send(progress)
+            except BaseException as exc:
+                for _, waiter in self._waiters:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                self._waiters.clear()
+                self._wanted = None
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self.sent += 1
+            durable = int(progress["offset"])
+            keep = []
+            for offset, waiter in self._waiters:
+                if offset <= durable:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    keep.append((offset, waiter))
+            self._waiters = keep
 
 
 def _mapper(service: ChannelsService, channel: S3Channel, header: list[str]) -> RowMapper:
@@ -131,34 +180,51 @@ async def _read_rows(
     bad: list[Json] = []
     next_line = progress["line"]
     in_flight: deque[asyncio.Future[None]] = deque()  # segments handed over, oldest first
+    ordered: list[asyncio.Future[None] | None] = [None]  # the newest segment's turn in order
+    checkpoints = Checkpoints(lambda value: service.checkpoint(channel.name, key, value))
 
     async def commit(
         good: list[Json], bad: list[Json], end: int, next_line: int,
-        previous: asyncio.Future[None] | None,
+        previous: asyncio.Future[None] | None, turn: asyncio.Future[None],
     ) -> None:
         """The envelope (and the rejections part) on the broker (and S3), then, after the
-        previous segment's, this segment's checkpoint: a checkpoint never covers a row
-        that is not on the broker, and checkpoints are sent in file order."""
-        part = None
-        if bad:
-            part = f"{parts_prefix(channel, obj)}{bad[0]['line']:012d}.json"
-        await asyncio.gather(
-            service.publish_records(channel.name, good),
-            put_json(client, cfg, part, bad) if part else asyncio.sleep(0),
-        )
-        if previous is not None:
-            await previous
-        progress.update(
-            offset=end, line=next_line, good=progress["good"] + len(good),
-            rejected=progress["rejected"] + len(bad), header=header,
-        )
-        await service.checkpoint(channel.name, key, dict(progress))
+        previous segment's turn, this segment's progress; it is done once a checkpoint
+        covering it is on the broker: a checkpoint never covers a row that is not on the
+        broker, and checkpoints are sent in file order."""
+        try:
+            part = None
+            if bad:
+                part = f"{parts_prefix(channel, obj)}{bad[0]['line']:012d}.json"
+            await asyncio.gather(
+                service.publish_records(channel.name, good),
+                put_json(client, cfg, part, bad) if part else asyncio.sleep(0),
+            )
+            if previous is not None:
+                await previous
+            progress.update(
+                offset=end, line=next_line, good=progress["good"] + len(good),
+                rejected=progress["rejected"] + len(bad), header=header,
+            )
+            snapshot = dict(progress)
+        except BaseException as exc:
+            turn.set_exception(exc)
+            turn.exception()  # retrieved: the segment's own failure is what is raised
+            raise
+        turn.set_result(None)
+        await checkpoints.covering(snapshot)
         status.rows_total += len(good) + len(bad)
         status.rejected_total += len(bad)
         status.file = {
             "key": obj.key, "size": obj.size, "offset": end,
             "rowsDone": progress["good"] + progress["rejected"], "rejected": progress["rejected"],
         }
+
+    def hand_over(end: int, next_line: int, good: list[Json], bad: list[Json]) -> None:
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        in_flight.append(
+            asyncio.ensure_future(commit(good, bad, end, next_line, ordered[0], turn))
+        )
+        ordered[0] = turn
 
     async def save(end: int, next_line: int) -> None:
         """Hand the segment over; parsing goes on while the broker takes up to
@@ -167,8 +233,7 @@ async def _read_rows(
         nonlocal good, bad
         if len(in_flight) >= PIPELINE_DEPTH:
             await in_flight.popleft()
-        previous = in_flight[-1] if in_flight else None
-        in_flight.append(asyncio.ensure_future(commit(good, bad, end, next_line, previous)))
+        hand_over(end, next_line, good, bad)
         good, bad = [], []
 
     try:
@@ -203,7 +268,8 @@ async def _read_rows(
         while in_flight:
             await in_flight.popleft()
     if progress["offset"] < obj.size:  # trailing blank lines
-        await commit([], [], obj.size, next_line, None)
+        hand_over(obj.size, next_line, [], [])
+        await in_flight.popleft()
     return None if header is not None else "the file is empty (no header)"
 
 
