@@ -182,6 +182,7 @@ async def _read_rows(
     in_flight: deque[asyncio.Future[None]] = deque()  # segments handed over, oldest first
     ordered: list[asyncio.Future[None] | None] = [None]  # the newest segment's turn in order
     checkpoints = Checkpoints(lambda value: service.checkpoint(channel.name, key, value))
+    modified = obj.modified_iso  # every row's default ``updatedAt``: formatted once
 
     async def commit(
         good: list[Json], bad: list[Json], end: int, next_line: int,
@@ -253,7 +254,7 @@ async def _read_rows(
             else:
                 mapped, reasons = mapper.map(
                     record.fields, event_id=f"s3:{channel.name}:{obj.etag}:{record.line:012d}",
-                    default_updated_at=obj.modified_iso,
+                    default_updated_at=modified,
                 )
                 if mapped is not None:
                     good.append(mapped)
