@@ -33,6 +33,8 @@ RECORD_FIELDS = frozenset(
     {"sku", "location", "onHand", "reserved", "buffer", "updatedAt", "eventId", "type"}
 )
 REQUIRED_FIELDS = ("sku", "location", "onHand")
+_IDS = ("sku", "location")
+_QUANTITIES = ("onHand", "reserved", "buffer")
 
 
 class FieldMapping(BaseModel):
@@ -83,6 +85,11 @@ class FieldMapping(BaseModel):
 
     def columns(self) -> set[str]:
         return set(self.fields.values())
+
+
+def _plain_id(value: Any) -> bool:
+    """An identifier :func:`parse_record` takes as it is (plain text, no key separator)."""
+    return type(value) is str and bool(value) and "|" not in value and len(value) <= MAX_TEXT
 
 
 def _empty(value: Any) -> bool:
@@ -169,37 +176,82 @@ class RowMapper:
         self.base.update(mapping.defaults)
         # the fast path only when nothing needs converting first
         self.plain_time = mapping.date_format is None and mapping.timezone == "UTC"
+        # the compiled path: columns of identifiers and quantities only, every one filled,
+        # defaults that do not stand for the row's own id, time or kind; what does not
+        # come from a column is checked once here
+        self.targets = [target for target, _ in self.columns]
+        self.ids = [n for n, target in enumerate(self.targets) if target in _IDS]
+        self.quantities = [n for n, target in enumerate(self.targets) if target in _QUANTITIES]
+        rest = {k: v for k, v in self.base.items() if k not in self.targets}
+        self.compiled = (
+            self.plain_time
+            and set(self.targets) <= {*_IDS, *_QUANTITIES}
+            and not set(mapping.defaults) & {"eventId", "updatedAt", "type"}
+            and all(_plain_id(rest.get(n)) for n in _IDS if n not in self.targets)
+            and all(self._plain_quantity(n, rest.get(n)) for n in _QUANTITIES if n not in self.targets)
+        )
+        self._time: tuple[str, bool] = ("", False)  # the last default updatedAt, and if good
 
-    def _plainly_good(self, record: dict[str, Any]) -> bool:
-        """A quick check that implies :func:`parse_record`'s (identifiers of plain text,
-        quantities of ASCII digits within the limit, a known timestamp form); False
-        means "ask parse_record", not "bad"."""
-        most = self.limits.max_quantity
-        for name in ("sku", "location"):
-            value = record.get(name)
-            if type(value) is not str or not value or "|" in value or len(value) > MAX_TEXT:
-                return False
-        for name in ("onHand", "reserved", "buffer"):
-            value = record.get(name)
-            if value is None and name == "buffer":
-                continue
-            if type(value) is str:
-                if not (value.isascii() and value.isdigit() and int(value) <= most):
-                    return False
-            elif type(value) is not int or not 0 <= value <= most:
-                return False
-        if record.get("type", "STOCK") != "STOCK" or len(record["eventId"]) > MAX_TEXT:
-            return False
+    def _plain_quantity(self, name: str, value: Any) -> bool:
+        if value is None and name == "buffer":
+            return True
+        if type(value) is str:
+            return value.isascii() and value.isdigit() and int(value) <= self.limits.max_quantity
+        return type(value) is int and 0 <= value <= self.limits.max_quantity
+
+    def _plain_time(self, value: Any) -> bool:
         try:
-            updated_at, updated_us = parse_timestamp(record["updatedAt"])
+            updated_at, updated_us = parse_timestamp(value)
             self.limits.check_time(updated_at, updated_us)
         except BadRecord:
             return False
         return True
 
+    def _plainly_good(self, record: dict[str, Any]) -> bool:
+        """A quick check that implies :func:`parse_record`'s (identifiers of plain text,
+        quantities of ASCII digits within the limit, a known timestamp form); False
+        means "ask parse_record", not "bad"."""
+        return (
+            all(_plain_id(record.get(name)) for name in _IDS)
+            and all(self._plain_quantity(name, record.get(name)) for name in _QUANTITIES)
+            and record.get("type", "STOCK") == "STOCK"
+            and len(record["eventId"]) <= MAX_TEXT
+            and self._plain_time(record["updatedAt"])
+        )
+
+    def _compiled(
+        self, fields: list[str], event_id: str, default_updated_at: str
+    ) -> dict[str, Any] | None:
+        """The record of a row whose every mapped column is filled and plainly good (the
+        per-row part of :meth:`_plainly_good`, by position), else None."""
+        values = [fields[i].strip() for _, i in self.columns]
+        if not all(values) or len(event_id) > MAX_TEXT:
+            return None
+        for n in self.ids:
+            if "|" in values[n] or len(values[n]) > MAX_TEXT:
+                return None
+        most = self.limits.max_quantity
+        for n in self.quantities:
+            value = values[n]
+            if not (value.isascii() and value.isdigit() and int(value) <= most):
+                return None
+        if self._time[0] != default_updated_at:
+            self._time = (default_updated_at, self._plain_time(default_updated_at))
+        if not self._time[1]:
+            return None
+        record = dict(self.base)
+        record["eventId"] = event_id
+        record.update(zip(self.targets, values, strict=True))
+        record["updatedAt"] = default_updated_at
+        return record
+
     def map(
         self, fields: list[str], *, event_id: str, default_updated_at: str
     ) -> tuple[dict[str, Any] | None, list[str]]:
+        if self.compiled:
+            compiled = self._compiled(fields, event_id, default_updated_at)
+            if compiled is not None:
+                return compiled, []
         if self.plain_time:
             record = dict(self.base)
             record["eventId"] = event_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -149,17 +150,71 @@ def test_a_good_channels_file_loads_from_yaml(tmp_path: Path, monkeypatch: pytes
     assert "s3cr3t" not in repr(loaded.channels[1].auth_value())
 
 
-@settings(max_examples=200, deadline=None)
+IDS = ["A", " B ", "7", "x", "", "a|b", "Z" * 257, "2026-12-01T10:00:00"]
+QUANTITIES = ["7", "0007", " 12 ", "0", "", "-1", "3.0", "x", "99999999999", "١٢"]
+TIMES = ["2026-12-01T10:00:00", "", "x", "01/12/2026 10:00", "7"]
+COMPILED_MAPPINGS = [  # columns of identifiers and quantities only: the by-position path
+    FieldMapping.model_validate(
+        {"fields": {"sku": "SKU", "location": "Store", "onHand": "Qty", "reserved": "Held"}}),
+    FieldMapping.model_validate(
+        {"fields": {"sku": "SKU", "onHand": "Qty", "buffer": "Held"},
+         "defaults": {"location": "DC-1", "reserved": "2"}}),
+    FieldMapping.model_validate(
+        {"fields": {"sku": "SKU", "location": "Store", "onHand": "Qty"}, "buffer": 3,
+         "defaults": {"reserved": "x"}}),  # a bad default: every row by the slow path
+    FieldMapping.model_validate(
+        {"fields": {"sku": "SKU", "location": "Store", "onHand": "Qty"},
+         "defaults": {"updatedAt": "2026-11-30T00:00:00Z"}}),  # a default time: the slow path
+]
+
+
+@settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.sampled_from(["A", " B ", "", "7", "-1", "3.0", "x", "2026-12-01T10:00:00", "99999999999"]),
-             min_size=5, max_size=5),
+    st.tuples(*[st.sampled_from(pool) for pool in (IDS, IDS, QUANTITIES, QUANTITIES, TIMES)]).map(list),
     st.sampled_from([MAPPING, FieldMapping.model_validate(
         {"fields": {"sku": "SKU", "location": "Store", "onHand": "Qty", "reserved": "Held",
-                    "updatedAt": "When"}})]),
+                    "updatedAt": "When"}}), *COMPILED_MAPPINGS]),
+    st.sampled_from(["2026-12-01T00:00:00Z", "2026-12-01T00:00:00", "yesterday"]),
+    st.sampled_from(["e", "e" * 257]),
 )
-def test_the_compiled_mapper_answers_as_map_row(fields: list[str], mapping: FieldMapping) -> None:
+def test_the_compiled_mapper_answers_as_map_row(
+    fields: list[str], mapping: FieldMapping, modified: str, event_id: str
+) -> None:
     header = ["SKU", "Store", "Qty", "Held", "When"]
     mapper = RowMapper(mapping, header, channel="WMS", limits=Limits(max_quantity=10**6))
-    expected = map_row(dict(zip(header, fields, strict=True)), mapping, channel="WMS", event_id="e",
-                       default_updated_at="2026-12-01T00:00:00Z", limits=Limits(max_quantity=10**6))
-    assert mapper.map(fields, event_id="e", default_updated_at="2026-12-01T00:00:00Z") == expected
+    expected = map_row(dict(zip(header, fields, strict=True)), mapping, channel="WMS", event_id=event_id,
+                       default_updated_at=modified, limits=Limits(max_quantity=10**6))
+    assert mapper.map(fields, event_id=event_id, default_updated_at=modified) == expected
+    assert mapper.map(fields, event_id=event_id, default_updated_at=modified) == expected  # cached time
+
+
+def test_the_by_position_path_answers_as_map_row_for_every_combination() -> None:
+    """Exhaustive over the pools (a random draw rarely puts one bad value among good ones)."""
+    header = ["SKU", "Store", "Qty", "Held", "When"]
+    limits = Limits(max_quantity=10**6)
+    for mapping in COMPILED_MAPPINGS[:2]:
+        mapper = RowMapper(mapping, header, channel="WMS", limits=limits)
+        assert mapper.compiled
+        for sku, location, qty, held, event_id in itertools.product(
+            IDS, IDS, QUANTITIES, QUANTITIES, ["e", "e" * 257]
+        ):
+            fields = [sku, location, qty, held, ""]
+            expected = map_row(dict(zip(header, fields, strict=True)), mapping, channel="WMS",
+                               event_id=event_id, default_updated_at="2026-12-01T00:00:00Z", limits=limits)
+            got = mapper.map(fields, event_id=event_id, default_updated_at="2026-12-01T00:00:00Z")
+            assert got == expected, fields
+
+
+def test_the_by_position_path_takes_plain_rows_and_only_those() -> None:
+    header = ["SKU", "Store", "Qty", "Held", "When"]
+    good, bad_default = COMPILED_MAPPINGS[0], COMPILED_MAPPINGS[2]
+    assert RowMapper(good, header, channel="WMS").compiled
+    assert not RowMapper(bad_default, header, channel="WMS").compiled
+    assert not RowMapper(MAPPING, header, channel="WMS").compiled  # a time column
+    mapper = RowMapper(good, header, channel="WMS")
+    row = ["A", "S1", "7", "0", ""]
+    assert mapper._compiled(row, "e", "2026-12-01T00:00:00Z") == {
+        "channel": "WMS", "reserved": "0", "eventId": "e", "sku": "A", "location": "S1", "onHand": "7",
+        "updatedAt": "2026-12-01T00:00:00Z"}
+    assert mapper._compiled(["A", "S1", "7.0", "0", ""], "e", "2026-12-01T00:00:00Z") is None
+    assert mapper._compiled(["A", "", "7", "0", ""], "e", "2026-12-01T00:00:00Z") is None
