@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from stream_app.connectors.config import S3Channel
-from stream_app.connectors.csv_rows import csv_records
-from stream_app.connectors.mapping import RowMapper
+from stream_app.connectors.csv_rows import CsvSplitter
+from stream_app.connectors.csv_segments import FileCut, Segment, cut
 from stream_app.connectors.s3_files import (
     S3Object,
     archive,
@@ -94,8 +97,37 @@ class Checkpoints:
             self._waiters = keep
 
 
-def _mapper(service: ChannelsService, channel: S3Channel, header: list[str]) -> RowMapper:
-    return RowMapper(channel.mapping, header, channel=channel.name, limits=service.limits)
+class Parser:
+    """Runs :func:`~stream_app.connectors.csv_segments.cut` in ``processes`` parse
+    processes (spawned on the first file, so a worker without S3 channels starts none)
+    or, with 0, in the worker's loop. A pool whose process died is replaced; the file's
+    poll fails with :class:`ParseError` and the next poll resumes at its checkpoint."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def cut(self, state: FileCut, chunk: bytes | None) -> tuple[FileCut, list[Segment]]:
+        if self.processes == 0:
+            return cut(state, chunk)
+        if self._pool is None:
+            # spawn, not fork: the worker has threads (the consumer's, the executor's)
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, cut, state, chunk)
+        except BrokenProcessPool as exc:
+            self.close()
+            raise ParseError(f"the CSV parse process died ({exc}); resuming at the checkpoint") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+class ParseError(RuntimeError):
+    """The parse process of a file went away."""
 
 
 def file_key(channel: str, etag: str) -> str:
@@ -167,43 +199,38 @@ async def _read_rows(
     progress: Json,
 ) -> str | None:
     status = service.status[channel.name]
-    rows = csv_records(
-        read_from(client, cfg, obj, progress["offset"]),
-        encoding=channel.encoding,
-        delimiter=channel.delimiter,
-        start=progress["offset"],
-        first_line=progress["line"],
+    state = FileCut(
+        CsvSplitter(encoding=channel.encoding, start=progress["offset"], first_line=progress["line"]),
+        channel.mapping, channel.name, event_prefix=f"s3:{channel.name}:{obj.etag}:",
+        modified=obj.modified_iso, size=obj.size, delimiter=channel.delimiter,
+        envelope_records=channel.envelope_records, limits=service.limits,
+        header=progress["header"], next_line=progress["line"],
     )
-    header: list[str] | None = progress["header"]
-    mapper = None if header is None else _mapper(service, channel, header)
-    good: list[Json] = []
-    bad: list[Json] = []
-    next_line = progress["line"]
     in_flight: deque[asyncio.Future[None]] = deque()  # segments handed over, oldest first
     ordered: list[asyncio.Future[None] | None] = [None]  # the newest segment's turn in order
     checkpoints = Checkpoints(lambda value: service.checkpoint(channel.name, key, value))
-    modified = obj.modified_iso  # every row's default ``updatedAt``: formatted once
 
     async def commit(
-        good: list[Json], bad: list[Json], end: int, next_line: int,
+        segment: Segment, header: list[str] | None,
         previous: asyncio.Future[None] | None, turn: asyncio.Future[None],
     ) -> None:
         """The envelope (and the rejections part) on the broker (and S3), then, after the
         previous segment's turn, this segment's progress; it is done once a checkpoint
         covering it is on the broker: a checkpoint never covers a row that is not on the
         broker, and checkpoints are sent in file order."""
+        bad = segment.bad
         try:
             part = None
             if bad:
                 part = f"{parts_prefix(channel, obj)}{bad[0]['line']:012d}.json"
             await asyncio.gather(
-                service.publish_records(channel.name, good),
+                service.publish_envelope(segment.body) if segment.body else asyncio.sleep(0),
                 put_json(client, cfg, part, bad) if part else asyncio.sleep(0),
             )
             if previous is not None:
                 await previous
             progress.update(
-                offset=end, line=next_line, good=progress["good"] + len(good),
+                offset=segment.end, line=segment.next_line, good=progress["good"] + segment.good,
                 rejected=progress["rejected"] + len(bad), header=header,
             )
             snapshot = dict(progress)
@@ -213,65 +240,49 @@ async def _read_rows(
             raise
         turn.set_result(None)
         await checkpoints.covering(snapshot)
-        status.rows_total += len(good) + len(bad)
+        status.rows_total += segment.good + len(bad)
         status.rejected_total += len(bad)
         status.file = {
-            "key": obj.key, "size": obj.size, "offset": end,
+            "key": obj.key, "size": obj.size, "offset": segment.end,
             "rowsDone": progress["good"] + progress["rejected"], "rejected": progress["rejected"],
         }
 
-    def hand_over(end: int, next_line: int, good: list[Json], bad: list[Json]) -> None:
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        in_flight.append(
-            asyncio.ensure_future(commit(good, bad, end, next_line, ordered[0], turn))
-        )
-        ordered[0] = turn
-
-    async def save(end: int, next_line: int) -> None:
+    async def save(segment: Segment, header: list[str] | None) -> None:
         """Hand the segment over; parsing goes on while the broker takes up to
         ``PIPELINE_DEPTH`` segments (the worker's loop is busy applying them: one round
         trip at a time would bound the file by the loop's latency, not by its work)."""
-        nonlocal good, bad
         if len(in_flight) >= PIPELINE_DEPTH:
             await in_flight.popleft()
-        hand_over(end, next_line, good, bad)
-        good, bad = [], []
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        in_flight.append(asyncio.ensure_future(commit(segment, header, ordered[0], turn)))
+        ordered[0] = turn
 
+    chunks = aiter(read_from(client, cfg, obj, progress["offset"]))
+    parsing: asyncio.Future[tuple[FileCut, list[Segment]]] | None = None
     try:
-        async for record in rows:
-            next_line = record.next_line
-            if mapper is None:
-                header = [name.strip() for name in record.fields]
-                missing = sorted(channel.mapping.columns() - set(header))
-                if missing:
-                    return f"the header has no column {', '.join(missing)} (line {record.line})"
-                progress.update(offset=record.end, line=record.next_line, header=header)
-                mapper = _mapper(service, channel, header)
-                continue
-            if len(record.fields) != len(mapper.header):
-                reasons = [f"{len(record.fields)} fields where the header has {len(mapper.header)}"]
-                bad.append({"line": record.line, "reasons": reasons, "row": record.fields[:50]})
-            else:
-                mapped, reasons = mapper.map(
-                    record.fields, event_id=f"s3:{channel.name}:{obj.etag}:{record.line:012d}",
-                    default_updated_at=modified,
-                )
-                if mapped is not None:
-                    good.append(mapped)
-                else:
-                    row = dict(zip(mapper.header, record.fields, strict=True))
-                    bad.append({"line": record.line, "reasons": reasons, "row": row})
-            if len(good) >= channel.envelope_records or len(bad) >= channel.envelope_records:
-                await save(record.end, record.next_line)
-        if good or bad:
-            await save(obj.size, next_line)
+        chunk = await anext(chunks, None)
+        parsing = asyncio.ensure_future(service.parser.cut(state, chunk))
+        while True:
+            state, segments = await parsing
+            if state.error is not None:
+                return state.error
+            last = chunk is None
+            if not last:  # the next chunk parses while this one's segments go out
+                chunk = await anext(chunks, None)
+                parsing = asyncio.ensure_future(service.parser.cut(state, chunk))
+            for segment in segments:
+                await save(segment, state.header)
+            if last:
+                break
     finally:
+        if parsing is not None and not parsing.done():
+            parsing.cancel()
         while in_flight:
             await in_flight.popleft()
-    if progress["offset"] < obj.size:  # trailing blank lines
-        hand_over(obj.size, next_line, [], [])
+    if progress["offset"] < obj.size:  # trailing blank lines, or a header alone
+        await save(Segment(None, 0, [], obj.size, state.next_line), state.header)
         await in_flight.popleft()
-    return None if header is not None else "the file is empty (no header)"
+    return None if state.header is not None else "the file is empty (no header)"
 
 
 async def _finish(

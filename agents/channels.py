@@ -3,7 +3,8 @@
 Data path (one channel)::
 
     channels file --> poller (one task, on the worker owning the channel's partition)
-        S3: list prefix --> ranged GET from the checkpoint --> csv_records --> map_row
+        S3: list prefix --> ranged GET from the checkpoint --> chunks --> csv_segments.cut
+            (rows -> RowMapper -> envelopes, in a parse process) --> segments
         REST: RestPoller pages --> map_row
       --> envelopes {"records": [...]} on inventory-changes (delivered, then)
       --> a "channel-progress" message on <app>-internal, partition of the channel
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from agents.channel_files import ingest_file
+from agents.channel_files import ParseError, Parser, ingest_file
 from agents.internal import CHANNEL_PROGRESS, json_handler
 from stream_app.app import need
 from stream_app.broker.delivery import deliver
@@ -157,6 +158,7 @@ class ChannelsService:
         self.session: aiohttp.ClientSession | None = None
         self.fence_timeout = runtime.settings.channel_fence_timeout_seconds
         self._fences: dict[str, asyncio.Future[None]] = {}
+        self.parser = Parser(runtime.settings.channel_parse_processes)
 
     @classmethod
     def from_settings(cls, runtime: Runtime, table: KeyedTable) -> ChannelsService:
@@ -204,6 +206,7 @@ class ChannelsService:
         if self.session is not None:
             await self.session.close()
             self.session = None
+        self.parser.close()
 
     # --- publishing ------------------------------------------------------------------
     async def publish_records(self, channel: str, records: list[Json]) -> None:
@@ -211,9 +214,11 @@ class ChannelsService:
         key's records by (updatedAt, eventId), not by arrival; a file's zero-padded line
         numbers make its later row of a key win a tie)."""
         if records:
-            topic = self.runtime.names.inventory_changes
-            body = orjson.dumps({"records": records})
-            await deliver(self.runtime.app, [(topic, None, body, None, None)])
+            await self.publish_envelope(orjson.dumps({"records": records}))
+
+    async def publish_envelope(self, body: bytes) -> None:
+        """An envelope already encoded (a CSV segment's, built where it was parsed)."""
+        await deliver(self.runtime.app, [(self.runtime.names.inventory_changes, None, body, None, None)])
 
     async def checkpoint(self, channel: str, key: str, value: Json) -> None:
         """Record progress (after what it covers is on the broker)."""
@@ -278,7 +283,7 @@ class ChannelsService:
                             await ingest_file(self, client, cfg, channel, obj)
                         status.last_success = self.now()
                         await asyncio.sleep(channel.poll_interval_seconds)
-            except (S3ChannelError, ExportError, CsvFormatError, FenceTimeout) as exc:
+            except (S3ChannelError, ExportError, CsvFormatError, FenceTimeout, ParseError) as exc:
                 log.warning("channel %s: %s", channel.name, exc)
                 status.error(str(exc), self.now())
             except Exception as exc:  # a bug: say so, keep the poller alive

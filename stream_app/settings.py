@@ -300,6 +300,13 @@ class Settings(BaseSettings):
         description="a channel's poller waits this long, before each poll, for the checkpoints "
         "already on the broker to be applied (a fence through its partition); then it retries",
     )
+    channel_parse_processes: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="processes that parse and map the rows of S3 CSV files beside the worker "
+        "(its event loop then only publishes the envelopes); 0 = parse in the worker's loop",
+    )
     release_catch_up: bool = Field(
         True, description="at start-up the leader releases a scheduled night that was missed"
     )

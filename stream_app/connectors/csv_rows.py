@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 ENCODINGS = frozenset({"utf-8", "utf-8-sig", "ascii", "latin-1", "iso-8859-1", "cp1252"})
@@ -47,6 +47,95 @@ def _fields(text: str, delimiter: str) -> list[str]:
     return rows[0] if rows else []
 
 
+class CsvSplitter:
+    """The records of a file fed chunk by chunk (which begin at byte ``start`` of the
+    file, on line ``first_line``); blank lines are skipped, the last record may lack its
+    newline. Its state is plain data (it pickles), so a file's parse can go on in
+    another process chunk after chunk."""
+
+    def __init__(self, *, encoding: str = "utf-8", start: int = 0, first_line: int = 1) -> None:
+        if encoding.lower() not in ENCODINGS:
+            raise CsvFormatError(
+                f"encoding {encoding!r} is not supported; use one of {sorted(ENCODINGS)}"
+            )
+        self.codec = "utf-8" if encoding.lower() == "utf-8-sig" else encoding
+        self.pending = bytearray()
+        self.quoted = False  # inside quotes at the end of ``pending``
+        self.scanned = 0  # bytes of ``pending`` already scanned
+        self.offset, self.line = start, first_line
+        self.bom = encoding.lower().startswith("utf-8") and start == 0
+
+    def feed(self, chunk: bytes, delimiter: str = ",") -> Iterator[CsvRecord]:
+        """The records ``chunk`` completes."""
+        pending = self.pending
+        pending += chunk
+        if self.bom:
+            if len(pending) < 3 and pending == b"\xef\xbb\xbf"[: len(pending)]:
+                return  # maybe a byte-order mark, not whole yet
+            if pending.startswith(b"\xef\xbb\xbf"):
+                del pending[:3]
+                self.offset += 3
+            self.bom = False
+        codec = self.codec
+        if not self.quoted and b'"' not in pending:  # fast path: every record is one line
+            last = pending.rfind(b"\n")
+            if last >= 0:
+                line, offset = self.line, self.offset
+                for raw in bytes(pending[: last + 1]).split(b"\n")[:-1]:
+                    record_line = line
+                    line += 1
+                    offset += len(raw) + 1
+                    text = _decode(raw, codec, record_line).rstrip("\r")
+                    if text.strip():
+                        self.line, self.offset = line, offset
+                        yield CsvRecord(text.split(delimiter), record_line, offset, line)
+                self.line, self.offset = line, offset
+                del pending[: last + 1]
+            self.scanned = len(pending)
+            return
+        cut = 0
+        i = self.scanned
+        n = len(pending)
+        while i < n:
+            q = pending.find(b'"', i)
+            nl = pending.find(b"\n", i)
+            if self.quoted:
+                if q < 0:
+                    break
+                self.quoted, i = False, q + 1
+                continue
+            if nl < 0 and q < 0:
+                break
+            if q >= 0 and (nl < 0 or q < nl):
+                self.quoted, i = True, q + 1
+                continue
+            raw = bytes(pending[cut : nl + 1])
+            record_line = self.line
+            self.line += raw.count(b"\n")
+            self.offset += len(raw)
+            cut = i = nl + 1
+            text = _decode(raw, codec, record_line).rstrip("\r\n")
+            if text.strip():
+                yield CsvRecord(_fields(text, delimiter), record_line, self.offset, self.line)
+        del pending[:cut]
+        self.scanned = len(pending)  # all of it, with ``quoted`` its state at the end
+
+    def end(self, delimiter: str = ",") -> Iterator[CsvRecord]:
+        """The last record, if it had no newline."""
+        pending = self.pending
+        if self.bom and pending.startswith(b"\xef\xbb\xbf"):
+            del pending[:3]
+            self.offset += 3
+        if pending:
+            raw = bytes(pending)
+            text = _decode(raw, self.codec, self.line).rstrip("\r\n")
+            pending.clear()
+            self.offset += len(raw)
+            self.line += 1
+            if text.strip():
+                yield CsvRecord(_fields(text, delimiter), self.line - 1, self.offset, self.line)
+
+
 async def csv_records(
     chunks: AsyncIterator[bytes],
     *,
@@ -55,71 +144,10 @@ async def csv_records(
     start: int = 0,
     first_line: int = 1,
 ) -> AsyncIterator[CsvRecord]:
-    """Every record of the chunks (which begin at byte ``start`` of the file, on line
-    ``first_line``); blank lines are skipped. The last record may lack its newline."""
-    if encoding.lower() not in ENCODINGS:
-        raise CsvFormatError(
-            f"encoding {encoding!r} is not supported; use one of {sorted(ENCODINGS)}"
-        )
-    codec = "utf-8" if encoding.lower() == "utf-8-sig" else encoding
-    pending = bytearray()
-    quoted = False  # inside quotes at the end of ``pending``
-    scanned = 0  # bytes of ``pending`` already scanned
-    offset, line = start, first_line
-    bom = encoding.lower().startswith("utf-8") and start == 0
+    """Every record of the chunks (:class:`CsvSplitter`, fed as they come)."""
+    splitter = CsvSplitter(encoding=encoding, start=start, first_line=first_line)
     async for chunk in chunks:
-        pending += chunk
-        if bom:
-            if len(pending) < 3 and pending == b"\xef\xbb\xbf"[: len(pending)]:
-                continue  # maybe a byte-order mark, not whole yet
-            if pending.startswith(b"\xef\xbb\xbf"):
-                del pending[:3]
-                offset += 3
-            bom = False
-        if not quoted and b'"' not in pending:  # fast path: every record is one line
-            last = pending.rfind(b"\n")
-            if last >= 0:
-                for raw in bytes(pending[: last + 1]).split(b"\n")[:-1]:
-                    record_line = line
-                    line += 1
-                    offset += len(raw) + 1
-                    text = _decode(raw, codec, record_line).rstrip("\r")
-                    if text.strip():
-                        yield CsvRecord(text.split(delimiter), record_line, offset, line)
-                del pending[: last + 1]
-            scanned = len(pending)
-            continue
-        cut = 0
-        i = scanned
-        n = len(pending)
-        while i < n:
-            q = pending.find(b'"', i)
-            nl = pending.find(b"\n", i)
-            if quoted:
-                if q < 0:
-                    break
-                quoted, i = False, q + 1
-                continue
-            if nl < 0 and q < 0:
-                break
-            if q >= 0 and (nl < 0 or q < nl):
-                quoted, i = True, q + 1
-                continue
-            raw = bytes(pending[cut : nl + 1])
-            record_line = line
-            line += raw.count(b"\n")
-            offset += len(raw)
-            cut = i = nl + 1
-            text = _decode(raw, codec, record_line).rstrip("\r\n")
-            if text.strip():
-                yield CsvRecord(_fields(text, delimiter), record_line, offset, line)
-        del pending[:cut]
-        scanned = len(pending)  # all of it, with ``quoted`` its state at the end
-    if bom and pending.startswith(b"\xef\xbb\xbf"):
-        del pending[:3]
-        offset += 3
-    if pending:
-        raw = bytes(pending)
-        text = _decode(raw, codec, line).rstrip("\r\n")
-        if text.strip():
-            yield CsvRecord(_fields(text, delimiter), line, offset + len(raw), line + 1)
+        for record in splitter.feed(chunk, delimiter):
+            yield record
+    for record in splitter.end(delimiter):
+        yield record

@@ -35,7 +35,8 @@ def service(monkeypatch: pytest.MonkeyPatch, timeout: float = 5.0) -> tuple[Chan
         sent.event.set()
 
     monkeypatch.setattr(channels, "deliver", deliver)
-    settings = SimpleNamespace(max_quantity=10**6, channel_fence_timeout_seconds=timeout)
+    settings = SimpleNamespace(max_quantity=10**6, channel_fence_timeout_seconds=timeout,
+                               channel_parse_processes=0)
     runtime = SimpleNamespace(settings=settings, names=SimpleNamespace(internal="app-internal"), app=None)
     return ChannelsService(runtime, Table(), ChannelsFile()), sent  # type: ignore[arg-type]
 
