@@ -28,6 +28,11 @@ Data path (one channel)::
   it is then in ``channel_state``. Without it a poller started after a kill or a
   rebalance could read a checkpoint the agent had not re-applied yet and send again what
   the lost one covered (or ingest a file marked ingested a second time).
+* **The worker's loop stays free**: a file's rows are parsed, mapped and encoded as
+  envelopes by :func:`stream_app.connectors.csv_segments.cut` in a parse process beside
+  the worker (``STREAM_APP_CHANNEL_PARSE_PROCESSES``; spawned, not forked); the loop only
+  publishes and checkpoints. The parse process ends with its worker (kill -9 included: its
+  pipe closes); one that dies is replaced and the poll resumes at the checkpoint.
 * Progress (file, rows done, rejected, last poll, errors) is this module's
   :meth:`ChannelsService.status`, served by ``GET /channels``.
 """

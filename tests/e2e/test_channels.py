@@ -160,6 +160,22 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     assert sum(len(m.get("records", ())) for m in got) == 2  # one envelope, never sent again
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(n) for n in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie nobody has reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     processes: ProcessFactory, kafka: KafkaCluster, s3_server: str, tmp_path: Path
 ) -> None:
@@ -178,7 +194,11 @@ def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     bucket.put("incoming/big.csv", ("\n".join(lines) + "\n").encode())
 
     wait_for(lambda: ((channel_view(worker).get("file") or {}).get("rowsDone") or 0) > 500, 60, 0.05, "mid-file")
+    assert worker.proc is not None
+    helpers = children(worker.proc.pid)
+    assert helpers  # the rows are parsed in a parse process
     worker.kill()
+    wait_for(lambda: not [pid for pid in helpers if alive(pid)], 30, 0.1, "the parse process gone with it")
     worker = start_worker(processes, kafka, app_id, sim, s3_server, channels, data_dir)
     wait_for(lambda: "archive/big.csv.rejections.json" in bucket.keys(), 120, 0.3, "file finished")
     report = bucket.json("archive/big.csv.rejections.json")
