@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import signal
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from stream_app.connectors.config import S3Channel
 from stream_app.connectors.csv_rows import CsvSplitter
-from stream_app.connectors.csv_segments import FileCut, Segment, cut
+from stream_app.connectors.csv_segments import (
+    FileCut,
+    Segment,
+    cut,
+    leave_interrupts_to_the_worker,
+)
 from stream_app.connectors.s3_files import (
     S3Object,
     archive,
@@ -115,7 +119,7 @@ class Parser:
             # spawn, not fork: the worker has threads (the consumer's, the executor's)
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
-                self.processes, mp_context=context, initializer=_leave_interrupts_to_the_worker
+                self.processes, mp_context=context, initializer=leave_interrupts_to_the_worker
             )
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, cut, state, chunk)
@@ -127,12 +131,6 @@ class Parser:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-
-
-def _leave_interrupts_to_the_worker() -> None:
-    """In a parse process: Ctrl-C reaches the whole process group; the worker stops its
-    pool, so the parse process does not die of it with a traceback of its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class ParseError(RuntimeError):

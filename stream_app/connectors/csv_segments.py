@@ -6,7 +6,9 @@ an S3 object and what the channel publishes.
 file's end) and gives back the new state and the segments the chunk completed. State and
 segments are plain data that pickle, so the step runs in a parse process beside the
 worker (``STREAM_APP_CHANNEL_PARSE_PROCESSES``) or, with 0 processes, in the worker's
-loop; the answer is the same either way.
+loop; the answer is the same either way. The parse process's own set-up
+(:func:`leave_interrupts_to_the_worker`) is here too: the process imports this module and
+what it needs, not the worker's flows.
 
 A segment ends after ``envelope_records`` good or rejected rows, counted from where the
 file's read began (its checkpoint), never at a chunk's edge: however the bytes come,
@@ -15,6 +17,7 @@ a resumed read cuts the same segments again.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,3 +109,9 @@ def _mapper(state: FileCut, header: list[str]) -> RowMapper:
 def _segment(good: list[Json], bad: list[Json], end: int, next_line: int) -> Segment:
     body = orjson.dumps({"records": good}) if good else None
     return Segment(body, len(good), bad, end, next_line)
+
+
+def leave_interrupts_to_the_worker() -> None:
+    """A parse process's set-up: Ctrl-C reaches the whole process group, and the worker
+    stops its pool, so the parse process does not die of it with a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
