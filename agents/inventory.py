@@ -158,16 +158,25 @@ def source_event(record: ConsumerRecord[bytes, bytes]) -> SourceEvent:
 
 
 async def fill_group(
-    consumer: AIOKafkaConsumer, most: int, wait_ms: int
+    consumer: AIOKafkaConsumer, most: int, wait_ms: int, linger_ms: float = 0.0
 ) -> dict[Any, list[ConsumerRecord[bytes, bytes]]]:
-    """Records for one group: wait up to ``wait_ms`` for the first, then take what is
-    already fetched, up to ``most`` (big groups under load, no added wait when idle)."""
+    """Records for one group: wait up to ``wait_ms`` for the first, then take more for up
+    to ``linger_ms`` after it, up to ``most``. Under load a group fills at once (no added
+    wait); a trickle of single records becomes groups of ``linger_ms`` worth instead of
+    one forward per record or two: each forward is one apply on the internal topic, and an
+    apply waits for its changelog on the broker, so the apply side takes a bounded number
+    of them per second (docs/benchmarks.md, the sync bench)."""
     batches = await consumer.getmany(timeout_ms=wait_ms, max_records=most)
     count = sum(len(records) for records in batches.values())
+    loop = asyncio.get_running_loop()
+    until = loop.time() + linger_ms / 1000
     while batches and count < most:
-        more = await consumer.getmany(timeout_ms=0, max_records=most - count)
+        left_ms = max(0, int((until - loop.time()) * 1000))
+        more = await consumer.getmany(timeout_ms=left_ms, max_records=most - count)
         if not more:
-            break
+            if left_ms == 0:
+                break
+            continue
         for tp, records in more.items():
             batches.setdefault(tp, []).extend(records)
             count += len(records)
@@ -208,7 +217,8 @@ async def run_ingest(
         await consumer.start()
         while True:
             batches = await fill_group(consumer, settings.ingest_batch_max,
-                                       int(settings.ingest_batch_within * 1000))
+                                       int(settings.ingest_batch_within * 1000),
+                                       settings.ingest_linger_ms)
             if not batches:
                 continue
             # one group for the whole fetch: one forward per target partition

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     )
     ingest_batch_max: int = Field(2000, ge=1, description="events grouped per repartition step")
     ingest_batch_within: float = Field(0.2, gt=0, description="seconds to wait filling a group")
+    ingest_linger_ms: float = Field(
+        50.0,
+        ge=0,
+        le=1000,
+        description="after a group's first record the ingest takes more for this long (a "
+        "trickle of single records then becomes one apply per partition per linger, not one "
+        "per record; under load groups fill at once)",
+    )
     apply_chunk_records: int = Field(1000, ge=1, le=20000, description="records per internal message")
 
     # --- topics (names are a contract; override only to namespace them) -----------------

@@ -1,0 +1,65 @@
+"""agents.inventory.fill_group against the real broker: a trickle of single records
+becomes one group per linger (not one per record), a backlog fills a group at once
+without waiting for the linger, and nothing is taken twice or skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from agents.inventory import fill_group
+from stream_app.bootstrap import ensure_topics
+from tests.fixtures.kafka import KafkaCluster
+
+pytestmark = pytest.mark.integration
+
+
+async def groups_of_a_trickle(kafka: KafkaCluster, linger_ms: float) -> tuple[list[list[int]], float]:
+    """80 records, one every 5 ms, read in groups; (the groups' values, seconds of the
+    longest wait for a group that a backlog would fill at once)."""
+    topic = f"trickle-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(kafka.bootstrap, [topic], 2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=10)
+    await producer.start()
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(2)])
+
+        async def trickle() -> None:
+            for n in range(80):
+                await producer.send_and_wait(topic, str(n).encode(), partition=n % 2)
+                await asyncio.sleep(0.005)
+
+        sending = asyncio.create_task(trickle())
+        groups: list[list[int]] = []
+        while sum(map(len, groups)) < 80:
+            batches = await fill_group(consumer, 2000, 2000, linger_ms)
+            groups.append([int(r.value) for rs in batches.values() for r in rs])
+        await sending
+        for n in range(300):  # a backlog: more than a group already on the broker
+            await producer.send(topic, str(n).encode(), partition=n % 2)
+        await producer.flush()
+        started = time.monotonic()
+        backlog = await fill_group(consumer, 100, 2000, 5000)
+        waited = time.monotonic() - started
+        assert sum(len(rs) for rs in backlog.values()) == 100
+        return groups, waited
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def test_a_trickle_is_grouped_by_the_linger_and_a_backlog_is_not_held(kafka: KafkaCluster) -> None:
+    lingered, waited = asyncio.run(groups_of_a_trickle(kafka, 150))
+    assert sorted(v for group in lingered for v in group) == list(range(80))  # each once
+    assert len(lingered) <= 8  # ~0.5 s of records in groups of 150 ms (the first may be short)
+    assert waited < 2.0  # a full group does not wait for a 5 s linger
+    unlingered, _ = asyncio.run(groups_of_a_trickle(kafka, 0))
+    print(f"groups: {len(lingered)} with a linger of 150 ms, {len(unlingered)} without")
+    assert len(unlingered) >= 2 * len(lingered)  # without it, a group per fetch
