@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -119,7 +120,8 @@ class Parser:
             # spawn, not fork: the worker has threads (the consumer's, the executor's)
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
-                self.processes, mp_context=context, initializer=leave_interrupts_to_the_worker
+                self.processes, mp_context=context, initializer=leave_interrupts_to_the_worker,
+                initargs=(os.getpid(),),
             )
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, cut, state, chunk)

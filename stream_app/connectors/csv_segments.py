@@ -17,7 +17,10 @@ a resumed read cuts the same segments again.
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,7 +114,16 @@ def _segment(good: list[Json], bad: list[Json], end: int, next_line: int) -> Seg
     return Segment(body, len(good), bad, end, next_line)
 
 
-def leave_interrupts_to_the_worker() -> None:
-    """A parse process's set-up: Ctrl-C reaches the whole process group, and the worker
-    stops its pool, so the parse process does not die of it with a traceback of its own."""
+def leave_interrupts_to_the_worker(worker_pid: int, every: float = 0.5) -> None:
+    """A parse process's set-up. Ctrl-C reaches the whole process group, and the worker
+    stops its pool, so the parse process does not die of it with a traceback of its own.
+    And it ends when its worker is gone, also after a kill -9: a pool's process waits on
+    a queue it holds both ends of, so it would never see its worker go."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == worker_pid:
+            time.sleep(every)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import uuid
 from pathlib import Path
@@ -159,6 +161,16 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     got = consume(kafka.bootstrap, topic, until=lambda got: sum("sentinel" in m for m in got) == 4)
     assert sum(len(m.get("records", ())) for m in got) == 2  # one envelope, never sent again
 
+    # Ctrl-C reaches the worker and its parse process (one process group): a clean stop
+    assert worker.proc is not None
+    helpers = children(worker.proc.pid)
+    assert helpers
+    os.killpg(worker.proc.pid, signal.SIGINT)
+    assert worker.proc.wait(30) == 0
+    assert not [pid for pid in helpers if alive(pid)]
+    log = worker.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, worker.tail()
+
 
 def children(pid: int) -> list[int]:
     found = []
@@ -197,7 +209,8 @@ def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
     assert worker.proc is not None
     helpers = children(worker.proc.pid)
     assert helpers  # the rows are parsed in a parse process
-    worker.kill()
+    os.kill(worker.proc.pid, signal.SIGKILL)  # the worker alone, not its process group
+    worker.proc.wait(10)
     wait_for(lambda: not [pid for pid in helpers if alive(pid)], 30, 0.1, "the parse process gone with it")
     worker = start_worker(processes, kafka, app_id, sim, s3_server, channels, data_dir)
     wait_for(lambda: "archive/big.csv.rejections.json" in bucket.keys(), 120, 0.3, "file finished")
