@@ -31,8 +31,8 @@ Data path (one channel)::
 * **The worker's loop stays free**: a file's rows are parsed, mapped and encoded as
   envelopes by :func:`stream_app.connectors.csv_segments.cut` in a parse process beside
   the worker (``STREAM_APP_CHANNEL_PARSE_PROCESSES``; spawned, not forked); the loop only
-  publishes and checkpoints. The parse process ends with its worker (kill -9 included: its
-  pipe closes); one that dies is replaced and the poll resumes at the checkpoint.
+  publishes and checkpoints. The parse process watches its worker and ends when it is
+  gone (kill -9 included); one that dies is replaced and the poll resumes at the checkpoint.
 * Progress (file, rows done, rejected, last poll, errors) is this module's
   :meth:`ChannelsService.status`, served by ``GET /channels``.
 """
