@@ -284,8 +284,11 @@ async def _read_rows(
             if last:
                 break
     finally:
-        if parsing is not None and not parsing.done():
-            parsing.cancel()
+        if parsing is not None:
+            if not parsing.done():
+                parsing.cancel()
+            elif not parsing.cancelled():
+                parsing.exception()  # retrieved: a failure of its own is not the one raised
         while in_flight:
             await in_flight.popleft()
     if progress["offset"] < obj.size:  # trailing blank lines, or a header alone
