@@ -92,6 +92,12 @@ def _plain_id(value: Any) -> bool:
     return type(value) is str and bool(value) and "|" not in value and len(value) <= MAX_TEXT
 
 
+def _plain_digits(value: str) -> bool:
+    """ASCII digits short enough for ``int()`` (Python refuses strings of over 4,300
+    digits; a longer one is for :func:`parse_quantity` to refuse, with its reason)."""
+    return len(value) <= 20 and value.isascii() and value.isdigit()
+
+
 def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -196,7 +202,7 @@ class RowMapper:
         if value is None and name == "buffer":
             return True
         if type(value) is str:
-            return value.isascii() and value.isdigit() and int(value) <= self.limits.max_quantity
+            return _plain_digits(value) and int(value) <= self.limits.max_quantity
         return type(value) is int and 0 <= value <= self.limits.max_quantity
 
     def _plain_time(self, value: Any) -> bool:
@@ -233,7 +239,7 @@ class RowMapper:
         most = self.limits.max_quantity
         for n in self.quantities:
             value = values[n]
-            if not (value.isascii() and value.isdigit() and int(value) <= most):
+            if not (_plain_digits(value) and int(value) <= most):
                 return None
         if self._time[0] != default_updated_at:
             self._time = (default_updated_at, self._plain_time(default_updated_at))

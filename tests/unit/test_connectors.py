@@ -151,7 +151,8 @@ def test_a_good_channels_file_loads_from_yaml(tmp_path: Path, monkeypatch: pytes
 
 
 IDS = ["A", " B ", "7", "x", "", "a|b", "Z" * 257, "2026-12-01T10:00:00"]
-QUANTITIES = ["7", "0007", " 12 ", "0", "", "-1", "3.0", "x", "99999999999", "١٢"]
+QUANTITIES = ["7", "0007", " 12 ", "0", "", "-1", "3.0", "x", "99999999999", "١٢", "9" * 5000,
+              "0" * 30 + "7"]
 TIMES = ["2026-12-01T10:00:00", "", "x", "01/12/2026 10:00", "7"]
 COMPILED_MAPPINGS = [  # columns of identifiers and quantities only: the by-position path
     FieldMapping.model_validate(
