@@ -23,23 +23,27 @@ QUOTE, NEWLINE = 0x22, 0x0A
 @dataclass(frozen=True, slots=True)
 class CsvRecord:
     """One record: its fields, the 1-based line it starts on, and the byte offset and the
-    line just after it (where a resumed read starts)."""
+    line just after it (where a resumed read starts); ``error`` when its bytes are not in
+    the file's encoding (its fields then hold replacement characters)."""
 
     fields: list[str]
     line: int
     end: int
     next_line: int
+    error: str | None = None
 
 
 class CsvFormatError(ValueError):
     """The file cannot be read as CSV at all (bad encoding, no header)."""
 
 
-def _decode(raw: bytes, encoding: str, line: int) -> str:
+def _decode(raw: bytes, encoding: str) -> tuple[str, str | None]:
+    """The text of a record and, when its bytes are not ``encoding``, why (the record is
+    then one rejected row, not the end of the file)."""
     try:
-        return raw.decode(encoding)
+        return raw.decode(encoding), None
     except UnicodeDecodeError as exc:
-        raise CsvFormatError(f"line {line}: not {encoding}: {exc.reason}") from None
+        return raw.decode(encoding, "replace"), f"not {encoding}: {exc.reason}"
 
 
 def _fields(text: str, delimiter: str) -> list[str]:
@@ -85,10 +89,11 @@ class CsvSplitter:
                     record_line = line
                     line += 1
                     offset += len(raw) + 1
-                    text = _decode(raw, codec, record_line).rstrip("\r")
+                    text, error = _decode(raw, codec)
+                    text = text.rstrip("\r")
                     if text.strip():
                         self.line, self.offset = line, offset
-                        yield CsvRecord(text.split(delimiter), record_line, offset, line)
+                        yield CsvRecord(text.split(delimiter), record_line, offset, line, error)
                 self.line, self.offset = line, offset
                 del pending[: last + 1]
             self.scanned = len(pending)
@@ -114,9 +119,10 @@ class CsvSplitter:
             self.line += raw.count(b"\n")
             self.offset += len(raw)
             cut = i = nl + 1
-            text = _decode(raw, codec, record_line).rstrip("\r\n")
+            text, error = _decode(raw, codec)
+            text = text.rstrip("\r\n")
             if text.strip():
-                yield CsvRecord(_fields(text, delimiter), record_line, self.offset, self.line)
+                yield CsvRecord(_fields(text, delimiter), record_line, self.offset, self.line, error)
         del pending[:cut]
         self.scanned = len(pending)  # all of it, with ``quoted`` its state at the end
 
@@ -128,12 +134,13 @@ class CsvSplitter:
             self.offset += 3
         if pending:
             raw = bytes(pending)
-            text = _decode(raw, self.codec, self.line).rstrip("\r\n")
+            text, error = _decode(raw, self.codec)
+            text = text.rstrip("\r\n")
             pending.clear()
             self.offset += len(raw)
             self.line += 1
             if text.strip():
-                yield CsvRecord(_fields(text, delimiter), self.line - 1, self.offset, self.line)
+                yield CsvRecord(_fields(text, delimiter), self.line - 1, self.offset, self.line, error)
 
 
 async def csv_records(
@@ -144,10 +151,17 @@ async def csv_records(
     start: int = 0,
     first_line: int = 1,
 ) -> AsyncIterator[CsvRecord]:
-    """Every record of the chunks (:class:`CsvSplitter`, fed as they come)."""
+    """Every record of the chunks (:class:`CsvSplitter`, fed as they come); a record not
+    in ``encoding`` is a :class:`CsvFormatError` naming its line."""
     splitter = CsvSplitter(encoding=encoding, start=start, first_line=first_line)
     async for chunk in chunks:
         for record in splitter.feed(chunk, delimiter):
-            yield record
+            yield _checked(record)
     for record in splitter.end(delimiter):
-        yield record
+        yield _checked(record)
+
+
+def _checked(record: CsvRecord) -> CsvRecord:
+    if record.error is not None:
+        raise CsvFormatError(f"line {record.line}: {record.error}")
+    return record

@@ -75,6 +75,9 @@ def cut(state: FileCut, chunk: bytes | None) -> tuple[FileCut, list[Segment]]:
     for record in records:
         state.next_line = record.next_line
         if mapper is None:
+            if record.error is not None:
+                state.error = f"the header (line {record.line}) is {record.error}"
+                return state, segments
             header = [name.strip() for name in record.fields]
             missing = sorted(state.mapping.columns() - set(header))
             if missing:
@@ -82,7 +85,9 @@ def cut(state: FileCut, chunk: bytes | None) -> tuple[FileCut, list[Segment]]:
                 return state, segments
             state.header, mapper = header, _mapper(state, header)
             continue
-        if len(record.fields) != len(mapper.header):
+        if record.error is not None:  # not in the file's encoding: a rejected row
+            bad.append({"line": record.line, "reasons": [record.error], "row": record.fields[:50]})
+        elif len(record.fields) != len(mapper.header):
             reasons = [f"{len(record.fields)} fields where the header has {len(mapper.header)}"]
             bad.append({"line": record.line, "reasons": reasons, "row": record.fields[:50]})
         else:

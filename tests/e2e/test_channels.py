@@ -129,11 +129,12 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
         b"SKU-3,S1,7\n"  # line 4: a field short
         b'SKU-4,"S,2",12,\n'  # a quoted delimiter; Held empty -> the default 0
         b",S1,5,0\n"  # line 6: no SKU
+        b"SKU-5,S\xff1,5,0\n"  # line 7: not UTF-8
     )
     bucket.put("incoming/stock-1.csv", csv)
 
     view = wait_for(lambda: (v := channel_view(worker))["filesIngested"] >= 1 and v, 60, 0.2, "file ingested")
-    assert view["active"] and view["owner"] and view["rowsDone"] == 5 and view["rejected"] == 3
+    assert view["active"] and view["owner"] and view["rowsDone"] == 6 and view["rejected"] == 4
     assert wait_for(lambda: worker.get("/inventory/SKU-1/S1")[1].get("atp") == 35, 30, 0.2, "SKU-1")
     assert worker.get("/inventory/SKU-4/S,2")[1]["atp"] == 12
     assert worker.get("/inventory/SKU-2/S1")[0] == 404
@@ -142,9 +143,10 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     keys = set(bucket.keys())
     assert "incoming/stock-1.csv" not in keys and "archive/stock-1.csv" in keys
     report = bucket.json("archive/stock-1.csv.rejections.json")
-    assert (report["rows"], report["accepted"], report["rejected"]) == (5, 2, 3)
+    assert (report["rows"], report["accepted"], report["rejected"]) == (6, 2, 4)
     by_line = {r["line"]: r["reasons"] for r in report["rejections"]}
-    assert set(by_line) == {3, 4, 6}
+    assert set(by_line) == {3, 4, 6, 7}
+    assert by_line[7] == ["not utf-8: invalid start byte"]
     assert any("negative" in reason for reason in by_line[3])
     assert any("3 fields where the header has 4" in reason for reason in by_line[4])
     assert any("SKU" in reason for reason in by_line[6])
@@ -153,7 +155,7 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     # the same content dropped again (another name) is archived, not ingested
     bucket.put("incoming/stock-1-again.csv", csv)
     view = wait_for(lambda: (v := channel_view(worker))["duplicatesSkipped"] >= 1 and v, 60, 0.2, "duplicate")
-    assert view["rowsDone"] == 5 and view["filesIngested"] == 1
+    assert view["rowsDone"] == 6 and view["filesIngested"] == 1
     assert "archive/stock-1-again.csv" in bucket.keys()
     # everything the channel sent is before the sentinels sent now to every partition
     topic = f"{app_id}-inventory-changes"

@@ -83,6 +83,19 @@ def test_a_read_resumed_at_any_segment_end_cuts_the_rest_the_same(rows: list[str
         assert rest == segments[k + 1 :]
 
 
+def test_a_line_not_in_the_encoding_is_a_rejected_row_and_the_file_goes_on() -> None:
+    data = b"SKU,Store,Qty\nA,S1,1\nB,S\xff\xfe1,2\nC,S1,3\n"
+    for chunk in (1, 5, len(data)):
+        state, segments = run(data, chunk)
+        records = [r for s in segments if s.body for r in orjson.loads(s.body)["records"]]
+        assert [r["sku"] for r in records] == ["A", "C"] and state.error is None
+        (bad,) = [b for s in segments for b in s.bad]
+        assert bad["line"] == 3 and bad["reasons"] == ["not utf-8: invalid start byte"]
+        assert bad["row"] == ["B", "S\ufffd\ufffd1", "2"]
+    header_state, _ = cut(start(b"SK\xffU,Store,Qty\nA,S1,1\n"), b"SK\xffU,Store,Qty\nA,S1,1\n")
+    assert header_state.error == "the header (line 1) is not utf-8: invalid start byte"
+
+
 def test_a_header_without_a_mapped_column_is_the_file_error() -> None:
     data = b"SKU,Where,Qty\nA,S1,1\n"
     state, segments = cut(start(data), data)
