@@ -31,8 +31,17 @@ from typing import Annotated, Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from stream_app.connectors.csv_rows import ENCODINGS
 from stream_app.connectors.mapping import FieldMapping
 
 
@@ -58,6 +67,13 @@ class S3Channel(_Channel):
     encoding: str = "utf-8"
     envelope_records: int = Field(500, ge=1, le=5000, alias="envelopeRecords")
     max_rejections_kept: int = Field(100_000, ge=0, alias="maxRejectionsKept")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        if value.lower() not in ENCODINGS:
+            raise ValueError(f"encoding {value!r} is not supported; use one of {sorted(ENCODINGS)}")
+        return value
 
     @model_validator(mode="after")
     def _archive_apart(self) -> S3Channel:

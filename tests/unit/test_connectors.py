@@ -115,11 +115,14 @@ def test_channels_file_errors_name_where_they_are(tmp_path: Path) -> None:
         {"name": "A", "kind": "s3", "bucket": "drops", "prefix": "in/new/", "archivePrefix": "in/",
          "mapping": {"fields": {"sku": "s", "location": "l", "onHand": "q"}}},
         {"name": "B", "kind": "rest", "url": "ftp://x", "mapping": {"fields": {"sku": "s", "size": "z"}}},
+        {"name": "C", "kind": "s3", "bucket": "drops", "encoding": "utf-16",
+         "mapping": {"fields": {"sku": "s", "location": "l", "onHand": "q"}}},
     ]}
     with pytest.raises(ChannelsConfigError) as err:
         parse_channels(bad)
     text = str(err.value)
     assert "channels[0]" in text and "inside archivePrefix" in text
+    assert "channels[2].encoding" in text and "encoding 'utf-16' is not supported" in text
     ok = {"name": "W", "kind": "s3", "bucket": "drops", "prefix": "", "archivePrefix": "archive/",
           "mapping": {"fields": {"sku": "s", "location": "l", "onHand": "q"}}}
     assert parse_channels({"channels": [ok]}).channels[0].prefix == ""  # the whole bucket
