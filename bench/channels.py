@@ -40,7 +40,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from bench.common import preload  # noqa: E402
 from bench.scale import PARTITIONS, Cluster, rss_mb, timed_apply  # noqa: E402
 from stream_app.embedded import EmbeddedBroker, free_port  # noqa: E402
-from tests.fixtures.procs import StreamAppProcess, wait_for  # noqa: E402
+from tests.fixtures.procs import StreamAppProcess, children, wait_for  # noqa: E402
 
 ENVELOPE = 500
 KEY_ID = SECRET = "bench"
@@ -73,10 +73,9 @@ def write_csv(path: Path, rows: int) -> None:
 def tree_rss_mb(pid: int) -> float:
     """The RSS of the worker and its children (the CSV's parse process)."""
     total = rss_mb(pid)
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            with contextlib.suppress(OSError, ValueError):
-                total += rss_mb(int(child))
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            total += rss_mb(child)
     return total
 
 

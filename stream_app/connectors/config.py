@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from stream_app.connectors.csv_rows import ENCODINGS
+from stream_app.connectors.csv_rows import unsupported
 from stream_app.connectors.mapping import FieldMapping
 
 
@@ -71,8 +71,9 @@ class S3Channel(_Channel):
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str) -> str:
-        if value.lower() not in ENCODINGS:
-            raise ValueError(f"encoding {value!r} is not supported; use one of {sorted(ENCODINGS)}")
+        problem = unsupported(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

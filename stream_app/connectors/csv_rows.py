@@ -33,6 +33,13 @@ class CsvRecord:
     error: str | None = None
 
 
+def unsupported(encoding: str) -> str | None:
+    """Why ``encoding`` cannot be read here (None: it can); the channels file checks it."""
+    if encoding.lower() in ENCODINGS:
+        return None
+    return f"encoding {encoding!r} is not supported; use one of {sorted(ENCODINGS)}"
+
+
 class CsvFormatError(ValueError):
     """The file cannot be read as CSV at all (bad encoding, no header)."""
 
@@ -58,10 +65,9 @@ class CsvSplitter:
     another process chunk after chunk."""
 
     def __init__(self, *, encoding: str = "utf-8", start: int = 0, first_line: int = 1) -> None:
-        if encoding.lower() not in ENCODINGS:
-            raise CsvFormatError(
-                f"encoding {encoding!r} is not supported; use one of {sorted(ENCODINGS)}"
-            )
+        problem = unsupported(encoding)
+        if problem:
+            raise CsvFormatError(problem)
         self.codec = "utf-8" if encoding.lower() == "utf-8-sig" else encoding
         self.pending = bytearray()
         self.quoted = False  # inside quotes at the end of ``pending``

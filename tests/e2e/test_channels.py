@@ -22,7 +22,7 @@ from agents.channel_files import PIPELINE_DEPTH
 from stream_app.connectors.rest import derived_event_id
 from stream_app.embedded import free_port
 from tests.fixtures.kafka import KafkaCluster, consume
-from tests.fixtures.procs import ProcessFactory, StreamAppProcess, wait_for
+from tests.fixtures.procs import ProcessFactory, StreamAppProcess, alive, children, wait_for
 from tests.fixtures.s3 import DUMMY_KEY_ID, DUMMY_SECRET, REGION
 from tests.fixtures.simproc import Sim, start_sim, worker_env
 
@@ -172,22 +172,6 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     assert not [pid for pid in helpers if alive(pid)]
     log = worker.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, worker.tail()
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(n) for n in (task / "children").read_text().split()]
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie nobody has reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_a_worker_killed_mid_file_loses_and_duplicates_nothing(
