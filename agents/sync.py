@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import heapq
 import itertools
 import logging
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,15 @@ MAX_ERRORS_KEPT = 20
 
 #: the marker kind of keys that may need sending (tables.keyed side keys)
 DIRTY = b"dirty"
+
+
+def unique_sorted(keys: Iterable[str]) -> Iterator[str]:
+    """A sorted stream without its repeats (a key both marked and with a book)."""
+    last = None
+    for key in keys:
+        if key != last:
+            yield key
+            last = key
 
 
 def now_us() -> int:
@@ -154,20 +164,26 @@ class SyncService:
                 for key, state in inventory.items(partition):
                     yield key, self.sellable_of(key, state), self.accepted.get(key)
             return
-        # resume after the key the last capped flush stopped at: (partition, key) order
+        # resume after the key the last capped flush stopped at: (partition, key) order;
+        # markers are walked lazily from there (a capped flush reads about its cap of
+        # them, not every marker of the catalogue: all keys are marked after a load)
         after_partition, after_key = self._cursor or (-1, "")
         turn = bisect.bisect_left(partitions, after_partition)
         for n, partition in enumerate([*partitions[turn:], *partitions[:turn], *partitions[turn:turn + 1]]):
-            keys = sorted({*self.accepted.side_keys(partition, DIRTY), *self.held_keys(partition)})
-            if partition == after_partition:  # first the keys after the cursor, last the rest
-                cut = bisect.bisect_right(keys, after_key)
-                keys = keys[cut:] if n == 0 else keys[:cut]
-            elif n == len(partitions):
+            resumed = partition == after_partition and n == 0
+            if partition != after_partition and n == len(partitions):
                 continue
+            held = sorted(self.held_keys(partition))
+            if resumed:
+                held = held[bisect.bisect_right(held, after_key):]
+            marked = self.accepted.iter_side_keys(partition, DIRTY, after_key if resumed else None)
+            keys: Iterable[str] = unique_sorted(heapq.merge(marked, held))
+            if partition == after_partition and n > 0:  # the wrap: the keys up to the cursor
+                keys = itertools.takewhile(lambda key: key <= after_key, keys)
             for key in keys:
-                found = inventory.get(key)
+                found = inventory.get(key, partition)
                 if found is not None:
-                    yield key, self.sellable_of(key, found), self.accepted.get(key)
+                    yield key, self.sellable_of(key, found, partition), self.accepted.get(key, partition)
 
     def consider(
         self, partitions: list[int], *, full: bool = False
@@ -273,7 +289,7 @@ class SyncService:
         considered, more = self.consider(partitions, full=full)
         dirty = select_dirty(considered, start, full_resync=full)
         clean = [key for key, sellable, entry in considered if not is_dirty(sellable, entry)]
-        marked = {key for p in partitions for key in self.accepted.side_keys(p, DIRTY)}
+        marked = {key for key, _, _ in considered if self.accepted.is_marked(DIRTY, key)}
         self.unmarked_dirty = sum(
             1 for key, sellable, entry in considered
             if key not in marked and is_dirty(sellable, entry)

@@ -17,7 +17,8 @@ For each catalogue size, on its own embedded broker, real ``stream-app worker`` 
 
 (0), the baseline measured in the same run: a bare Faust agent decoding single-record
 events (bench/ingest.py's, same broker, same partitions).
-Usage: python bench/scale.py [--keys 100000,1000000] [--events N]
+Usage: python bench/scale.py [--keys 100000,1000000] [--events N] [--quick]
+(``--quick``: the baselines, the load and the stream only, steps 1, 2 and 4's first figure)
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def sample_keys(keys: int, per_partition: int = 5) -> list[int]:
     return [n for v in found.values() for n in v]
 
 
-def run_size(keys: int, events: int, bare_per_s: float) -> dict[str, Any]:
+def run_size(keys: int, events: int, bare_per_s: float, quick: bool = False) -> dict[str, Any]:
     broker = EmbeddedBroker(port=free_port()).start()
     root = Path(tempfile.mkdtemp(prefix=f"scale-{keys}-"))
     app_id = f"scale{keys}-{uuid.uuid4().hex[:4]}"
@@ -237,6 +238,8 @@ def run_size(keys: int, events: int, bare_per_s: float) -> dict[str, Any]:
         out["rss_mb_after_stream"] = rss_mb(first.proc.pid)  # type: ignore[union-attr]
         print(f"  [{keys:,}] steady stream: {out['stream_events_per_s']:,.0f} events/s, "
               f"GET p99 {out['get_p99_ms']:.1f} ms", flush=True)
+        if quick:  # --quick: the load and the stream only (iterating on the apply path)
+            return out
 
         sizes = asyncio.run(changelog_sizes(
             broker.bootstrap, [f"{app_id}-inventory-changelog", f"{app_id}-fluent_accepted-changelog"]
@@ -325,6 +328,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keys", default="100000,1000000")
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true",
+                        help="only the baselines, the initial load and the steady stream")
     args = parser.parse_args()
     sizes = [int(k) for k in args.keys.split(",")]
 
@@ -339,7 +344,10 @@ def main() -> None:
     print(f"(0) bare Faust agent, decode only: {bare['per_second']:,.0f} events/s", flush=True)
     print(f"(0') plain Faust agent, per-key RocksDB table write per event: "
           f"{plain['per_second']:,.0f} events/s", flush=True)
-    results = [run_size(keys, args.events, bare["per_second"]) for keys in sizes]
+    results = [run_size(keys, args.events, bare["per_second"], args.quick) for keys in sizes]
+    if args.quick:
+        print(json.dumps({"bare": bare, "plain_table": plain, "sizes": results}))
+        return
     for r in results:
         r["stream_ratio_to_plain_table"] = r["stream_events_per_s"] / plain["per_second"]
     for r in results:

@@ -155,18 +155,38 @@ class KeyedTable:
 
     def side_keys(self, partition: int, kind: bytes, *, staged: bool = True) -> list[str]:
         """The keys marked with ``kind`` in a partition (:meth:`mark`), staged marks
-        included unless ``staged`` is false. Reads the markers only, not the entries."""
+        included unless ``staged`` is false. Reads the markers only, not the entries (all
+        of them: :meth:`iter_side_keys` for a bounded walk)."""
+        return list(self.iter_side_keys(partition, kind, staged=staged))
+
+    def iter_side_keys(
+        self, partition: int, kind: bytes, after: str | None = None, *, staged: bool = True
+    ) -> Iterator[str]:
+        """The keys marked with ``kind`` in a partition, in key order, from the first after
+        ``after`` (all when ``None``), read lazily from one RocksDB iterator over the
+        markers: a caller that stops after n keys read about n markers, whatever the
+        catalogue holds. Staged and in-flight marks are overlaid (the newest wins). Not
+        to be held across an ``await`` (a flush may write the partition meanwhile)."""
         prefix = SIDE + kind + b"\x00"
-        found: set[bytes] = set()
-        for key, _ in self._db_for(partition).items(from_key=prefix):
-            if not key.startswith(prefix):
-                break
-            found.add(key)
+        start = prefix + after.encode() if after is not None else prefix
+        pending: dict[bytes, bool] = {}
         for layer in (self._in_flight, self._staged) if staged else ():
             for key, value in layer.get(partition, {}).items():
-                if key.startswith(prefix):
-                    (found.add if value is not None else found.discard)(key)
-        return sorted(key[len(prefix) :].decode() for key in found)
+                if key.startswith(prefix) and (after is None or key > start):
+                    pending[key] = value is not None
+        overlay = sorted(key for key, on in pending.items() if on)
+        at = 0
+        for key, _ in self._db_for(partition).items(from_key=start):
+            if not key.startswith(prefix):
+                break
+            if key in pending or (after is not None and key == start):
+                continue
+            while at < len(overlay) and overlay[at] < key:
+                yield overlay[at][len(prefix):].decode()
+                at += 1
+            yield key[len(prefix):].decode()
+        for key in overlay[at:]:
+            yield key[len(prefix):].decode()
 
     def side_count(self, partition: int, kind: bytes) -> int:
         """How many keys of a partition local state marks with ``kind``: counted once

@@ -203,3 +203,62 @@ def test_markers_are_listed_per_partition_without_the_entries(tmp_path: Path) ->
         assert table.marks(b"dirty", table.partition_of(key), [key]) == [expected]
     assert len({k for p in range(PARTITIONS) for k, _ in table.items(p)}) == 30  # markers apart
     dbs.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.booleans(), st.sampled_from(["mark", "flush", "fail"])),
+             max_size=40),
+    st.one_of(st.none(), st.integers(0, 41)),
+)
+def test_the_lazy_marker_walk_equals_an_oracle_from_any_cursor(
+    tmp_path_factory: Any, steps: list[Any], after: int | None
+) -> None:
+    """iter_side_keys: the marked keys after the cursor, in key order, with staged and
+    in-flight marks overlaid (a failed flush's marks stay staged), whatever was flushed."""
+    broker = Broker()
+    dbs = Databases(tmp_path_factory.mktemp("walk"))
+    table = layer(dbs, broker)
+    oracle: set[str] = set()
+    for n, on, step in steps:
+        key = f"K{n:02}|L"
+        table.mark(b"dirty", key, on)
+        (oracle.add if on else oracle.discard)(key)
+        if step == "flush":
+            run(table.flush())
+        elif step == "fail" and table.staged:
+            broker.fail_after = 0
+            with pytest.raises(ConnectionError):
+                run(table.flush())
+    cursor = None if after is None else f"K{after:02}|L"
+    for partition in range(PARTITIONS):
+        mine = sorted(k for k in oracle if table.partition_of(k) == partition)
+        expected = [k for k in mine if cursor is None or k > cursor]
+        assert list(table.iter_side_keys(partition, b"dirty", cursor)) == expected
+        assert table.side_keys(partition, b"dirty") == mine
+    dbs.close()
+
+
+def test_a_walk_stopped_after_n_markers_read_about_n(tmp_path: Path) -> None:
+    """What a capped flush pays: the walk reads the markers it yields, not all of them."""
+    broker = Broker()
+    dbs = Databases(tmp_path)
+    table = layer(dbs, broker)
+    for n in range(3_000):
+        table.mark(b"dirty", f"K{n:05}|L", True, 0)
+    run(table.flush())
+    read = 0
+    real = dbs(0)
+
+    class Counting:
+        def items(self, **kwargs: Any) -> Any:
+            nonlocal read
+            for item in real.items(**kwargs):
+                read += 1
+                yield item
+
+    table._db_for = lambda partition: Counting()  # type: ignore[assignment,return-value]
+    walk = table.iter_side_keys(0, b"dirty", "K01000|L")
+    assert [next(walk) for _ in range(10)] == [f"K{n:05}|L" for n in range(1001, 1011)]
+    assert read <= 12
+    dbs.close()

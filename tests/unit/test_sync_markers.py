@@ -111,6 +111,41 @@ def test_a_flush_takes_at_most_its_cap_and_the_next_resumes_after_it(tmp_path: P
     assert len(world.service.consider(list(range(PARTITIONS)), full=True)[0]) == 20
 
 
+def test_a_capped_flush_reads_about_its_cap_of_markers_not_all(tmp_path: Path) -> None:
+    """Every key is marked after an initial load: a flush walks the markers from its
+    cursor and stops at its cap (it listed every marker of the catalogue twice before)."""
+    world = World(tmp_path, flush_max=10)
+    for n in range(600):
+        world.accepted.mark(DIRTY, f"K{n:04}|L", True)
+        world.inventory.put(f"K{n:04}|L", stock(1))
+    asyncio.run(world.inventory.flush())
+    asyncio.run(world.accepted.flush())
+    read = 0
+    databases = world.accepted._db_for
+
+    class Counting:
+        def __init__(self, db: Any) -> None:
+            self.db = db
+
+        def get(self, key: Any) -> Any:
+            return self.db.get(key)
+
+        def items(self, **kwargs: Any) -> Any:
+            nonlocal read
+            for item in self.db.items(**kwargs):
+                read += 1
+                yield item
+
+    world.accepted._db_for = lambda partition: Counting(databases(partition))  # type: ignore[method-assign]
+    seen: list[str] = []
+    for _ in range(3):
+        batch, more = world.service.consider(list(range(PARTITIONS)))
+        assert len(batch) == 10 and more
+        seen += [key for key, _, _ in batch]
+    assert len(set(seen)) == 30
+    assert read <= 3 * (10 + 1 + PARTITIONS)  # the cap, the one that says "more", partition ends
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 3), st.booleans()), max_size=30))
 def test_the_kept_marker_count_equals_a_recount(tmp_path_factory: Any, steps: list[Any]) -> None:
