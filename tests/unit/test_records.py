@@ -83,6 +83,15 @@ def test_partition_matches_kafka_default_partitioner(key: str, partitions: int) 
     assert partition_for(key, partitions) == expected
 
 
+@given(st.binary(max_size=64))
+def test_kafka_murmur2_in_c_equals_the_pure_python_reference(data: bytes) -> None:
+    from aiokafka.partitioner import murmur2
+
+    from stream_app.partitioning import kafka_murmur2
+
+    assert kafka_murmur2(data) == int(murmur2(data)) & 0xFFFFFFFF
+
+
 def test_quantities_beyond_what_the_product_stores_are_rejected() -> None:
     from stream_app.records import MAX_QUANTITY
 
