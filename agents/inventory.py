@@ -191,7 +191,8 @@ async def run_ingest(
     """The ingest stage: read ``topic`` with a plain aiokafka consumer of its own group
     (``<app id>-ingest``), hand the records of each fetch to ``handle`` as one group, and
     commit their offsets only once ``handle`` returned (every record forwarded or
-    dead-lettered: at-least-once). The stage is stateless (it only repartitions), so it
+    dead-lettered: at-least-once), in group order, each commit overlapping the next
+    group's handling. The stage is stateless (it only repartitions), so it
     needs none of Faust's per-event machinery, which bounded it to Faust's per-event
     rate (docs/benchmarks.md). A commit refused by a rebalance leaves the records to
     the partition's next reader (a duplicate apply changes nothing)."""
@@ -210,8 +211,17 @@ async def run_ingest(
         max_partition_fetch_bytes=max(1_048_576, settings.max_event_bytes + 65_536),
     )
 
+    async def commit(batches: dict[Any, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        where = f"{topic}[{min(tp.partition for tp in batches)}]"
+        try:  # the stream cannot move on until the broker takes the offsets: a stall
+            with waiting_on_broker(app, where):
+                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            log.info("ingest commit refused (%r): the next reader replays the records", exc)
+
     # closed before the worker cancels this task (else "Unclosed AIOKafkaConsumer")
     receiver = at_shutdown(app, lambda: stop_consumer(consumer))
+    committing: asyncio.Future[None] | None = None
     try:
         await consumer.start()
         while True:
@@ -222,16 +232,17 @@ async def run_ingest(
                 continue
             # one group for the whole fetch: one forward per target partition
             await handle([source_event(r) for records in batches.values() for r in records])
-            where = f"{topic}[{min(tp.partition for tp in batches)}]"
-            try:  # the stream cannot move on until the broker takes the offsets: a stall
-                with waiting_on_broker(app, where):
-                    await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items()})
-            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-                log.info("ingest commit refused (%r): the next reader replays the records", exc)
+            # a group's offsets are committed once it is delivered, in group order, while
+            # the next group is read and handled (the commit's round trip overlaps it)
+            if committing is not None:
+                await committing
+            committing = asyncio.ensure_future(commit(batches))
     except ConsumerStoppedError:
         log.info("ingest stopped (the worker is stopping)")
     finally:
         not_at_shutdown(app, receiver)
+        if committing is not None and not committing.done():
+            committing.cancel()  # not committed: the next reader replays the group
         await stop_consumer(consumer)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from stream_app.records import ExpectedArrival, StockChange
 
@@ -37,8 +37,10 @@ class BufferPolicy:
         return self.default
 
 
-@dataclass(frozen=True, slots=True)
-class Aggregate:
+class Aggregate(NamedTuple):
+    """A key's totals (a named tuple: built for every key an apply touches, and a frozen
+    dataclass's ``__init__`` costs several times a tuple's)."""
+
     total_on_hand: int
     total_reserved: int
     buffer: int
