@@ -88,8 +88,8 @@ async def deliver_until_done(
 
 
 #: records parsed or applied between two yields to the event loop (a group or message
-#: holds thousands; one slice takes a few milliseconds)
-APPLY_SLICE = 200
+#: holds thousands; one slice takes 2-4 ms at 1M keys: GET /inventory p99 under a saturating stream)
+APPLY_SLICE = 100
 
 
 def apply_records(
