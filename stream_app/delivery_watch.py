@@ -18,11 +18,31 @@ Observer = Callable[[Sequence[Message]], None]
 
 @dataclass
 class DeliveryWatch:
-    #: "topic[partition]" of a stream waiting for the broker → loop time it started
-    waiting: dict[str, float] = field(default_factory=dict)
     observers: list[Observer] = field(default_factory=list)
     #: bytes of an original a dead letter keeps (``STREAM_APP_DEAD_LETTER_MAX_BYTES``)
     dead_letter_max_bytes: int = 65536
+    #: "topic[partition]" → each wait in progress there (token → loop time it started):
+    #: one stream may wait on several things at once (a commit and the next delivery,
+    #: two tables' flushes), and the end of one must not hide the others
+    _waits: dict[str, dict[object, float]] = field(default_factory=dict)
+
+    def begin(self, where: str, now: float) -> object:
+        """Note a wait for the broker at ``where``; returns the token :meth:`end` takes."""
+        token = object()
+        self._waits.setdefault(where, {})[token] = now
+        return token
+
+    def end(self, where: str, token: object) -> None:
+        waits = self._waits.get(where)
+        if waits is not None:
+            waits.pop(token, None)
+            if not waits:
+                del self._waits[where]
+
+    @property
+    def waiting(self) -> dict[str, float]:
+        """Streams waiting for the broker → loop time the oldest of their waits started."""
+        return {where: min(waits.values()) for where, waits in self._waits.items()}
 
     def stalls(self, now: float, at_least: float) -> dict[str, float]:
         """Streams waiting for the broker for ``at_least`` seconds or more → seconds."""

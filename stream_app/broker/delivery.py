@@ -68,13 +68,13 @@ def source_of(event: faust.EventT | None = None) -> str:
 def waiting_on_broker(app: faust.types.AppT, source: str | None = None) -> Iterator[None]:
     """Note the stream (``source``, default :func:`source_of`) as waiting for the broker
     while the block runs: the stall report of ``/health``."""
-    waiting = watch_of(app).waiting
+    watch = watch_of(app)
     where = source or source_of()
-    waiting.setdefault(where, asyncio.get_running_loop().time())
+    token = watch.begin(where, asyncio.get_running_loop().time())
     try:
         yield
     finally:
-        waiting.pop(where, None)
+        watch.end(where, token)
 
 
 async def flush_writes(app: faust.types.AppT, source: str | None = None) -> None:

@@ -104,6 +104,23 @@ async def test_a_stream_is_stalled_while_its_outputs_are_refused_and_observers_s
     assert seen == [3]  # observed once, after the broker had all of it
 
 
+async def test_the_end_of_one_wait_does_not_hide_another_of_the_same_stream() -> None:
+    """The ingest commits a group while it delivers the next one (both "topic[p]"): a
+    refused commit that ends must leave the stuck delivery in the stall report."""
+    from stream_app.broker.delivery import waiting_on_broker
+    from stream_app.delivery_watch import watch_of
+
+    app = SimpleNamespace()
+    watch = watch_of(app)
+    with waiting_on_broker(app, "t[0]"):
+        since = watch.waiting["t[0]"]
+        with waiting_on_broker(app, "t[0]"):  # the commit, started later, ends first
+            pass
+        assert watch.waiting == {"t[0]": since}
+        assert set(watch.stalls(since + 10, 5)) == {"t[0]"}
+    assert watch.waiting == {}
+
+
 async def test_a_message_the_broker_will_never_take_is_not_retried_for_ever() -> None:
     from aiokafka.errors import MessageSizeTooLargeError
 
