@@ -169,7 +169,8 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     assert helpers
     os.killpg(worker.proc.pid, signal.SIGINT)
     assert worker.proc.wait(30) == 0
-    assert not [pid for pid in helpers if alive(pid)]
+    # the parse process leaves just after its worker (the pool's shutdown does not wait)
+    wait_for(lambda: not [pid for pid in helpers if alive(pid)], 10, 0.1, "the parse process gone")
     log = worker.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, worker.tail()
 
