@@ -315,6 +315,11 @@ class Books:
         self.save(out)
         return {"ok": error is None, "error": error, "reservations": touched}
 
+    def has_books(self, partition: int, keys: list[str]) -> bool:
+        """Whether any of ``keys`` (of ``partition``, owned here) has a book."""
+        books = self.store.books(partition).books
+        return any(key in books for key in keys)
+
     def promote(
         self,
         partition: int,

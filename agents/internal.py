@@ -27,10 +27,13 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 
+from stream_app.broker.batching import take_ready
+from stream_app.broker.current_event import writing_as
 from stream_app.broker.delivery import deliver, source_of
 from stream_app.delivery_watch import Message, Observer, watch_of
 
 if TYPE_CHECKING:
+    from agents.inventory import GroupedApply, StagedApply
     from stream_app.app import Handler, InternalHandlers, Runtime
     from stream_app.metrics import Metrics
     from tables.keyed import KeyedTable
@@ -145,6 +148,46 @@ def dispatch_table(handlers: InternalHandlers) -> dict[bytes, Handler]:
     return {kind: handler for kind, handler in table.items() if handler is not None}
 
 
+async def handle_group(
+    group: Sequence[faust.EventT],
+    registry: dict[bytes, Handler],
+    grouped: GroupedApply | None,
+    dlq: faust.TopicT,
+    most_records: int = 2000,
+) -> None:
+    """Handle one group of internal messages in order. Consecutive inventory applies are
+    prepared one after the other and completed as a run (one changelog flush, then their
+    hooks in order); a run is completed before any other kind is handled (which sees,
+    and follows, the applies before it) and right after an apply whose hooks read its
+    keys (``alone``: they see its state, not a later message's) or once the run holds
+    ``most_records`` (a flush is one step of the event loop)."""
+    run: list[StagedApply] = []
+    records = 0
+    for event in group:
+        if grouped is not None and event.key == INVENTORY_APPLY:
+            with writing_as(event):
+                staged = await grouped.prepare(event)
+            if staged is not None:
+                run.append(staged)
+                records += staged.records
+                if staged.alone or records >= most_records:
+                    await grouped.complete(run)
+                    run, records = [], 0
+            continue
+        if run and grouped is not None:
+            await grouped.complete(run)
+            run, records = [], 0
+        handler = registry.get(event.key) if isinstance(event.key, bytes) else None
+        with writing_as(event):
+            if handler is None:
+                log.warning("internal message of unknown kind %r dead-lettered", event.key)
+                await dead_letter(dlq, event, f"unknown internal message kind {event.key!r}")
+                continue
+            await handler(event)
+    if run and grouped is not None:
+        await grouped.complete(run)
+
+
 def register(runtime: Runtime) -> None:
     app, names = runtime.app, runtime.names
     watch = watch_of(app)
@@ -152,14 +195,16 @@ def register(runtime: Runtime) -> None:
     watch.observers.append(count_dead_letters(runtime.metrics))
     dlq = runtime.topic(names.internal_dlq)
 
+    group_max = runtime.settings.internal_group_max
+    most_records = runtime.settings.internal_group_records
+
     @app.agent(runtime.topic(names.internal), name="internal")
     @runtime.metrics.counting_crashes("internal")
     async def internal(stream: faust.StreamT[bytes]) -> None:
         registry = dispatch_table(runtime.internal_handlers)  # every module has registered
-        async for event in stream.events():
-            handler = registry.get(event.key) if isinstance(event.key, bytes) else None
-            if handler is None:
-                log.warning("internal message of unknown kind %r dead-lettered", event.key)
-                await dead_letter(dlq, event, f"unknown internal message kind {event.key!r}")
-                continue
-            await handler(event)
+        grouped = runtime.internal_handlers.inventory_grouped
+        # groups of what is buffered (no wait), acked once the whole group is handled:
+        # consecutive inventory applies share one changelog flush instead of one wait
+        # for the broker each (the apply side's bound, docs/benchmarks.md)
+        async for group in take_ready(stream, group_max):
+            await handle_group(group, registry, grouped, dlq, most_records)

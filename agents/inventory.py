@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import faust
@@ -30,6 +31,7 @@ from faust.exceptions import NotReady
 
 from agents.internal import INVENTORY_APPLY, dead_letter, dead_letter_message
 from stream_app.broker.consumers import stop_consumer
+from stream_app.broker.current_event import writing_as
 from stream_app.broker.delivery import Message, deliver, source_of, waiting_on_broker
 from stream_app.broker.lifecycle import at_shutdown, not_at_shutdown
 from stream_app.broker.tansu_offsets import bootstrap_list
@@ -246,6 +248,29 @@ async def run_ingest(
         await stop_consumer(consumer)
 
 
+@dataclass(slots=True)
+class StagedApply:
+    """One inventory-apply message applied, its writes staged (tables.keyed), not flushed."""
+
+    event: faust.EventT
+    keys: list[str]
+    changed: list[str]
+    tables: list[KeyedTable]  # tables the stagers wrote beside the inventory
+    records: int
+    #: a hook reads the state of its keys (a book is waiting on their supply): flushed
+    #: and announced before the next message is applied, so the hook sees this one's state
+    alone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GroupedApply:
+    """Consecutive inventory applies of one internal group: each ``prepare``d in order,
+    a run of them ``complete``d with one flush (agents.internal)."""
+
+    prepare: Callable[[faust.EventT], Awaitable[StagedApply | None]]
+    complete: Callable[[list[StagedApply]], Awaitable[None]]
+
+
 def register(runtime: Runtime) -> None:
     app, settings, names = runtime.app, runtime.settings, runtime.names
     apply_topic = runtime.topic(names.internal)
@@ -314,13 +339,17 @@ def register(runtime: Runtime) -> None:
                 return
             raise
 
-    async def apply(event: faust.EventT) -> None:
+    reads_supply = runtime.inventory_hooks.reads_supply
+
+    async def prepare(event: faust.EventT) -> StagedApply | None:
+        """Apply one message's records and stage its writes (not flushed); None when it
+        was dead-lettered."""
         try:
             records = [from_wire(item) for item in orjson.loads(event.value)]
         except Exception as exc:
             log.exception("bad inventory-apply message on %s", names.internal)
             await dead_letter(dlq, event, f"internal record: {exc!r}")
-            return
+            return None
         partition = event.message.partition  # the sender chose the records' partition
         keys: list[str] = []
         changed: list[str] = []
@@ -335,10 +364,25 @@ def register(runtime: Runtime) -> None:
                 table = stage(list(states), states, partition)
                 together[id(table)] = table
         keys = list(dict.fromkeys(keys))
-        changed = list(dict.fromkeys(changed))
-        await flush_all([runtime.inventory, *together.values()], source_of(event))
-        runtime.metrics.records_applied.inc(len(records))
-        for hook in after_apply:  # also when nothing changed: a replay re-announces
-            await hook(event, keys, changed)
+        alone = any(reads(partition, keys) for reads in reads_supply)
+        return StagedApply(event, keys, list(dict.fromkeys(changed)), list(together.values()),
+                           len(records), alone)
 
+    async def complete(run: list[StagedApply]) -> None:
+        """Flush what ``run`` staged, once for all of it (one wait for the broker), then
+        run each message's hooks in order, as while processing it."""
+        tables = {id(table): table for staged in run for table in staged.tables}
+        await flush_all([runtime.inventory, *tables.values()], source_of(run[0].event))
+        runtime.metrics.records_applied.inc(sum(staged.records for staged in run))
+        for staged in run:
+            with writing_as(staged.event):
+                for hook in after_apply:  # also when nothing changed: a replay re-announces
+                    await hook(staged.event, staged.keys, staged.changed)
+
+    async def apply(event: faust.EventT) -> None:
+        staged = await prepare(event)
+        if staged is not None:
+            await complete([staged])
+
+    runtime.internal_handlers.inventory_grouped = GroupedApply(prepare, complete)
     runtime.internal_handlers.inventory_apply = apply

@@ -317,3 +317,5 @@ def register(runtime: Runtime) -> None:
         await books.flush(out)
 
     runtime.inventory_hooks.after_apply.append(promote_after_supply)
+    # the promotion reads the supply of keys with a book: such a message's state alone
+    runtime.inventory_hooks.reads_supply.append(books.has_books)

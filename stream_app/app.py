@@ -22,6 +22,7 @@ from tables.keyed import KeyedTable
 if TYPE_CHECKING:
     from agents.books import Books
     from agents.channels import ChannelsService
+    from agents.inventory import GroupedApply
     from agents.reconcile import Reconciler
     from agents.release_service import ReleaseService
     from agents.result_waiters import ResultWaiters
@@ -39,6 +40,9 @@ Handler = Callable[[faust.EventT], Awaitable[None]]
 Stager = Callable[[list[str], dict[str, Any], int], KeyedTable]
 #: ``hook(event, keys, changed)`` after an inventory apply is on the changelog
 AfterApply = Callable[[faust.EventT, list[str], list[str]], Awaitable[None]]
+#: ``reads(partition, keys)``: whether an after-apply hook reads the state of these keys
+#: (then a message touching them is flushed on its own: its hooks see its state alone)
+ReadsSupply = Callable[[int, list[str]], bool]
 #: ``enrich(sku, location, atp) -> fields`` added to ``GET /inventory/{sku}/{location}``
 ViewEnricher = Callable[[str, str, int], dict[str, Any]]
 
@@ -49,6 +53,8 @@ class InternalHandlers:
     :func:`agents.internal.dispatch_table` maps the kinds to them (one table, one place)."""
 
     inventory_apply: Handler | None = None  # agents.inventory
+    #: the same kind as runs sharing one flush (agents.inventory.GroupedApply)
+    inventory_grouped: GroupedApply | None = None
     sync_ack: Handler | None = None  # agents.sync
     preorder_items: Handler | None = None  # agents.preorders (the books)
     preorder_decisions: Handler | None = None  # agents.preorders (the order collector)
@@ -63,6 +69,7 @@ class InventoryHooks:
 
     stagers: list[Stager] = field(default_factory=list)
     after_apply: list[AfterApply] = field(default_factory=list)
+    reads_supply: list[ReadsSupply] = field(default_factory=list)
     view_enrichers: list[ViewEnricher] = field(default_factory=list)
 
 

@@ -173,6 +173,16 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(256_000, ge=1024)
     preorder_batch_max: int = Field(1000, ge=1, description="pre-orders grouped per intake step")
+    internal_group_max: int = Field(
+        64, ge=1,
+        description="internal-topic messages handled as one group: consecutive inventory "
+        "applies share one changelog flush (1: a flush per message)",
+    )
+    internal_group_records: int = Field(
+        2000, ge=1,
+        description="records of consecutive inventory applies flushed together at most (a "
+        "flush runs on the event loop in one step: its size bounds GET latency under load)",
+    )
     preorder_batch_within: float = Field(
         0.02,
         ge=0,
