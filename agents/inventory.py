@@ -90,8 +90,10 @@ async def deliver_until_done(
 
 
 #: records parsed or applied between two yields to the event loop (a group or message
-#: holds thousands; one slice takes 2-4 ms at 1M keys: GET /inventory p99 under a saturating stream)
-APPLY_SLICE = 100
+#: holds thousands): a request waits for one step of each busy task, so the slice bounds
+#: GET /inventory p99 under a saturating stream (1M keys: 200 → 25 ms, 100 → 13.5 ms
+#: before the group commit; with it 100 → 31.6 ms, 50 → ~21 ms; docs/benchmarks.md)
+APPLY_SLICE = 50
 
 
 def apply_records(
