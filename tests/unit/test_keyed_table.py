@@ -77,6 +77,27 @@ class Databases:
         self.dbs.clear()
 
 
+class CountingReads:
+    """Partition databases whose iterators count the entries they yield (``read``)."""
+
+    def __init__(self, databases: Any) -> None:
+        self.databases, self.read = databases, 0
+
+    def __call__(self, partition: int) -> Any:
+        counter, db = self, self.databases(partition)
+
+        class Counted:
+            def get(self, key: Any) -> Any:
+                return db.get(key)
+
+            def items(self, **kwargs: Any) -> Any:
+                for item in db.items(**kwargs):
+                    counter.read += 1
+                    yield item
+
+        return Counted()
+
+
 def layer(dbs: Databases, broker: Broker) -> KeyedTable:
     return KeyedTable("t", "t-changelog", PARTITIONS, dbs, broker.deliver)
 
@@ -247,18 +268,8 @@ def test_a_walk_stopped_after_n_markers_read_about_n(tmp_path: Path) -> None:
     for n in range(3_000):
         table.mark(b"dirty", f"K{n:05}|L", True, 0)
     run(table.flush())
-    read = 0
-    real = dbs(0)
-
-    class Counting:
-        def items(self, **kwargs: Any) -> Any:
-            nonlocal read
-            for item in real.items(**kwargs):
-                read += 1
-                yield item
-
-    table._db_for = lambda partition: Counting()  # type: ignore[assignment,return-value]
+    counting = table._db_for = CountingReads(dbs)  # type: ignore[method-assign]
     walk = table.iter_side_keys(0, b"dirty", "K01000|L")
     assert [next(walk) for _ in range(10)] == [f"K{n:05}|L" for n in range(1001, 1011)]
-    assert read <= 12
+    assert counting.read <= 12
     dbs.close()

@@ -19,7 +19,7 @@ from agents.sync import DIRTY, SyncService, record_acknowledgement
 from stream_app.domain.inventory import BufferPolicy
 from stream_app.settings import Settings
 from tables.keyed import KeyedTable
-from tests.unit.test_keyed_table import PARTITIONS, Broker, Databases
+from tests.unit.test_keyed_table import PARTITIONS, Broker, CountingReads, Databases
 
 
 def stock(on_hand: int) -> dict[str, Any]:
@@ -120,30 +120,14 @@ def test_a_capped_flush_reads_about_its_cap_of_markers_not_all(tmp_path: Path) -
         world.inventory.put(f"K{n:04}|L", stock(1))
     asyncio.run(world.inventory.flush())
     asyncio.run(world.accepted.flush())
-    read = 0
-    databases = world.accepted._db_for
-
-    class Counting:
-        def __init__(self, db: Any) -> None:
-            self.db = db
-
-        def get(self, key: Any) -> Any:
-            return self.db.get(key)
-
-        def items(self, **kwargs: Any) -> Any:
-            nonlocal read
-            for item in self.db.items(**kwargs):
-                read += 1
-                yield item
-
-    world.accepted._db_for = lambda partition: Counting(databases(partition))  # type: ignore[method-assign]
+    counting = world.accepted._db_for = CountingReads(world.accepted._db_for)  # type: ignore[method-assign]
     seen: list[str] = []
     for _ in range(3):
         batch, more = world.service.consider(list(range(PARTITIONS)))
         assert len(batch) == 10 and more
         seen += [key for key, _, _ in batch]
     assert len(set(seen)) == 30
-    assert read <= 3 * (10 + 1 + PARTITIONS)  # the cap, the one that says "more", partition ends
+    assert counting.read <= 3 * (10 + 1 + PARTITIONS)  # the cap, the one that says "more", partition ends
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
