@@ -225,7 +225,15 @@ class ReleaseService:
             await self.release_partition(partition, command)
         elif kind == "expire":
             out = self._step(partition)
-            self.expire_partition(partition, out, f"expire@{command.get('at')}")
+            # the command's moment, not the clock's: a replayed command (a kill before
+            # its offset was committed) decides and stamps its events as the first time
+            at = command.get("at")
+            try:
+                now = parse_iso(str(at)) if at else None
+            except ValueError:
+                log.warning("expire command with an unreadable 'at' %r: the clock's moment", at)
+                now = None
+            self.expire_partition(partition, out, f"expire@{at}", now)
             await out.flush()
         elif kind == "prune":
             await self.prune_partition(partition, parse_iso(str(command["before"])))
@@ -246,9 +254,12 @@ class ReleaseService:
                      "before %s)", partition, reservations, orders, iso(before))
         return reservations, orders
 
-    def expire_partition(self, partition: int, out: Step, cause: str | None = None) -> int:
-        """Uncommitted reservations past ``expiresAt`` → EXPIRED, then promotion."""
-        now = self.clock()
+    def expire_partition(
+        self, partition: int, out: Step, cause: str | None = None, now: datetime | None = None
+    ) -> int:
+        """Uncommitted reservations past ``expiresAt`` (at ``now``, the clock's by
+        default) → EXPIRED, then promotion."""
+        now = self.clock() if now is None else now
         part = self.store.books(partition)
         expired = 0
         held_until = now - timedelta(hours=self.settings.confirmed_hold_grace_hours)
@@ -496,6 +507,12 @@ class ReleaseService:
 
     async def _apply_results(self, partition: int, group: list[OrderResult], report: Json) -> None:
         now = self.clock()
+        # a CONFIRMED event is sent before its write (events_first): after a lost write (a
+        # kill, or an old owner evicted mid-group) the order is confirmed again and must
+        # make the SAME event, so the event is stamped with the run's start (durable before
+        # any order exists), not with the moment an answer came back (the reservation's
+        # confirmedAt stays that moment: held units are settled by stock newer than it)
+        run_at = parse_iso(str(report["startedAt"]))
         out = self._step(partition)
         part = self.store.books(partition)  # fresh: a rebalance may have rebuilt the cache
         orders = report["orders"]
@@ -507,7 +524,7 @@ class ReleaseService:
                 continue
             if result.error is None:
                 outcome = order_created(
-                    book, result.reservation_id, now, f"release:{report['runId']}"
+                    book, result.reservation_id, now, f"release:{report['runId']}", run_at
                 )
                 orders["created" if result.created_now else "alreadyExisted"] += 1
             else:

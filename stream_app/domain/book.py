@@ -32,6 +32,7 @@ from stream_app.domain.ids import (
     reservation_id,
 )
 from stream_app.domain.model import (
+    CONFIRMED_INDEX,
     COUNTED,
     FINAL,
     HISTORY_KEPT,
@@ -52,6 +53,8 @@ from stream_app.domain.model import (
 from stream_app.domain.preorders import ItemRequest, Policy
 from stream_app.domain.priority import tier_score
 from stream_app.domain.ranking import BULK, POSITIONED, Queue, Recorder
+
+_CONFIRMED = str(EventType.CONFIRMED)
 
 
 class ReservationBook:
@@ -450,7 +453,11 @@ class ReservationBook:
         event = reservation_event(
             reservation, EventType(entry[2]), entry[5], entry[3], entry[4]
         )
-        event["eventId"] = event_id(reservation.reservation_id, cause, entry[1])
+        # a reservation is confirmed once per run, in whatever order Fluent's answers come
+        # back: its id must not depend on that order (a resumed attempt that confirms again
+        # what a lost write forgot answers in another order, and must send the same event)
+        index = CONFIRMED_INDEX if entry[2] == _CONFIRMED else entry[1]
+        event["eventId"] = event_id(reservation.reservation_id, cause, index)
         return event
 
     def _emission(self, cause: str) -> list[dict[str, Any]]:
@@ -849,11 +856,17 @@ class ReservationBook:
         return Outcome(changed=settled)
 
     def apply_transitions(
-        self, transitions: Sequence[Transition], now: datetime, cause: str | None = None
+        self,
+        transitions: Sequence[Transition],
+        now: datetime,
+        cause: str | None = None,
+        *,
+        event_at: datetime | None = None,
     ) -> Outcome:
         """Apply status changes decided elsewhere (the release); unknown ids and no-op
         transitions are skipped. Events are emitted in the given order; with a ``cause``
-        (the release run) they are recorded, so a resumed run re-sends them, same ids."""
+        (the release run) they are recorded, so a resumed run re-sends them, same ids.
+        ``event_at``: the events' moment when it is not ``now``."""
         require_aware(now)
         recorder = Recorder(self._revision)
         moves: list[tuple[Reservation, Status]] = []
@@ -876,4 +889,4 @@ class ReservationBook:
                 recorder.touch(reservation)
             else:
                 recorder.event(reservation, transition.event, transition.reason)
-        return self._finish(recorder, now, cause, recorded_too=False)
+        return self._finish(recorder, event_at or now, cause, recorded_too=False)

@@ -194,7 +194,11 @@ class Reservation:
         return status in HOLDING or (status is Status.CONFIRMED and not self.settled)
 
 
-def event_id(reservation_id: str, cause: str, index: int) -> str:
+#: the index in the id of a CONFIRMED event: one per reservation and run, whatever its place
+CONFIRMED_INDEX = "confirmed"
+
+
+def event_id(reservation_id: str, cause: str, index: int | str) -> str:
     """Deterministic id of the ``index``-th event caused by ``cause`` (the same on every
     replay of that cause)."""
     digest = hashlib.sha256(f"{reservation_id}|{cause}|{index}".encode()).hexdigest()[:20]

@@ -169,10 +169,18 @@ def allocate_release(
 
 
 def order_created(
-    book: ReservationBook, reservation_id: str, now: datetime, cause: str | None = None
+    book: ReservationBook,
+    reservation_id: str,
+    now: datetime,
+    cause: str | None = None,
+    event_at: datetime | None = None,
 ) -> Outcome:
     """Fluent accepted the order: CONFIRMING/RELEASE_FAILED → CONFIRMED (event CONFIRMED).
-    Idempotent: an already CONFIRMED reservation is left alone."""
+    Idempotent: an already CONFIRMED reservation is left alone.
+
+    ``event_at``: the event's ``at`` when it must not depend on ``now`` (the run's start:
+    a confirmation made again after its write was lost makes the same event);
+    ``confirmedAt`` is ``now``."""
     reservation = book.get(reservation_id)
     if reservation is None:
         return Outcome(error="not_found")
@@ -181,7 +189,10 @@ def order_created(
     if reservation.status not in PENDING:
         return Outcome(reservation=reservation, error="not_pending")
     outcome = book.apply_transitions(
-        [Transition(reservation_id, Status.CONFIRMED, None, EventType.CONFIRMED)], now, cause
+        [Transition(reservation_id, Status.CONFIRMED, None, EventType.CONFIRMED)],
+        now,
+        cause,
+        event_at=event_at,
     )
     outcome.reservation = reservation
     return outcome

@@ -353,6 +353,44 @@ def test_release_never_over_confirms_and_follows_priority(
     assert again.changed == [] and again.events == []
 
 
+def stored_copy(book: ReservationBook) -> ReservationBook:
+    """The book as the changelog would give it back (its writes so far durable)."""
+    return ReservationBook.restore(
+        book.sku, book.location, [Reservation.from_dict(r.to_stored()) for r in book.reservations()]
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(lost=st.sets(st.sampled_from("ABCD"), min_size=1), order=st.permutations("ABCD"))
+def test_a_confirmation_made_again_after_its_write_was_lost_makes_the_same_event(
+    lost: set[str], order: list[str]
+) -> None:
+    """CONFIRMED is sent before its write: a kill (or an old owner evicted mid-group)
+    can lose the write, and the resumed run confirms again, in whatever order Fluent
+    answers then. It must send the same event (same id, same bytes), while the
+    reservation's confirmedAt is when its order really was confirmed."""
+    cause = "release:rel-20300201-abc"
+    book = build([(o, "STANDARD", 1, SHIP) for o in "ABCD"])
+    allocate_release(book, SHIP, 4, NO_COMMITS, RELEASE_AT, cause)
+    durable = stored_copy(book)
+    first: dict[str, list[dict[str, object]]] = {}
+    for n, o in enumerate("ABCD"):
+        at = RELEASE_AT + timedelta(seconds=n)
+        first[o] = order_created(book, rid(o), at, cause, RELEASE_AT).events
+        if o not in lost:  # this write reached the changelog
+            order_created(durable, rid(o), at, cause, RELEASE_AT)
+    assert len({e["eventId"] for events in first.values() for e in events}) == 4
+    resumed = stored_copy(durable)
+    later = RELEASE_AT + timedelta(minutes=5)
+    for o in order:
+        again = order_created(resumed, rid(o), later, cause, RELEASE_AT)
+        assert again.events == (first[o] if o in lost else []), o
+        confirmed = resumed.get(rid(o))
+        assert confirmed is not None
+        assert confirmed.confirmed_at == (later if o in lost else RELEASE_AT + timedelta(
+            seconds="ABCD".index(o)))
+
+
 def test_a_resumed_run_re_sends_its_events_with_the_same_ids() -> None:
     """The run is the cause of its events: an attempt that died between its writes and its
     events is resumed by re-sending what the run recorded, ids and moments unchanged."""
