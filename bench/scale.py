@@ -130,6 +130,29 @@ class Sampler(threading.Thread):
         self.join(10)
 
 
+def gc_pauses(proc: StreamAppProcess) -> dict[str, tuple[float, float, float]]:
+    """Per generation: (collections, seconds, collections over 10 ms) so far."""
+    samples = proc.metrics()
+    out: dict[str, tuple[float, float, float]] = {}
+    for generation in "012":
+        label = f'generation="{generation}"'
+        count = samples.get(f"stream_app_gc_pause_seconds_count{{{label}}}", 0.0)
+        total = samples.get(f"stream_app_gc_pause_seconds_sum{{{label}}}", 0.0)
+        quick = samples.get(f'stream_app_gc_pause_seconds_bucket{{{label},le="0.01"}}', 0.0)
+        out[generation] = (count, total, count - quick)
+    return out
+
+
+def gc_during(before: dict[str, tuple[float, float, float]],
+              after: dict[str, tuple[float, float, float]]) -> str:
+    parts = []
+    for generation, (count, total, slow) in after.items():
+        was = before.get(generation, (0.0, 0.0, 0.0))
+        parts.append(f"gen{generation} {count - was[0]:.0f} ({(total - was[1]) * 1000:.0f} ms, "
+                     f"{slow - was[2]:.0f} over 10 ms)")
+    return ", ".join(parts)
+
+
 def applied(proc: StreamAppProcess) -> float:
     return proc.metrics().get("stream_app_inventory_records_applied_total", 0.0)
 
@@ -225,10 +248,12 @@ def run_size(keys: int, events: int, bare_per_s: float, quick: bool = False) -> 
         sampler = Sampler(first, keys)
         first_seen = wait_for(lambda: applied(first) > base and time.perf_counter(), 120, 0.02, "stream")
         sampler.start()
+        gc_before = gc_pauses(first)
         # polled 10 times a second: each /metrics scrape costs the worker ~2.5 ms (20 a
         # second took 5 % of it; the baseline counts in-process)
         wait_for(lambda: applied(first) >= base + events, 3600, 0.1, "stream applied")
         sampler.stop()
+        out["gc_during_stream"] = gc_during(gc_before, gc_pauses(first))
         latencies = sampler.latencies
         stream_s = time.perf_counter() - first_seen
         out["stream_events_per_s"] = events / stream_s
@@ -239,7 +264,7 @@ def run_size(keys: int, events: int, bare_per_s: float, quick: bool = False) -> 
         out["get_samples"] = len(latencies)
         out["rss_mb_after_stream"] = rss_mb(first.proc.pid)  # type: ignore[union-attr]
         print(f"  [{keys:,}] steady stream: {out['stream_events_per_s']:,.0f} events/s, "
-              f"GET p99 {out['get_p99_ms']:.1f} ms", flush=True)
+              f"GET p99 {out['get_p99_ms']:.1f} ms; GC: {out['gc_during_stream']}", flush=True)
         if quick:  # --quick: the load and the stream only (iterating on the apply path)
             return out
 
