@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.sync import DIRTY, SyncService, record_acknowledgement
+from agents.sync import CONSIDER_SLICE, DIRTY, SyncService, record_acknowledgement
 from stream_app.domain.inventory import BufferPolicy
 from stream_app.settings import Settings
 from tables.keyed import KeyedTable
@@ -104,11 +104,11 @@ def test_a_flush_takes_at_most_its_cap_and_the_next_resumes_after_it(tmp_path: P
         world.set_stock(f"K{n:02}|L", 1)
     seen: list[str] = []
     for _ in range(3):
-        batch, more = world.service.consider(list(range(PARTITIONS)))
+        batch, more = asyncio.run(world.service.consider(list(range(PARTITIONS))))
         assert len(batch) == 7 and more
         seen += [key for key, _, _ in batch]
     assert len(set(seen)) == 20  # three capped flushes cover every marked key
-    assert len(world.service.consider(list(range(PARTITIONS)), full=True)[0]) == 20
+    assert len(asyncio.run(world.service.consider(list(range(PARTITIONS)), full=True))[0]) == 20
 
 
 def test_a_capped_flush_reads_about_its_cap_of_markers_not_all(tmp_path: Path) -> None:
@@ -123,11 +123,48 @@ def test_a_capped_flush_reads_about_its_cap_of_markers_not_all(tmp_path: Path) -
     counting = world.accepted._db_for = CountingReads(world.accepted._db_for)  # type: ignore[method-assign]
     seen: list[str] = []
     for _ in range(3):
-        batch, more = world.service.consider(list(range(PARTITIONS)))
+        batch, more = asyncio.run(world.service.consider(list(range(PARTITIONS))))
         assert len(batch) == 10 and more
         seen += [key for key, _, _ in batch]
     assert len(set(seen)) == 30
     assert counting.read <= 3 * (10 + 1 + PARTITIONS)  # the cap, the one that says "more", partition ends
+
+
+def test_a_long_consider_lets_the_loop_run_between_slices(tmp_path: Path) -> None:
+    """A flush considers up to flush_max_records keys, a full resync every key: read in
+    one step, that stopped the worker (1.5 s a flush at 1M keys). Another task must get
+    the loop every CONSIDER_SLICE candidates, and the answer is the same as in one go."""
+    world = World(tmp_path, flush_max=2 * CONSIDER_SLICE + 7)
+    keys = 3 * CONSIDER_SLICE
+    for n in range(keys):
+        world.accepted.mark(DIRTY, f"K{n:05}|L", True)
+        world.inventory.put(f"K{n:05}|L", stock(1))
+    asyncio.run(world.inventory.flush())
+    asyncio.run(world.accepted.flush())
+
+    async def considered_while_ticking(full: bool) -> tuple[int, int, bool]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        batch, more = await world.service.consider(list(range(PARTITIONS)), full=full)
+        done.set()
+        await ticker
+        return len(batch), ticks, more
+
+    taken, ticks, more = asyncio.run(considered_while_ticking(False))
+    assert (taken, more) == (2 * CONSIDER_SLICE + 7, True)
+    assert ticks >= 2  # the capped flush: three slices, two yields
+    taken, ticks, more = asyncio.run(considered_while_ticking(True))
+    assert (taken, more) == (keys, False)
+    assert ticks >= 3
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
