@@ -54,13 +54,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def group_by_partition(
-    records: list[InventoryRecord], partitions: int, chunk: int
-) -> list[tuple[int, list[list[Any]]]]:
-    """Records grouped by target partition, in messages of at most ``chunk`` records."""
-    grouped: dict[int, list[list[Any]]] = defaultdict(list)
+def add_to_groups(
+    grouped: dict[int, list[list[Any]]], records: list[InventoryRecord], partitions: int
+) -> None:
+    """Add ``records`` (wire form) to ``grouped`` by target partition."""
     for record in records:
         grouped[partition_for(record.key, partitions)].append(to_wire(record))
+
+
+def in_messages(
+    grouped: dict[int, list[list[Any]]], chunk: int
+) -> list[tuple[int, list[list[Any]]]]:
+    """Grouped records cut into messages of at most ``chunk`` records."""
     return [
         (partition, items[start : start + chunk])
         for partition, items in grouped.items()
@@ -288,7 +293,10 @@ def register(runtime: Runtime) -> None:
         return Limits(settings.max_quantity, skew_us, sent_at)
 
     async def ingest_group(events: list[faust.EventT]) -> None:
-        records: list[InventoryRecord] = []
+        # records are grouped by partition as they are parsed, slice by slice (a group of
+        # 2,000 grouped at its end was one ~10 ms step of the loop at 1M keys)
+        grouped: dict[int, list[list[Any]]] = defaultdict(list)
+        records = 0
         dead: list[tuple[faust.EventT, Rejected]] = []
         parsed = 0
         for event in events:
@@ -301,13 +309,14 @@ def register(runtime: Runtime) -> None:
             except Exception as exc:  # never let one message stop the stream
                 log.exception("unexpected error parsing a message")
                 good, bad = [], [Rejected(event.value or b"", f"internal error: {exc!r}")]
-            records.extend(good)
+            add_to_groups(grouped, good, settings.partitions)
+            records += len(good)
             dead.extend((event, rejected) for rejected in bad)
-        batches = group_by_partition(records, settings.partitions, settings.apply_chunk_records)
+        batches = in_messages(grouped, settings.apply_chunk_records)
         for _event, rejected in dead:  # counted once delivered (agents.internal)
             log.warning("dead letter from %s: %s", names.inventory_changes, rejected.reason)
         await deliver_until_done(apply_topic, dlq, batches, dead, source_of(events[0]))
-        runtime.metrics.records_ingested.inc(len(records))
+        runtime.metrics.records_ingested.inc(records)
 
     async def handle(events: list[Any]) -> None:
         """Forward or dead-letter every event of a group before returning: a group that
