@@ -63,6 +63,11 @@ class GcPauses:
 
 GC_PAUSES = GcPauses()
 
+#: how often the event loop's lateness is sampled (a wake-up per interval)
+LOOP_LAG_INTERVAL = 0.25
+#: seconds a wake-up of the event loop came late: what any request waits behind
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -175,9 +180,23 @@ class Metrics:
             registry=self.registry,
         )
         GC_PAUSES.watch(self.gc_pauses)
+        self.loop_lag = Histogram(
+            "stream_app_event_loop_lag_seconds",
+            f"How late a wake-up every {LOOP_LAG_INTERVAL} s of the worker's event loop "
+            "came: a step of some task held the loop meanwhile (web requests wait as long)",
+            buckets=LOOP_LAG_BUCKETS, registry=self.registry,
+        )
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, memory, fds
         #: source topic → (unix time, reason) of its latest dead letters, newest last
         self.latest_dead_letters: dict[str, deque[tuple[float, str]]] = {}
+
+    async def watch_loop_lag(self, interval: float = LOOP_LAG_INTERVAL) -> None:
+        """Sample the event loop's lateness until cancelled (a task of the worker)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(interval)
+            self.loop_lag.observe(max(0.0, loop.time() - asked - interval))
 
     def counting_crashes(self, agent: str) -> Callable[[F], F]:
         """Decorate an agent's function: an exception ending it (not a cancel: a stop or a

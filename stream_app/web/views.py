@@ -107,6 +107,10 @@ def register(runtime: Runtime) -> None:
 
     watch = watch_of(app)
 
+    @app.task
+    async def event_loop_lag() -> None:
+        await runtime.metrics.watch_loop_lag()
+
     def stalls() -> dict[str, float]:
         now = asyncio.get_running_loop().time()
         return watch.stalls(now, runtime.settings.stall_seconds)

@@ -1,9 +1,12 @@
-"""Garbage-collection pauses are timed into every live app's metrics (gc.callbacks is
-process-wide), and an app that is gone is no longer fed."""
+"""Process metrics: garbage-collection pauses are timed into every live app's metrics
+(gc.callbacks is process-wide) and an app that is gone is no longer fed; the event
+loop's lag is how late a wake-up came."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 import weakref
 
 from stream_app.metrics import GC_PAUSES, Metrics
@@ -37,3 +40,25 @@ def test_an_app_that_is_gone_is_not_fed() -> None:
     del metrics
     gc.collect()
     assert histogram() is None  # the process-wide hook kept no reference to it
+
+
+def test_the_loop_lag_is_how_late_a_wake_up_came() -> None:
+    """A step that holds the loop for 60 ms makes the next wake-up that late."""
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        watching = asyncio.create_task(metrics.watch_loop_lag(interval=0.01))
+        await asyncio.sleep(0.05)  # a few prompt wake-ups
+        time.sleep(0.06)  # noqa: ASYNC251 - one step holds the loop, on purpose
+        await asyncio.sleep(0.05)
+        watching.cancel()
+
+    asyncio.run(scenario())
+    samples = {
+        (s.name, s.labels.get("le")): s.value
+        for metric in metrics.loop_lag.collect() for s in metric.samples
+    }
+    count = samples[("stream_app_event_loop_lag_seconds_count", None)]
+    under_50ms = samples[("stream_app_event_loop_lag_seconds_bucket", "0.05")]
+    assert count >= 3
+    assert count - under_50ms >= 1  # the wake-up behind the held step (others may be late on a loaded machine)
