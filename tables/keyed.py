@@ -270,7 +270,7 @@ class KeyedTable:
             if not self._staged:
                 return 0
             batch, self._staged = self._staged, {}
-            self._in_flight = dict(batch)  # emptied partition by partition once written
+            self._in_flight = batch
             try:
                 last = await self._deliver(
                     self.changelog_topic,
@@ -281,27 +281,14 @@ class KeyedTable:
                 for partition, part in batch.items():  # newer staged writes win
                     part.update(self._staged.get(partition, {}))
                 self._staged = batch
-                self._in_flight = {}
                 raise
-            # one partition's local write per step (a group's writes span partitions: in
-            # one step they held the loop ~9 ms at 1M keys); until its write, a partition's
-            # values are read from the in-flight layer
-            try:
-                for n, partition in enumerate(list(batch)):
-                    if n:
-                        await asyncio.sleep(0)
-                    self._write_local(partition, last.get(partition))
-            finally:  # cancelled between two (a stop): the rest at once
-                for partition in list(self._in_flight):
-                    self._write_local(partition, last.get(partition))
+            finally:
+                self._in_flight = {}
+            for partition, part in batch.items():
+                db = self._db_for(partition)
+                self._count_sides(partition, db, part)
+                db.write(write_batch(part, last.get(partition)))
             return sum(len(part) for part in batch.values())
-
-    def _write_local(self, partition: int, offset: int | None) -> None:
-        """Write an in-flight partition's values (on the broker now) and its offset."""
-        part = self._in_flight.pop(partition)
-        db = self._db_for(partition)
-        self._count_sides(partition, db, part)
-        db.write(write_batch(part, offset))
 
     def _count_sides(self, partition: int, db: PartitionDB, part: dict[bytes, bytes | None]) -> None:
         """Adjust the kept marker counts of ``partition`` for a batch about to be written."""
