@@ -349,10 +349,12 @@ class ReleaseService:
                 out.replay(key, book, cause)
             supply = supply_for(self.runtime, key, book.sku, part.categories.get(key))
             # every uncommitted reservation past its deadline expires in the same pass
-            # (any ship date), and what that frees promotes later queues first
-            out.record(key, book.expire(supply, self.policy, now, cause))
+            # (any ship date), and what that frees promotes later queues first; decided
+            # as of the run's start, so an attempt that must allocate again (its first
+            # one's writes lost) makes the same events, `at` included
+            out.record(key, book.expire(supply, self.policy, started, cause))
             outcome = allocate_release(
-                book, release_date, supply.current_atp, self.policy, now, cause
+                book, release_date, supply.current_atp, self.policy, started, cause
             )
             out.record(key, outcome)
             to_order.extend((key, r) for r in outcome.to_order)

@@ -75,11 +75,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RUNS_KEPT = 50
-#: candidates a flush reads or sorts between two yields to the event loop: a flush takes
-#: up to ``flush_max_records`` (50,000) of them, a full resync every key of the catalogue,
-#: and in one step that stopped the worker for seconds (1.5 s per flush at 1M keys here;
-#: a full resync at 1M would outlast the broker session)
-CONSIDER_SLICE = 500
+#: candidates a flush reads or triages between two yields to the event loop: a flush
+#: takes up to ``flush_max_records`` (50,000) of them, a full resync every key of the
+#: catalogue, and in one step that stopped the worker for seconds (1.5 s per flush at 1M
+#: keys here; a full resync at 1M would outlast the broker session). As the apply's
+#: slices: a request waits for one step of each busy task (500 made 15 ms steps here)
+CONSIDER_SLICE = 50
 MAX_ERRORS_KEPT = 20
 
 #: the marker kind of keys that may need sending (tables.keyed side keys)
