@@ -209,7 +209,8 @@ async def _read_rows(
 ) -> str | None:
     status = service.status[channel.name]
     state = FileCut(
-        CsvSplitter(encoding=channel.encoding, start=progress["offset"], first_line=progress["line"]),
+        CsvSplitter(encoding=channel.encoding, start=progress["offset"], first_line=progress["line"],
+                    max_record_bytes=service.max_record_bytes),
         channel.mapping, channel.name, event_prefix=f"s3:{channel.name}:{obj.etag}:",
         modified=obj.modified_iso, size=obj.size, delimiter=channel.delimiter,
         envelope_records=channel.envelope_records, limits=service.limits,

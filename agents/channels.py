@@ -162,6 +162,7 @@ class ChannelsService:
         self.limits = Limits(max_quantity=runtime.settings.max_quantity)
         self.session: aiohttp.ClientSession | None = None
         self.fence_timeout = runtime.settings.channel_fence_timeout_seconds
+        self.max_record_bytes = runtime.settings.csv_max_record_bytes
         self._fences: dict[str, asyncio.Future[None]] = {}
         self.parser = Parser(runtime.settings.channel_parse_processes)
 

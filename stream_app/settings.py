@@ -318,6 +318,14 @@ class Settings(BaseSettings):
         description="a channel's poller waits this long, before each poll, for the checkpoints "
         "already on the broker to be applied (a fence through its partition); then it retries",
     )
+    csv_max_record_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=64 << 20,
+        description="bytes one CSV record of an S3 channel may take: a longer one (a stray "
+        "quote makes the rest of a file one record) is one rejected row, cut at the first "
+        "newline after this many bytes, and the file is read on from there",
+    )
     channel_parse_processes: int = Field(
         1,
         ge=0,

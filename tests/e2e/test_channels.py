@@ -79,12 +79,12 @@ def channels_file(tmp_path: Path, bucket: str, envelope: int = 500) -> Path:
 
 def start_worker(
     processes: ProcessFactory, kafka: KafkaCluster, app_id: str, sim: Sim, s3: str, channels: Path,
-    data_dir: Path | None = None,
+    data_dir: Path | None = None, **extra: str,
 ) -> StreamAppProcess:
     env = processes.env(worker_env(
         kafka, app_id, sim, STREAM_APP_CHANNELS_FILE=str(channels), STREAM_APP_S3_ENDPOINT_URL=s3,
         STREAM_APP_S3_REGION=REGION, STREAM_APP_AWS_ACCESS_KEY_ID=DUMMY_KEY_ID,
-        STREAM_APP_AWS_SECRET_ACCESS_KEY=DUMMY_SECRET,
+        STREAM_APP_AWS_SECRET_ACCESS_KEY=DUMMY_SECRET, **extra,
     ))
     if data_dir is not None:
         env["STREAM_APP_DATA_DIR"] = str(data_dir)
@@ -121,7 +121,8 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     bucket = Bucket(s3_server)
     sim = start_sim(processes)
     app_id = f"ch-{uuid.uuid4().hex[:6]}"
-    worker = start_worker(processes, kafka, app_id, sim, s3_server, channels_file(tmp_path, bucket.name))
+    worker = start_worker(processes, kafka, app_id, sim, s3_server, channels_file(tmp_path, bucket.name),
+                          STREAM_APP_CSV_MAX_RECORD_BYTES="1024")
     csv = (
         b"SKU,Store,Qty,Held\n"
         b"SKU-1,S1,40,5\n"
@@ -130,23 +131,28 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
         b'SKU-4,"S,2",12,\n'  # a quoted delimiter; Held empty -> the default 0
         b",S1,5,0\n"  # line 6: no SKU
         b"SKU-5,S\xff1,5,0\n"  # line 7: not UTF-8
+        b'SKU-6,"S1,' + b"x" * 1100 + b",5,0\n"  # line 8: a stray quote, a record past the cap
+        b"SKU-7,S1,9,0\n"  # read on after it (else the rest of the file were one record)
     )
     bucket.put("incoming/stock-1.csv", csv)
 
     view = wait_for(lambda: (v := channel_view(worker))["filesIngested"] >= 1 and v, 60, 0.2, "file ingested")
-    assert view["active"] and view["owner"] and view["rowsDone"] == 6 and view["rejected"] == 4
+    assert view["active"] and view["owner"] and view["rowsDone"] == 8 and view["rejected"] == 5
     assert wait_for(lambda: worker.get("/inventory/SKU-1/S1")[1].get("atp") == 35, 30, 0.2, "SKU-1")
     assert worker.get("/inventory/SKU-4/S,2")[1]["atp"] == 12
+    assert worker.get("/inventory/SKU-7/S1")[1]["atp"] == 9
     assert worker.get("/inventory/SKU-2/S1")[0] == 404
     wait_for(lambda: sim.inventory().get("SKU-1|S1") == 35, 30, 0.2, "Fluent holds SKU-1")
 
     keys = set(bucket.keys())
     assert "incoming/stock-1.csv" not in keys and "archive/stock-1.csv" in keys
     report = bucket.json("archive/stock-1.csv.rejections.json")
-    assert (report["rows"], report["accepted"], report["rejected"]) == (6, 2, 4)
+    assert (report["rows"], report["accepted"], report["rejected"]) == (8, 3, 5)
     by_line = {r["line"]: r["reasons"] for r in report["rejections"]}
-    assert set(by_line) == {3, 4, 6, 7}
+    assert set(by_line) == {3, 4, 6, 7, 8}
     assert by_line[7] == ["not utf-8: invalid start byte"]
+    assert by_line[8] == ["a record of more than 1,024 bytes (an unclosed quote?): skipped to the "
+                          "end of line 8"]
     assert any("negative" in reason for reason in by_line[3])
     assert any("3 fields where the header has 4" in reason for reason in by_line[4])
     assert any("SKU" in reason for reason in by_line[6])
@@ -155,13 +161,13 @@ def test_a_csv_drop_lands_in_atp_and_fluent_once_with_a_rejection_report(
     # the same content dropped again (another name) is archived, not ingested
     bucket.put("incoming/stock-1-again.csv", csv)
     view = wait_for(lambda: (v := channel_view(worker))["duplicatesSkipped"] >= 1 and v, 60, 0.2, "duplicate")
-    assert view["rowsDone"] == 6 and view["filesIngested"] == 1
+    assert view["rowsDone"] == 8 and view["filesIngested"] == 1
     assert "archive/stock-1-again.csv" in bucket.keys()
     # everything the channel sent is before the sentinels sent now to every partition
     topic = f"{app_id}-inventory-changes"
     sentinels(kafka.bootstrap, topic, 4)  # STREAM_APP_PARTITIONS of worker_env
     got = consume(kafka.bootstrap, topic, until=lambda got: sum("sentinel" in m for m in got) == 4)
-    assert sum(len(m.get("records", ())) for m in got) == 2  # one envelope, never sent again
+    assert sum(len(m.get("records", ())) for m in got) == 3  # one envelope, never sent again
 
     # Ctrl-C reaches the worker and its parse process (one process group): a clean stop
     assert worker.proc is not None

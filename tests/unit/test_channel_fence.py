@@ -36,7 +36,7 @@ def service(monkeypatch: pytest.MonkeyPatch, timeout: float = 5.0) -> tuple[Chan
 
     monkeypatch.setattr(channels, "deliver", deliver)
     settings = SimpleNamespace(max_quantity=10**6, channel_fence_timeout_seconds=timeout,
-                               channel_parse_processes=0)
+                               channel_parse_processes=0, csv_max_record_bytes=1 << 20)
     runtime = SimpleNamespace(settings=settings, names=SimpleNamespace(internal="app-internal"), app=None)
     return ChannelsService(runtime, Table(), ChannelsFile()), sent  # type: ignore[arg-type]
 

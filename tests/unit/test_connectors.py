@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_app.connectors.config import ChannelsConfigError, load_channels, parse_channels
-from stream_app.connectors.csv_rows import CsvFormatError, csv_records
+from stream_app.connectors.csv_rows import CsvFormatError, CsvRecord, CsvSplitter, csv_records
 from stream_app.connectors.mapping import FieldMapping, RowMapper, map_row
 from stream_app.records import Limits, parse_record
 
@@ -222,3 +222,59 @@ def test_the_by_position_path_takes_plain_rows_and_only_those() -> None:
         "updatedAt": "2026-12-01T00:00:00Z"}
     assert mapper._compiled(["A", "S1", "7.0", "0", ""], "e", "2026-12-01T00:00:00Z") is None
     assert mapper._compiled(["A", "", "7", "0", ""], "e", "2026-12-01T00:00:00Z") is None
+
+
+def split_all(data: bytes, size: int, most: int, start: int = 0, line: int = 1) -> list[CsvRecord]:
+    """Every record of ``data[start:]`` fed ``size`` bytes at a time, with a record cap of
+    ``most`` bytes; checks the memory bound after every chunk."""
+    splitter = CsvSplitter(start=start, first_line=line, max_record_bytes=most)
+    out: list[CsvRecord] = []
+    for i in range(start, len(data), size):
+        out += splitter.feed(data[i : i + size])
+        assert len(splitter.pending) <= most + size  # never a whole runaway record
+    out += splitter.end()
+    return out
+
+
+def test_a_runaway_record_is_one_rejected_record_and_the_rows_after_it_are_read() -> None:
+    """A stray quote would make the rest of a file one record held whole in memory: past
+    max_record_bytes the record is given up, one record with the reason, ending at the
+    first newline after the cap, and reading goes on from there."""
+    rows = b"".join(b"R%d,%d\n" % (n, n) for n in range(20))
+    data = b'sku,qty\nA,1\nB,"2\n' + rows + b"C,3\n"
+    got = split_all(data, 7, most=64)
+    assert [r.fields for r in got[:2]] == [["sku", "qty"], ["A", "1"]]
+    bad = got[2]
+    assert bad.line == 3 and bad.fields == [] and bad.error is not None
+    assert "more than 64 bytes" in bad.error and f"line {bad.next_line - 1}" in bad.error
+    cut = data.index(b"\n", data.index(b"B,") + 64) + 1  # the first newline after the cap
+    assert bad.end == cut and bad.next_line == data[:cut].count(b"\n") + 1
+    after = [r.fields for r in got[3:]]
+    assert after[-1] == ["C", "3"] and all(len(f) == 2 for f in after)
+    assert got[-1].line == data.count(b"\n")
+    # a long line without quotes, and a file ending inside a runaway record
+    long_line = b"sku,qty\n" + b"x" * 200 + b"\nD,4\n"
+    assert [(r.fields, r.error is not None) for r in split_all(long_line, 13, most=64)] == [
+        (["sku", "qty"], False), ([], True), (["D", "4"], False)]
+    tail = split_all(b'sku,qty\nE,"' + b"y" * 100, 9, most=32)
+    assert tail[-1].error is not None and tail[-1].end == len(b'sku,qty\nE,"') + 100
+
+
+runaway_cell = st.text(alphabet=st.sampled_from(list('ab,"\n\r é')), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cells=st.lists(runaway_cell, min_size=1, max_size=12), most=st.integers(4, 40),
+       size=st.integers(1, 50), data=st.data())
+def test_where_records_are_cut_does_not_depend_on_the_chunks(cells, most, size, data) -> None:
+    """Any bytes (stray quotes included), any cap: every chunking gives the same records
+    as one chunk, a read resumed at any record's end gives the rest, and memory stays
+    within the cap plus a chunk."""
+    raw = "\n".join(cells).encode()
+    whole = split_all(raw, max(1, len(raw)), most)
+    assert split_all(raw, size, most) == whole
+    for record in whole:  # no record read holds more than the cap
+        assert sum(len(field.encode()) for field in record.fields) <= most
+    if whole:
+        k = data.draw(st.integers(0, len(whole) - 1))
+        assert split_all(raw, size, most, start=whole[k].end, line=whole[k].next_line) == whole[k + 1 :]
