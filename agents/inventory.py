@@ -83,10 +83,11 @@ async def deliver_until_done(
     """Send every forward and dead letter, retrying while the broker refuses: the stream
     stalls rather than acknowledging events whose records were not delivered."""
     name = apply_topic.get_topic_name()
-    messages: list[Message] = [
-        (name, INVENTORY_APPLY, orjson.dumps(items), partition, None)
-        for partition, items in batches
-    ]
+    messages: list[Message] = []
+    for n, (partition, items) in enumerate(batches):
+        if n:  # one message encoded per step (a group's are tens of thousands of records)
+            await asyncio.sleep(0)
+        messages.append((name, INVENTORY_APPLY, orjson.dumps(items), partition, None))
     messages += [
         dead_letter_message(dlq, event, rejected.reason, rejected.original)
         for event, rejected in dead
@@ -165,22 +166,43 @@ def source_event(record: ConsumerRecord[bytes, bytes]) -> SourceEvent:
     )
 
 
+#: events a byte-bounded group asks for first, before it knows their size
+FIRST_ASK = 8
+
+
+def _value_bytes(batches: dict[Any, list[ConsumerRecord[bytes, bytes]]]) -> int:
+    return sum(len(r.value or b"") for records in batches.values() for r in records)
+
+
 async def fill_group(
-    consumer: AIOKafkaConsumer, most: int, wait_ms: int, linger_ms: float = 0.0
+    consumer: AIOKafkaConsumer,
+    most: int,
+    wait_ms: int,
+    linger_ms: float = 0.0,
+    most_bytes: int | None = None,
 ) -> dict[Any, list[ConsumerRecord[bytes, bytes]]]:
     """Records for one group: wait up to ``wait_ms`` for the first, then take more for up
-    to ``linger_ms`` after it, up to ``most``. Under load a group fills at once (no added
-    wait); a trickle of single records becomes groups of ``linger_ms`` worth instead of
-    one forward per record or two: each forward is one apply on the internal topic, and an
-    apply waits for its changelog on the broker, so the apply side takes a bounded number
-    of them per second (docs/benchmarks.md, the sync bench)."""
-    batches = await consumer.getmany(timeout_ms=wait_ms, max_records=most)
+    to ``linger_ms`` after it, up to ``most`` events and about ``most_bytes`` of values.
+    Under load a group fills at once (no added wait); a trickle of single records becomes
+    groups of ``linger_ms`` worth instead of one forward per record or two: each forward
+    is one apply on the internal topic, and an apply waits for its changelog on the
+    broker, so the apply side takes a bounded number of them per second (docs/benchmarks.md,
+    the sync bench). The byte bound matters for envelopes: 2,000 of 500 records were a
+    group of a million records (a 2 s step of the loop and ~0.7 GB during a 1M load)."""
+    # with a byte bound, a few first (aiokafka hands out what it prefetched, whatever its
+    # size), then as many as the mean size so far leaves room for
+    first = most if most_bytes is None else min(most, FIRST_ASK)
+    batches = await consumer.getmany(timeout_ms=wait_ms, max_records=first)
     count = sum(len(records) for records in batches.values())
+    size = _value_bytes(batches) if most_bytes is not None else 0
     loop = asyncio.get_running_loop()
     until = loop.time() + linger_ms / 1000
-    while batches and count < most:
+    while batches and count < most and (most_bytes is None or size < most_bytes):
         left_ms = max(0, int((until - loop.time()) * 1000))
-        more = await consumer.getmany(timeout_ms=left_ms, max_records=most - count)
+        ask = most - count
+        if most_bytes is not None:
+            ask = max(1, min(ask, (most_bytes - size) * count // max(1, size)))
+        more = await consumer.getmany(timeout_ms=left_ms, max_records=ask)
         if not more:
             if left_ms == 0:
                 break
@@ -188,6 +210,8 @@ async def fill_group(
         for tp, records in more.items():
             batches.setdefault(tp, []).extend(records)
             count += len(records)
+        if most_bytes is not None:
+            size += _value_bytes(more)
     return batches
 
 
@@ -236,7 +260,7 @@ async def run_ingest(
         while True:
             batches = await fill_group(consumer, settings.ingest_batch_max,
                                        int(settings.ingest_batch_within * 1000),
-                                       settings.ingest_linger_ms)
+                                       settings.ingest_linger_ms, settings.ingest_batch_max_bytes)
             if not batches:
                 continue
             # one group for the whole fetch: one forward per target partition

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     )
     ingest_batch_max: int = Field(2000, ge=1, description="events grouped per repartition step")
     ingest_batch_within: float = Field(0.2, gt=0, description="seconds to wait filling a group")
+    ingest_batch_max_bytes: int = Field(
+        4 << 20,
+        ge=65_536,
+        description="bytes of message values a group takes at most (about; a fetch is taken "
+        "whole): with envelopes of 500 records, 2,000 events were a million records",
+    )
     ingest_linger_ms: float = Field(
         50.0,
         ge=0,

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from agents.inventory import fill_group
+from agents.inventory import FIRST_ASK, fill_group
 from stream_app.bootstrap import ensure_topics
 from tests.fixtures.kafka import KafkaCluster
 
@@ -49,6 +49,23 @@ async def groups_of_a_trickle(kafka: KafkaCluster, linger_ms: float) -> tuple[li
         backlog = await fill_group(consumer, 100, 2000, 5000)
         waited = time.monotonic() - started
         assert sum(len(rs) for rs in backlog.values()) == 100
+        # a group of big messages stops at its byte bound, not at its count
+        drained = 0
+        while drained < 200:  # the rest of the backlog first
+            drained += sum(len(rs) for rs in (await fill_group(consumer, 200, 2000, 0)).values())
+        for n in range(40):
+            await producer.send(topic, b"%d-" % n + b"x" * 10_000, partition=n % 2)
+        await producer.flush()
+        big: list[bytes] = []
+        groups_of_big = 0
+        while len(big) < 40:
+            group = await fill_group(consumer, 2000, 2000, 300, most_bytes=65_536)
+            values = [r.value for rs in group.values() for r in rs]
+            assert sum(map(len, values)) <= 65_536 + FIRST_ASK * 10_010  # its bound, about
+            big += values
+            groups_of_big += 1
+        assert sorted(big) == sorted(b"%d-" % n + b"x" * 10_000 for n in range(40))
+        assert groups_of_big >= 5  # 400 KB in groups of about 64 KB (2,000 events allowed)
         return groups, waited
     finally:
         await consumer.stop()
