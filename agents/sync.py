@@ -35,7 +35,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -161,7 +161,7 @@ class SyncService:
 
     def candidates(
         self, partitions: list[int], *, full: bool = False
-    ) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
+    ) -> Generator[tuple[str, int, dict[str, Any] | None], None, None]:
         """``(key, sellable, accepted)`` of the keys to consider: the marked keys and the
         keys with books; with ``full`` every key (a scan of the catalogue)."""
         inventory = self.runtime.inventory
@@ -197,19 +197,30 @@ class SyncService:
         """The candidates one flush takes, and whether more wait. Bounded work per flush
         (every key is dirty after an initial load): at most ``flush_max_records``, and the
         next flush resumes after the last one taken (a full resync takes every key). Read
-        :data:`CONSIDER_SLICE` at a time, the loop free in between."""
+        :data:`CONSIDER_SLICE` at a time, the loop free in between: the markers are read
+        as they were when the walk began (a key marked meanwhile is taken by the next
+        flush), each key's quantities when it is read."""
         most = None if full else self.settings.flush_max_records
-        found = itertools.islice(self.candidates(partitions, full=full), None if most is None else most + 1)
+        walk = self.candidates(partitions, full=full)
+        found = itertools.islice(walk, None if most is None else most + 1)
         considered: list[tuple[str, int, dict[str, Any] | None]] = []
+        generation = self.runtime.app.rebalancing_count
+        cut_short = False
         while True:
             taken = len(considered)
             considered.extend(itertools.islice(found, CONSIDER_SLICE))
             if len(considered) - taken < CONSIDER_SLICE:
                 break
             await asyncio.sleep(0)
-        more = most is not None and len(considered) > most
+            if self.runtime.app.rebalancing_count != generation and considered:
+                # partitions move: no walk held across it; the next flush goes on from here
+                cut_short = True
+                break
+        walk.close()  # let go of the partitions' iterators now
+        more = cut_short or (most is not None and len(considered) > most)
         if more:
-            del considered[most:]
+            if most is not None:
+                del considered[most:]
             key = considered[-1][0]
             self._cursor = (self.accepted.partition_of(key), key)
         return considered, more

@@ -165,8 +165,10 @@ class KeyedTable:
         """The keys marked with ``kind`` in a partition, in key order, from the first after
         ``after`` (all when ``None``), read lazily from one RocksDB iterator over the
         markers: a caller that stops after n keys read about n markers, whatever the
-        catalogue holds. Staged and in-flight marks are overlaid (the newest wins). Not
-        to be held across an ``await`` (a flush may write the partition meanwhile)."""
+        catalogue holds. Staged and in-flight marks are overlaid (the newest wins), as of
+        the first key read: held across an ``await`` (the sync flush reads its candidates
+        in slices), it reads the markers as they were then (RocksDB's iterator is a
+        snapshot), so a key marked meanwhile waits for the next walk."""
         prefix = SIDE + kind + b"\x00"
         start = prefix + after.encode() if after is not None else prefix
         pending: dict[bytes, bool] = {}

@@ -167,6 +167,38 @@ def test_a_long_consider_lets_the_loop_run_between_slices(tmp_path: Path) -> Non
     assert ticks >= 3
 
 
+def test_a_rebalance_during_a_walk_ends_it_and_the_next_flush_goes_on(tmp_path: Path) -> None:
+    """Partitions may move while a flush reads its candidates slice by slice: the walk
+    stops there (no iterator held across a rebalance) and says more are waiting; the
+    next flush starts after the last key taken: the keys the cut walk did not reach first."""
+    world = World(tmp_path, flush_max=10_000)
+    keys = 4 * CONSIDER_SLICE
+    for n in range(keys):
+        world.accepted.mark(DIRTY, f"K{n:05}|L", True)
+        world.inventory.put(f"K{n:05}|L", stock(1))
+    asyncio.run(world.inventory.flush())
+    asyncio.run(world.accepted.flush())
+    app = world.service.runtime.app
+
+    async def walk_with_a_rebalance() -> tuple[list[str], bool]:
+        async def rebalance() -> None:
+            await asyncio.sleep(0)
+            app.rebalancing_count += 1
+
+        moving = asyncio.create_task(rebalance())
+        batch, more = await world.service.consider(list(range(PARTITIONS)))
+        await moving
+        return [key for key, _, _ in batch], more
+
+    first, more = asyncio.run(walk_with_a_rebalance())
+    assert more and 0 < len(first) < keys
+    rest, more = asyncio.run(world.service.consider(list(range(PARTITIONS))))
+    assert not more
+    # (nothing acknowledged here, so the walk comes round to the first flush's keys too)
+    after_cut = [key for key, _, _ in rest][: keys - len(first)]
+    assert set(after_cut) == {f"K{n:05}|L" for n in range(keys)} - set(first)
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 3), st.booleans()), max_size=30))
 def test_the_kept_marker_count_equals_a_recount(tmp_path_factory: Any, steps: list[Any]) -> None:
