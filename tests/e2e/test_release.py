@@ -560,9 +560,10 @@ def test_missed_night_is_caught_up_at_start_up(kafka: KafkaCluster, app: App, tm
         def caught_up() -> list[dict[str, Any]]:  # the report follows the reservations
             runs = restarted.get("/releases")[1]["runs"]
             return [r for r in runs if r["trigger"] == "catch-up" and r["releaseDate"] == ship(0)
-                    and r.get("totals") == {"CONFIRMED": 3}]
+                    and r.get("totals") == {"CONFIRMED": 3}
+                    and r["partitionsDone"] == r["partitionsTotal"]]  # the empty ones too
 
-        caught = wait_for(caught_up, 30, 0.2, "the catch-up run's report: 3 CONFIRMED")
+        caught = wait_for(caught_up, 30, 0.2, "the catch-up run's report: 3 CONFIRMED, all done")
         assert caught[0]["state"] == "completed", caught
         assert {"PO-" + rid(f"N{i}", sku) for i in range(3)} <= set(mine.orders())
     finally:
