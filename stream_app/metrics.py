@@ -37,28 +37,42 @@ GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 class GcPauses:
     """Times every garbage collection of the process (``gc.callbacks``: process-wide, so
-    one instance per process, shared by every app's metrics) into the histograms that
-    :meth:`watch` was given. Each collection costs two calls and a clock read."""
+    one instance per process, shared by every app's metrics). The callback only appends
+    to a queue per watched histogram: a collection can start while prometheus_client holds
+    one of its (non-reentrant) locks, even the histogram's own during a scrape, so the
+    histograms are fed at the next scrape (:meth:`drain`), never from the callback."""
 
     def __init__(self) -> None:
         self._started = 0.0
-        self._histograms: weakref.WeakSet[Histogram] = weakref.WeakSet()  # apps come and go
+        #: watched histogram → pauses not yet observed (apps come and go: weak keys)
+        self._queues: weakref.WeakKeyDictionary[Histogram, deque[tuple[str, float]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._installed = False
 
     def watch(self, histogram: Histogram) -> None:
-        self._histograms.add(histogram)
+        self._queues[histogram] = deque(maxlen=100_000)
         if not self._installed:
             gc.callbacks.append(self._on_gc)
             self._installed = True
+
+    def watching(self, histogram: Histogram) -> bool:
+        return histogram in self._queues
+
+    def drain(self, histogram: Histogram) -> None:
+        """Observe the pauses queued for ``histogram`` (at a scrape)."""
+        queue = self._queues.get(histogram)
+        while queue:
+            generation, seconds = queue.popleft()
+            histogram.labels(generation).observe(seconds)
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
             return
-        seconds = time.perf_counter() - self._started
-        generation = str(info.get("generation", "?"))
-        for histogram in self._histograms:
-            histogram.labels(generation).observe(seconds)
+        pause = (str(info.get("generation", "?")), time.perf_counter() - self._started)
+        for queue in list(self._queues.values()):
+            queue.append(pause)
 
 
 GC_PAUSES = GcPauses()
@@ -273,4 +287,5 @@ class Metrics:
                 "latency": {"count": count, "sumSeconds": round(total, 6), "buckets": buckets}}
 
     def render(self) -> bytes:
+        GC_PAUSES.drain(self.gc_pauses)
         return bytes(generate_latest(self.registry))
