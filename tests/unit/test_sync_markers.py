@@ -130,17 +130,23 @@ def test_a_capped_flush_reads_about_its_cap_of_markers_not_all(tmp_path: Path) -
     assert counting.read <= 3 * (10 + 1 + PARTITIONS)  # the cap, the one that says "more", partition ends
 
 
-def test_a_long_consider_lets_the_loop_run_between_slices(tmp_path: Path) -> None:
-    """A flush considers up to flush_max_records keys, a full resync every key: read in
-    one step, that stopped the worker (1.5 s a flush at 1M keys). Another task must get
-    the loop every CONSIDER_SLICE candidates, and the answer is the same as in one go."""
-    world = World(tmp_path, flush_max=2 * CONSIDER_SLICE + 7)
-    keys = 3 * CONSIDER_SLICE
+def marked_world(root: Path, keys: int, flush_max: int) -> World:
+    """``keys`` keys K00000|L… with stock, each marked dirty, all durable."""
+    world = World(root, flush_max=flush_max)
     for n in range(keys):
         world.accepted.mark(DIRTY, f"K{n:05}|L", True)
         world.inventory.put(f"K{n:05}|L", stock(1))
     asyncio.run(world.inventory.flush())
     asyncio.run(world.accepted.flush())
+    return world
+
+
+def test_a_long_consider_lets_the_loop_run_between_slices(tmp_path: Path) -> None:
+    """A flush considers up to flush_max_records keys, a full resync every key: read in
+    one step, that stopped the worker (1.5 s a flush at 1M keys). Another task must get
+    the loop every CONSIDER_SLICE candidates, and the answer is the same as in one go."""
+    keys = 3 * CONSIDER_SLICE
+    world = marked_world(tmp_path, keys, flush_max=2 * CONSIDER_SLICE + 7)
 
     async def considered_while_ticking(full: bool) -> tuple[int, int, bool]:
         ticks = 0
@@ -171,13 +177,8 @@ def test_a_rebalance_during_a_walk_ends_it_and_the_next_flush_goes_on(tmp_path: 
     """Partitions may move while a flush reads its candidates slice by slice: the walk
     stops there (no iterator held across a rebalance) and says more are waiting; the
     next flush starts after the last key taken: the keys the cut walk did not reach first."""
-    world = World(tmp_path, flush_max=10_000)
     keys = 4 * CONSIDER_SLICE
-    for n in range(keys):
-        world.accepted.mark(DIRTY, f"K{n:05}|L", True)
-        world.inventory.put(f"K{n:05}|L", stock(1))
-    asyncio.run(world.inventory.flush())
-    asyncio.run(world.accepted.flush())
+    world = marked_world(tmp_path, keys, flush_max=10_000)
     app = world.service.runtime.app
 
     async def walk_with_a_rebalance() -> tuple[list[str], bool]:
