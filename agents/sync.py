@@ -305,6 +305,19 @@ class SyncService:
         async with self.lock:
             return await self._flush(full)
 
+    def _marked(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` have the dirty marker: one multi-get per partition (a walk's
+        slice is mostly one partition), not a point read per key."""
+        by_partition: dict[int, list[str]] = {}
+        for key in keys:
+            by_partition.setdefault(self.accepted.partition_of(key), []).append(key)
+        return {
+            key
+            for partition, mine in by_partition.items()
+            for key, on in zip(mine, self.accepted.marks(DIRTY, partition, mine), strict=True)
+            if on
+        }
+
     async def _flush(self, full: bool) -> SyncRun | None:
         start = self.clock()
         self.last_check_us = start
@@ -319,8 +332,9 @@ class SyncService:
                 await asyncio.sleep(0)
             part = considered[begin : begin + CONSIDER_SLICE]
             dirty += select_dirty(part, start, full_resync=full)
+            marked_keys = self._marked([key for key, _, _ in part])
             for key, sellable, entry in part:
-                marked = self.accepted.is_marked(DIRTY, key)
+                marked = key in marked_keys
                 differs = is_dirty(sellable, entry)
                 if marked and not differs:
                     clean_marked.append(key)

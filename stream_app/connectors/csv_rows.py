@@ -119,7 +119,7 @@ class CsvSplitter:
                     return
                 yield skipped
             yield from self._split(delimiter)
-            if len(pending) <= self.max_record_bytes:
+            if len(pending) <= most:
                 return
             # what is pending starts with a record longer than a record may be: give up
             # its first max_record_bytes, then skip to the next newline (_skip)
