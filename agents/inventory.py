@@ -83,11 +83,10 @@ async def deliver_until_done(
     """Send every forward and dead letter, retrying while the broker refuses: the stream
     stalls rather than acknowledging events whose records were not delivered."""
     name = apply_topic.get_topic_name()
-    messages: list[Message] = []
-    for n, (partition, items) in enumerate(batches):
-        if n:  # one message encoded per step (a group's are tens of thousands of records)
-            await asyncio.sleep(0)
-        messages.append((name, INVENTORY_APPLY, orjson.dumps(items), partition, None))
+    messages: list[Message] = [
+        (name, INVENTORY_APPLY, orjson.dumps(items), partition, None)
+        for partition, items in batches
+    ]
     messages += [
         dead_letter_message(dlq, event, rejected.reason, rejected.original)
         for event, rejected in dead
