@@ -161,6 +161,10 @@ def test_per_record_errors_stay_dirty_and_are_reported(setup: Setup) -> None:
 
 
 def test_one_job_per_day_and_batches_within_limit(setup: Setup) -> None:
+    # a flush of its own: with xdist this test may be the first of the module on its
+    # worker (it read the jobs before any flush had made one)
+    setup.send([stock(i, f"J-{i}", 2 + i) for i in range(3)])
+    wait_for(lambda: setup.converged({f"J-{i}|DC-1": 2 + i for i in range(3)}), 30, 0.2, "sent")
     jobs = setup.sim.get("/_sim/jobs")
     delta_jobs = [j for j in jobs if not j["preprocessing"] and j["name"].startswith(setup.topic.split("-inventory")[0])]
     assert len(delta_jobs) == 1
