@@ -102,7 +102,11 @@ class Outbox:
     by :meth:`Books.save`; it waits until the broker has them (:func:`flush_writes`), then
     sends the messages and waits for each (:func:`deliver`, retrying). The agent returns
     only then, so Faust acknowledges the source event only when everything it caused is
-    on the broker, and no message announces state the changelog may not keep.
+    on the broker, and no message announces state the changelog may not keep. The order
+    results go to requests waiting in-process (``POST /pre-orders``) between the two: once
+    the writes they describe are on the broker, one round trip before their messages (a
+    crash from there replays the event, which finds the decisions kept and sends the
+    same results).
     """
 
     messages: list[Message] = field(default_factory=list)
@@ -129,10 +133,20 @@ class Outbox:
     def add_dead_letter(self, dlq: faust.TopicT, event: faust.EventT, reason: str) -> None:
         self.messages.append(dead_letter_message(dlq, event, reason))
 
-    async def flush(self, app: faust.App) -> None:
-        if self.wrote:
+    async def flush(
+        self, app: faust.App, answer: Callable[[str, Json], None] | None = None
+    ) -> None:
+        """Wait until the writes are on the broker, hand the results to ``answer``, then
+        deliver the messages."""
+        results, self.results = self.results, []
+        if self.wrote or (results and answer is not None):
+            # a result without a write of its own (a resent order) may describe another
+            # agent's write that is still on its way: every write queued so far counts
             await flush_writes(app, self.source)
             self.wrote = False
+        if answer is not None:
+            for order_id, result in results:
+                answer(order_id, result)
         messages, self.messages = self.messages, []
         await deliver(app, messages, source=self.source)
 
@@ -179,13 +193,10 @@ class Books:
             out.add(self.events_topic, key.encode(), event, partition)
 
     async def flush(self, out: Outbox) -> None:
-        """Hand the event's messages to the producer, then its order results to the
-        requests of this worker waiting for them (``POST /pre-orders``)."""
-        await out.flush(self.runtime.app)
-        if out.results and self.on_result is not None:
-            for order_id, result in out.results:
-                self.on_result(order_id, result)
-        out.results.clear()
+        """Wait until the broker has the event's writes, hand its order results to the
+        requests of this worker waiting for them (``POST /pre-orders``), then deliver its
+        messages (:meth:`Outbox.flush`)."""
+        await out.flush(self.runtime.app, self.on_result)
 
     def save(self, out: Outbox) -> None:
         """Write the reservations the event changed (each touched chunk once), before

@@ -15,6 +15,12 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_path() -> str:
+    """``PYTHONPATH`` for a process a bench starts: the project first, then what the bench
+    itself was given (``bench/step_census`` then reaches the worker too)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 sys.path.insert(0, str(ROOT))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, Meter, preload  # noqa: E402
+from bench.common import ROOT, Meter, preload, python_path  # noqa: E402
 from stream_app.bootstrap import ensure_topics  # noqa: E402
 from stream_app.embedded import EmbeddedBroker, free_port  # noqa: E402
 
@@ -131,7 +131,7 @@ def measure(mode: str, bootstrap: str, values: list, target: int) -> dict:
         result = fh.name
     proc = subprocess.run(
         [sys.executable, __file__, "--child", mode, bootstrap, topic, str(target), result],
-        cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT, timeout=600, env={**os.environ, "PYTHONPATH": python_path()},
     )
     text = Path(result).read_text()
     if not text:

@@ -43,7 +43,7 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
-from bench.common import ROOT, preload  # noqa: E402
+from bench.common import preload, python_path  # noqa: E402
 from stream_app.broker.consumers import assign_from_end  # noqa: E402
 from stream_app.embedded import EmbeddedBroker, free_port, stop_process  # noqa: E402
 
@@ -83,7 +83,7 @@ class Worker:
         self.prefix = prefix
         self.env = {
             **os.environ,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": python_path(),
             "STREAM_APP_KAFKA_BROKER": bootstrap,
             "STREAM_APP_APP_ID": prefix,
             "STREAM_APP_PARTITIONS": str(PARTITIONS),
@@ -137,6 +137,7 @@ class Worker:
     def stop(self) -> None:
         stop_process(self.proc, 30)
         self.log.close()
+        os.environ.get("BENCH_KEEP_LOG") and shutil.copy(self.data_dir / "worker.log", "/tmp/bench-worker.log")
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 

@@ -34,7 +34,7 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, preload  # noqa: E402
+from bench.common import ROOT, preload, python_path  # noqa: E402
 from stream_app.embedded import EmbeddedBroker, free_port, stop_process  # noqa: E402
 
 PARTITIONS = 8
@@ -72,7 +72,7 @@ def start(
         args = ["-m", "cProfile", "-o", profile, "-m", "stream_app.cli", command]
     return subprocess.Popen(
         [sys.executable, *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        env={**os.environ, "PYTHONPATH": python_path(), **env},
         stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         cwd=env.get("STREAM_APP_DATA_DIR", str(ROOT)),
     )

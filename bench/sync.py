@@ -50,7 +50,7 @@ import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
 
-from bench.common import ROOT  # noqa: E402
+from bench.common import python_path  # noqa: E402
 from stream_app.embedded import EmbeddedBroker, free_port  # noqa: E402
 
 PARTITIONS = 4
@@ -121,7 +121,7 @@ class AppProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "stream_app.cli", command],
-                env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                env={**os.environ, "PYTHONPATH": python_path(), **env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
+from agents.books import Outbox
 from agents.internal import event_time
 from stream_app.broker.delivery import deliver
 
@@ -159,3 +160,55 @@ def test_a_dead_letter_always_fits() -> None:
     small = SimpleNamespace(key=None, value=b"{}", message=event.message)
     _, _, value, _, headers = dead_letter_message(dlq, small, "bad")  # type: ignore[arg-type]
     assert value == b"{}" and "dlq-truncated" not in dict(headers)
+
+
+class LoggingProducer:
+    """Records, in order, when the queued writes were confirmed and what was sent."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.buffer = SimpleNamespace(size=0, flush=self._noop)
+
+    async def _noop(self) -> None:
+        return None
+
+    async def flush(self) -> None:
+        self.log.append("writes on the broker")
+
+    async def send(self, topic: str, key: Any, value: bytes, partition: Any, ts: Any, headers: Any) -> Any:
+        self.log.append(f"sent {topic}")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+class Topic:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+@pytest.mark.parametrize("wrote", [True, False])
+async def test_results_are_answered_once_the_writes_are_on_the_broker_before_their_messages(wrote: bool) -> None:
+    """An order result is handed to the waiting request after every write queued so far
+    is confirmed (also when the event wrote nothing itself: a resent order's recorded
+    result may stand on another agent's write still on its way), and before the messages
+    are sent: the answer never describes state the changelog may lose, and it does not
+    wait for the result's own round trip."""
+    log: list[str] = []
+    out = Outbox(wrote=wrote)
+    out.add_result(Topic("results"), "o-1", {"orderId": "o-1", "success": True})
+    out.add(Topic("events"), b"k", {"e": 1}, 0)
+    await out.flush(SimpleNamespace(producer=LoggingProducer(log)),
+                    lambda order_id, result: log.append(f"answered {order_id}"))
+    assert log == ["writes on the broker", "answered o-1", "sent results", "sent events"]
+
+
+async def test_without_results_nor_writes_nothing_waits_for_the_broker_before_sending() -> None:
+    log: list[str] = []
+    out = Outbox()
+    out.add(Topic("events"), b"k", {"e": 1}, 0)
+    await out.flush(SimpleNamespace(producer=LoggingProducer(log)), lambda *_: log.append("answered"))
+    assert log == ["sent events"]
