@@ -137,7 +137,6 @@ class Worker:
     def stop(self) -> None:
         stop_process(self.proc, 30)
         self.log.close()
-        os.environ.get("BENCH_KEEP_LOG") and shutil.copy(self.data_dir / "worker.log", "/tmp/bench-worker.log")
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
