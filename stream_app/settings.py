@@ -231,6 +231,12 @@ class Settings(BaseSettings):
         "table changelogs after recovery) out of its fetch requests; Faust itself only "
         "pauses them logically, so every fetch listed them",
     )
+    consumer_fast_fetch_codec: bool = Field(
+        True,
+        description="encode the consumer's fetch requests and decode their responses in a "
+        "few struct calls instead of aiokafka's field-by-field protocol code (the same "
+        "bytes and structs; ~100 fetches a second on the embedded broker)",
+    )
     consumer_fetch_max_wait_ms: int = Field(
         10,
         ge=0,

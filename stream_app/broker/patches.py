@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 
+from stream_app.broker import fetch_codec
 from stream_app.broker.assignment import check_assignment_access
 from stream_app.broker.fetch_scope import fetch_consumed_only
 from stream_app.broker.flow_control import check_flow_control, install_flow_control
@@ -55,6 +56,8 @@ def pinned_versions() -> str:
 def install(app: faust.App, settings: Settings) -> None:
     """Every patch this app needs, on this app instance only."""
     install_flow_control(app)
+    if settings.consumer_fast_fetch_codec:
+        fetch_codec.install()  # process-wide: aiokafka's protocol classes
     if settings.consumer_fetch_consumed_only:
         fetch_consumed_only(app)
     if settings.embedded or settings.correct_end_offsets:
@@ -82,6 +85,8 @@ def problems(app: faust.App, settings: Settings) -> list[str]:
         problem = check_store_access(table)
         if problem is not None:
             found.append(problem)
+    if settings.consumer_fast_fetch_codec and not fetch_codec.installed():
+        found.append("fetch codec: aiokafka's FetchRequest_v11/FetchResponse_v11 are not ours")
     consumer: Any = app.consumer
     thread: Any = getattr(consumer, "_thread", None)
     client: Any = getattr(thread, "_consumer", None)

@@ -59,3 +59,19 @@ def test_a_table_whose_store_lacks_per_partition_databases_is_named(tmp_path) ->
     found = patches.problems(app, settings)
     assert found == [check_store_access(memory)]
     assert "table mem" in found[0] and "RocksDB" in found[0]
+
+
+def test_the_fetch_codec_not_in_effect_is_named(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from aiokafka.protocol.fetch import FetchRequest_v11
+
+    from stream_app.broker import fetch_codec
+
+    settings = Settings(data_dir=tmp_path, app_id="patch-codec")
+    app = app_with(settings, wrapped=True, flagged=True, tuned=True)
+    assert fetch_codec.installed()
+    monkeypatch.setattr(FetchRequest_v11, "encode", fetch_codec.ORIGINAL_ENCODE)
+    assert patches.problems(app, settings) == [
+        "fetch codec: aiokafka's FetchRequest_v11/FetchResponse_v11 are not ours"
+    ]
+    off = Settings(data_dir=tmp_path, app_id="patch-codec", consumer_fast_fetch_codec=False)
+    assert patches.problems(app, off) == []
