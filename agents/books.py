@@ -165,6 +165,8 @@ class Books:
         self.partitions = runtime.settings.partitions
         #: called with (orderId, result) for every order result this worker publishes
         self.on_result: Callable[[str, Json], None] | None = None
+        #: called with the seconds from a pre-order's arrival to its decision
+        self.on_lag: Callable[[float], None] | None = None
         #: key → (category, supply): reading the inventory table costs more than a decision
         self._supplies: dict[str, tuple[str | None, Supply]] = {}
         self._supply_generation = -1
@@ -214,6 +216,8 @@ class Books:
         waited = (datetime.now(UTC) - arrived).total_seconds()
         if 0 <= waited < 3600:  # a replay of an old input is not a decision's latency
             metrics.decision_seconds.observe(waited)
+            if self.on_lag is not None:
+                self.on_lag(waited)
 
     def decide(
         self, partition: int, items: Iterable[Json], out: Outbox, received: datetime

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -28,8 +29,21 @@ Json = dict[str, Any]
 class ResultWaiters:
     """Web requests waiting for the ``pre-order-results`` value of an order."""
 
-    def __init__(self, idle_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        idle_seconds: float = 30.0,
+        lag_fresh_seconds: float = 1.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        #: monotonic seconds (the running loop's time unless given)
+        self.clock = clock or (lambda: asyncio.get_running_loop().time())
         self._waiting: dict[str, list[asyncio.Future[Json]]] = {}
+        #: each waiting request's start (loop time), oldest first
+        self._since: dict[asyncio.Future[Json], float] = {}
+        #: the last decision's lag (its pre-order's arrival to the decision) and when it
+        #: was seen (loop time); older than ``lag_fresh_seconds`` it says nothing
+        self._lag = (0.0, float("-inf"))
+        self.lag_fresh_seconds = lag_fresh_seconds
         self.ready = asyncio.Event()
         self.idle_seconds = idle_seconds
         self._wanted = asyncio.Event()
@@ -40,7 +54,22 @@ class ResultWaiters:
     def expect(self, order_id: str) -> asyncio.Future[Json]:
         future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(order_id, []).append(future)
+        self._since[future] = self.clock()
         return future
+
+    def note_lag(self, seconds: float) -> None:
+        """A pre-order was decided ``seconds`` after it arrived (the books, each decision)."""
+        self._lag = (seconds, self.clock())
+
+    def behind(self) -> float:
+        """How far decisions run behind their pre-orders now, as far as this worker sees:
+        the last decision's lag while it is fresh, or the age of the oldest request
+        still waiting (an intake that stopped deciding makes no fresh lag)."""
+        now = self.clock()
+        lag, seen = self._lag
+        fresh = lag if now - seen <= self.lag_fresh_seconds else 0.0
+        oldest = now - next(iter(self._since.values()), now)
+        return max(fresh, oldest)
 
     def follow(self) -> None:
         """Make sure the results consumer runs (it stops after ``idle_seconds`` without
@@ -56,6 +85,7 @@ class ResultWaiters:
                 future.set_result(result)
 
     def forget(self, order_id: str, future: asyncio.Future[Json]) -> None:
+        self._since.pop(future, None)
         futures = self._waiting.get(order_id)
         if futures is None:
             return

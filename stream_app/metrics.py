@@ -149,6 +149,12 @@ class Metrics:
             "From a pre-order's arrival (message timestamp) to its item's decision",
             buckets=DECISION_BUCKETS, registry=self.registry,
         )
+        self.pre_orders_shed = Counter(
+            "stream_app_pre_orders_shed_total",
+            "POST /pre-orders answered 202 at once because decisions ran behind (above "
+            "capacity: STREAM_APP_PRE_ORDER_SHED_AFTER_SECONDS)",
+            registry=self.registry,
+        )
         self.http_requests = Counter(
             "stream_app_http_requests_total", "Web requests answered, by route and status",
             ["route", "status"], registry=self.registry,

@@ -172,6 +172,13 @@ class Settings(BaseSettings):
         description="POST /pre-orders answers within this (publishing and the decision), "
         "else 202 with the status URL",
     )
+    pre_order_shed_after_seconds: float = Field(
+        1.0, ge=0,
+        description="when decisions on this worker run this far behind their pre-orders (the "
+        "last decision's lag, or the oldest request still waiting), POST /pre-orders answers "
+        "202 with the status URL as soon as the broker has the order instead of waiting in "
+        "the queue (above capacity); 0 = always wait up to pre_order_wait_seconds",
+    )
     pre_order_max_in_flight: int = Field(
         2000, ge=1,
         description="POST /pre-orders being answered at once on one worker; beyond it 429 "

@@ -127,6 +127,7 @@ def build_services(runtime: Runtime) -> None:
 
     waiters = ResultWaiters()
     books.on_result = waiters.resolve_result  # single-item results, in-process
+    books.on_lag = waiters.note_lag  # how far decisions run behind: POST /pre-orders sheds
     runtime.result_waiters = waiters
     at_shutdown(app, waiters.close)
 

@@ -67,7 +67,8 @@ DECISION = obj(
         "waitlisted": array(RESERVATION), "failedItems": array(OBJECT), "message": STRING,
     }
 )
-PENDING = obj({"status": {"const": "pending"}, "orderId": STRING}, {"statusUrl": STRING})
+PENDING = obj({"status": {"const": "pending"}, "orderId": STRING},
+              {"statusUrl": STRING, "reason": STRING})
 PRE_ORDER_ITEM = obj(
     {"sku": KEY_PART, "quantity": {"type": "integer", "minimum": 1, "maximum": 10_000},
      "locationRef": KEY_PART},

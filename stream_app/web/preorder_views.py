@@ -208,8 +208,18 @@ def register(runtime: Runtime) -> None:
                         {"error": "unavailable", "message": "the pre-order was not accepted"},
                         status=503,
                     )
+                if future.done():  # decided while the broker confirmed
+                    return self.json(shown(request, future.result()))
                 remaining = deadline - asyncio.get_running_loop().time()
-                if wait > 0 and remaining > 0:
+                behind = waiters.behind()
+                shed_after = settings.pre_order_shed_after_seconds
+                if wait > 0 and remaining > 0 and 0 < shed_after < behind:
+                    # above capacity: the order is on the broker and will be decided, but
+                    # not within this request; holding it would only lengthen the queue
+                    runtime.metrics.pre_orders_shed.inc()
+                    pending["reason"] = (f"decisions run {behind:.1f}s behind on this worker "
+                                         "now: ask statusUrl for the decision")
+                elif wait > 0 and remaining > 0:
                     with contextlib.suppress(TimeoutError):
                         result = await asyncio.wait_for(asyncio.shield(future), remaining)
                         return self.json(shown(request, result))

@@ -426,6 +426,43 @@ def test_above_capacity_it_answers_at_once_instead_of_queueing(
     assert post(refused[0])[0] in (200, 202)  # sent again, it is placed
 
 
+def test_behind_its_decisions_it_answers_202_at_once_and_decides_later(
+    kafka: KafkaCluster, processes: ProcessFactory
+) -> None:
+    """Decisions running further behind their pre-orders than
+    ``pre_order_shed_after_seconds`` (a backlog: above capacity): ``POST /pre-orders``
+    answers 202 with the status URL and the reason as soon as the broker has the order,
+    instead of holding the request in the queue; the order is decided all the same."""
+    prefix = f"shed-{uuid.uuid4().hex[:6]}"
+    env = worker_env(kafka, prefix, STREAM_APP_PRE_ORDER_SHED_AFTER_SECONDS="0.5")
+    worker = processes.start("worker", processes.env(env))
+    worker.wait_ready(90)
+    produce(kafka.bootstrap, f"{prefix}-inventory-changes", [stock("SHED-1", 1_000_000)])
+    wait_for(lambda: worker.get(f"/inventory/SHED-1/{LOC}")[0] == 200, 30, 0.2, "stock")
+    status, body = worker.post("/pre-orders", order("SHED-0", "SHED-1"))
+    assert status == 200 and body["success"], body  # not behind: it waits for the decision
+
+    produce(kafka.bootstrap, f"{prefix}-pre-orders",
+            [order(f"BACKLOG-{n}", "SHED-1") for n in range(8000)])
+
+    def behind() -> bool:
+        samples = worker.metrics()
+        within = samples.get('stream_app_decision_seconds_bucket{le="0.5"}', 0.0)
+        return samples.get("stream_app_decision_seconds_count", 0.0) > within
+
+    wait_for(behind, 60, 0.05, "decisions more than 0.5 s behind their pre-orders")
+    started = time.monotonic()
+    status, body = worker.post("/pre-orders", order("SHED-1", "SHED-1"))
+    took = time.monotonic() - started
+    assert status == 202, body
+    assert body["statusUrl"] == "/pre-orders/SHED-1" and "behind" in body["reason"], body
+    assert took < 5, took  # the wait is 10 s: answered once the broker had it, not queued
+    assert worker.metrics()["stream_app_pre_orders_shed_total"] >= 1
+    decided = wait_for(lambda: (lambda got: got[1] if got[0] == 200 else None)(
+        worker.get("/pre-orders/SHED-1")), 120, 0.2, "the shed order decided")
+    assert decided["success"], decided
+
+
 def test_invalid_orders_with_every_reason(cluster: Cluster) -> None:
     bad = order("BAD-1", "SKU-X", "GOLD", quantity=0, days=2)
     del bad["customerEmail"]
