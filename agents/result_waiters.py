@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
 
+#: how much one decision's lag moves the smoothed lag (about the last ten decisions count)
+LAG_WEIGHT = 0.1
+
 
 class ResultWaiters:
     """Web requests waiting for the ``pre-order-results`` value of an order."""
@@ -38,10 +41,12 @@ class ResultWaiters:
         #: monotonic seconds (the running loop's time unless given)
         self.clock = clock or (lambda: asyncio.get_running_loop().time())
         self._waiting: dict[str, list[asyncio.Future[Json]]] = {}
-        #: each waiting request's start (loop time), oldest first
+        #: when each request began waiting for its decision (its order on the broker),
+        #: oldest first
         self._since: dict[asyncio.Future[Json], float] = {}
-        #: the last decision's lag (its pre-order's arrival to the decision) and when it
-        #: was seen (loop time); older than ``lag_fresh_seconds`` it says nothing
+        #: decisions' lag (a pre-order's arrival to its decision), smoothed over the last
+        #: ~1/LAG_WEIGHT decisions (one slow decision is not a queue), and when the last
+        #: was seen; older than ``lag_fresh_seconds`` it says nothing
         self._lag = (0.0, float("-inf"))
         self.lag_fresh_seconds = lag_fresh_seconds
         self.ready = asyncio.Event()
@@ -54,17 +59,24 @@ class ResultWaiters:
     def expect(self, order_id: str) -> asyncio.Future[Json]:
         future: asyncio.Future[Json] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(order_id, []).append(future)
-        self._since[future] = self.clock()
         return future
+
+    def waiting(self, future: asyncio.Future[Json]) -> None:
+        """The request of ``future`` begins waiting for its decision (until :meth:`forget`)."""
+        self._since[future] = self.clock()
 
     def note_lag(self, seconds: float) -> None:
         """A pre-order was decided ``seconds`` after it arrived (the books, each decision)."""
-        self._lag = (seconds, self.clock())
+        now = self.clock()
+        smoothed, seen = self._lag
+        if now - seen > self.lag_fresh_seconds:
+            smoothed = 0.0  # a new stretch of decisions: what came before says nothing
+        self._lag = (smoothed + LAG_WEIGHT * (seconds - smoothed), now)
 
     def behind(self) -> float:
         """How far decisions run behind their pre-orders now, as far as this worker sees:
-        the last decision's lag while it is fresh, or the age of the oldest request
-        still waiting (an intake that stopped deciding makes no fresh lag)."""
+        their smoothed lag while fresh, or how long the oldest request has waited for its
+        decision (an intake that stopped deciding makes no fresh lag)."""
         now = self.clock()
         lag, seen = self._lag
         fresh = lag if now - seen <= self.lag_fresh_seconds else 0.0
