@@ -268,8 +268,9 @@ class Metrics:
         }
 
     def decision_view(self) -> dict[str, object]:
-        """Decisions by outcome (summed over tiers) and by tier, and the latency
-        histogram's cumulative buckets: cheap (a few dozen samples)."""
+        """Decisions by outcome (summed over tiers) and by tier, pre-orders answered
+        pending at once above capacity, and the latency histogram's cumulative buckets:
+        cheap (a few dozen samples)."""
         by_outcome: dict[str, int] = {}
         by_tier: dict[str, dict[str, int]] = {}
         for metric in self.decisions.collect():
@@ -289,7 +290,9 @@ class Metrics:
                     count = int(sample.value)
                 elif sample.name.endswith("_sum"):
                     total = float(sample.value)
-        return {"byOutcome": by_outcome, "byTier": by_tier,
+        shed = sum(int(sample.value) for metric in self.pre_orders_shed.collect()
+                   for sample in metric.samples if sample.name.endswith("_total"))
+        return {"byOutcome": by_outcome, "byTier": by_tier, "shed": shed,
                 "latency": {"count": count, "sumSeconds": round(total, 6), "buckets": buckets}}
 
     def render(self) -> bytes:

@@ -40,7 +40,7 @@ def merge_status(workers: list[Json]) -> Json:
     outcomes: dict[str, int] = {}
     tiers: dict[str, dict[str, int]] = {}
     buckets: dict[str, int] = {}
-    count, total = 0, 0.0
+    count, total, shed = 0, 0.0, 0
     for worker in workers:
         for topic, n in (worker.get("lag") or {}).items():
             lag[topic] = lag.get(topic, 0) + int(n)
@@ -56,6 +56,7 @@ def merge_status(workers: list[Json]) -> Json:
             into_tier = tiers.setdefault(tier, {})
             for outcome, n in by.items():
                 into_tier[outcome] = into_tier.get(outcome, 0) + int(n)
+        shed += int(decisions.get("shed", 0))
         latency = decisions.get("latency") or {}
         count += int(latency.get("count", 0))
         total += float(latency.get("sumSeconds", 0.0))
@@ -65,7 +66,7 @@ def merge_status(workers: list[Json]) -> Json:
         "workers": workers,
         "lag": lag,
         "deadLetters": dead,
-        "decisions": {"byOutcome": outcomes, "byTier": tiers,
+        "decisions": {"byOutcome": outcomes, "byTier": tiers, "shed": shed,
                       "latency": {"count": count, "sumSeconds": round(total, 6),
                                   "buckets": sorted(buckets.items(), key=lambda b: float(b[0]))}},
         "unreachable": [w for w in workers if "unreachable" in w],

@@ -82,6 +82,7 @@ def test_an_operator_runs_the_campaign_from_the_console(
         assert "@example.com" not in queue.inner_text()  # no customer data without a key
 
         expect(page.locator("#decisions")).to_contain_text("total 6", timeout=10_000)
+        expect(page.locator("#shed")).to_contain_text("0 pre-orders answered “pending” at once")
         for chart in ("decisions per second", "decision latency p99"):  # after 3 refreshes
             expect(page.get_by_role("img", name=chart)).to_be_visible(timeout=15_000)
         expect(page.locator("#dead-letters")).to_contain_text(f"{prefix}-pre-orders")

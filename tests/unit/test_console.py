@@ -34,6 +34,8 @@ def test_worker_statuses_add_up() -> None:
     two.decisions.labels("WAITLISTED", "STANDARD").inc(2)
     one.decision_seconds.observe(0.004)
     two.decision_seconds.observe(0.2)
+    one.pre_orders_shed.inc(5)
+    two.pre_orders_shed.inc(2)
     workers = [{"url": "a", "lag": {"t": 3}, "deadLetters": one.dead_letter_view(),
                 "decisions": one.decision_view()},
                {"url": "b", "lag": {"t": 4, "u": 1}, "deadLetters": two.dead_letter_view(),
@@ -45,6 +47,7 @@ def test_worker_statuses_add_up() -> None:
     assert pre["count"] == 2 and [d["reason"] for d in pre["latest"]] == ["bad shape", "not JSON"]
     assert merged["decisions"]["byOutcome"] == {"RESERVED": 4, "WAITLISTED": 2}
     assert merged["decisions"]["byTier"] == {"VIP": {"RESERVED": 4}, "STANDARD": {"WAITLISTED": 2}}
+    assert merged["decisions"]["shed"] == 7
     latency = merged["decisions"]["latency"]
     assert latency["count"] == 2 and dict(latency["buckets"])["0.005"] == 1
     assert dict(latency["buckets"])["+Inf"] == 2 and len(merged["unreachable"]) == 1
