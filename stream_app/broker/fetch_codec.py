@@ -18,6 +18,7 @@ wrong type or range) is handed to aiokafka's own code, which reports it as it al
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -58,37 +59,36 @@ def encode_request(request: Any) -> bytes:
 
 
 def _encode_request(fields: dict[str, Any]) -> bytes:
-    out = [_REQUEST_HEAD.pack(
-        fields["replica_id"], fields["max_wait_time"], fields["min_bytes"],
-        fields["max_bytes"], fields["isolation_level"], fields["session_id"],
-        fields["session_epoch"],
-    )]
-    topics = fields["topics"]
-    if topics is None:
-        out.append(_NULL)
-    else:
-        out.append(_I32.pack(len(topics)))
-        for topic, partitions in topics:
-            out.append(_string(topic))
-            if partitions is None:
-                out.append(_NULL)
-                continue
-            out.append(_I32.pack(len(partitions)))
-            pack = _REQUEST_PARTITION.pack
-            out.extend(pack(*partition) for partition in partitions)
-    forgotten = fields["forgotten_topics_data"]
-    if forgotten is None:
-        out.append(_NULL)
-    else:
-        out.append(_I32.pack(len(forgotten)))
-        for topic, partitions in forgotten:
-            out.append(_string(topic))
-            if partitions is None:
-                out.append(_NULL)
-            else:
-                out.append(struct.pack(f">i{len(partitions)}i", len(partitions), *partitions))
-    out.append(_string(fields["rack_id"]))
+    return b"".join((
+        _REQUEST_HEAD.pack(
+            fields["replica_id"], fields["max_wait_time"], fields["min_bytes"],
+            fields["max_bytes"], fields["isolation_level"], fields["session_id"],
+            fields["session_epoch"],
+        ),
+        _by_topic(fields["topics"], _fetched),
+        _by_topic(fields["forgotten_topics_data"], _forgotten),
+        _string(fields["rack_id"]),
+    ))
+
+
+def _by_topic(entries: Any, partitions: Callable[[Any], bytes]) -> bytes:
+    """An array of (topic, array of partitions), either array null."""
+    if entries is None:
+        return _NULL
+    out = [_I32.pack(len(entries))]
+    for topic, items in entries:
+        out.append(_string(topic))
+        out.append(_NULL if items is None else partitions(items))
     return b"".join(out)
+
+
+def _fetched(partitions: Any) -> bytes:
+    pack = _REQUEST_PARTITION.pack
+    return _I32.pack(len(partitions)) + b"".join(pack(*partition) for partition in partitions)
+
+
+def _forgotten(partitions: Any) -> bytes:
+    return struct.pack(f">i{len(partitions)}i", len(partitions), *partitions)
 
 
 def decode_response(cls: type[FetchResponse_v11], data: BytesIO | bytes) -> FetchResponse_v11:
