@@ -62,7 +62,9 @@ class ResultWaiters:
         return future
 
     def waiting(self, future: asyncio.Future[Json]) -> None:
-        """The request of ``future`` begins waiting for its decision (until :meth:`forget`)."""
+        """The request of ``future`` begins waiting for a decision this worker's intake
+        makes (until :meth:`forget`): how long the oldest has waited tells an intake that
+        stopped deciding."""
         self._since[future] = self.clock()
 
     def note_lag(self, seconds: float) -> None:

@@ -175,10 +175,10 @@ class Settings(BaseSettings):
     pre_order_shed_after_seconds: float = Field(
         1.0, ge=0,
         description="when decisions on this worker run this far behind their pre-orders (the "
-        "lag of the last ~10 decisions, or the oldest request waiting for its decision), POST "
-        "/pre-orders answers 202 with the status URL as soon as the broker has the order "
-        "instead of waiting in the queue (above capacity); 0 = always wait up to "
-        "pre_order_wait_seconds",
+        "lag of the last ~10 decisions, or the oldest single-item request waiting for its "
+        "decision), POST /pre-orders answers 202 with the status URL as soon as the broker "
+        "has the order instead of waiting in the queue (above capacity); 0 = always wait up "
+        "to pre_order_wait_seconds",
     )
     pre_order_max_in_flight: int = Field(
         2000, ge=1,

@@ -220,7 +220,8 @@ def register(runtime: Runtime) -> None:
                     pending["reason"] = (f"decisions run {behind:.1f}s behind on this worker "
                                          "now: ask statusUrl for the decision")
                 elif wait > 0 and remaining > 0:
-                    waiters.waiting(future)
+                    if decided_here:  # a multi-item order's wait (two hops) is no queue
+                        waiters.waiting(future)
                     with contextlib.suppress(TimeoutError):
                         result = await asyncio.wait_for(asyncio.shield(future), remaining)
                         return self.json(shown(request, result))
