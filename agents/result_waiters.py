@@ -27,6 +27,9 @@ Json = dict[str, Any]
 
 #: how much one decision's lag moves the smoothed lag (about the last ten decisions count)
 LAG_WEIGHT = 0.1
+#: a lag older than this says nothing: an intake behind decides without pause, and one
+#: that has caught up (a replay after a restart, a burst) makes no new decisions
+LAG_FRESH_SECONDS = 0.5
 
 
 class ResultWaiters:
@@ -35,7 +38,7 @@ class ResultWaiters:
     def __init__(
         self,
         idle_seconds: float = 30.0,
-        lag_fresh_seconds: float = 1.0,
+        lag_fresh_seconds: float = LAG_FRESH_SECONDS,
         clock: Callable[[], float] | None = None,
     ) -> None:
         #: monotonic seconds (the running loop's time unless given)
