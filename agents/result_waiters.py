@@ -27,9 +27,12 @@ Json = dict[str, Any]
 
 #: how much one decision's lag moves the smoothed lag (about the last ten decisions count)
 LAG_WEIGHT = 0.1
-#: a lag older than this says nothing: an intake behind decides without pause, and one
-#: that has caught up (a replay after a restart, a burst) makes no new decisions
-LAG_FRESH_SECONDS = 0.5
+#: a lag older than this says nothing (the intake has caught up, or stopped: the waiting
+#: requests tell that). Above capacity an intake's groups come more than 0.5 s apart here:
+#: with 0.5 the signal dropped out between them and POST p99 at 500/s went from 2.0–3.2 s
+#: to 4.4–4.9 s (the deadline); the price of 1 s is up to a second of 202s after a replay
+#: or a burst has been caught up
+LAG_FRESH_SECONDS = 1.0
 
 
 class ResultWaiters:
