@@ -56,9 +56,6 @@ class GcPauses:
             gc.callbacks.append(self._on_gc)
             self._installed = True
 
-    def watching(self, histogram: Histogram) -> bool:
-        return histogram in self._queues
-
     def drain(self, histogram: Histogram) -> None:
         """Observe the pauses queued for ``histogram`` (at a scrape)."""
         queue = self._queues.get(histogram)

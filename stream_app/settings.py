@@ -22,6 +22,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from stream_app.connectors.csv_rows import MAX_RECORD_BYTES
+
 ENV_PREFIX = "STREAM_APP_"
 
 
@@ -339,7 +341,7 @@ class Settings(BaseSettings):
         "already on the broker to be applied (a fence through its partition); then it retries",
     )
     csv_max_record_bytes: int = Field(
-        1 << 20,
+        MAX_RECORD_BYTES,
         ge=1024,
         le=64 << 20,
         description="bytes one CSV record of an S3 channel may take: a longer one (a stray "

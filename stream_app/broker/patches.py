@@ -54,7 +54,8 @@ def pinned_versions() -> str:
 
 
 def install(app: faust.App, settings: Settings) -> None:
-    """Every patch this app needs, on this app instance only."""
+    """Every patch this app needs, on this app instance only (but the fetch codec:
+    aiokafka's protocol classes are the process's, and it gives the same bytes)."""
     install_flow_control(app)
     if settings.consumer_fast_fetch_codec:
         fetch_codec.install()  # process-wide: aiokafka's protocol classes

@@ -211,8 +211,8 @@ def register(runtime: Runtime) -> None:
                 if future.done():  # decided while the broker confirmed
                     return self.json(shown(request, future.result()))
                 remaining = deadline - asyncio.get_running_loop().time()
-                behind = waiters.behind()
                 shed_after = settings.pre_order_shed_after_seconds
+                behind = waiters.behind() if shed_after > 0 else 0.0
                 if wait > 0 and remaining > 0 and 0 < shed_after < behind:
                     # above capacity: the order is on the broker and will be decided, but
                     # not within this request; holding it would only lengthen the queue
