@@ -443,14 +443,14 @@ def test_behind_its_decisions_it_answers_202_at_once_and_decides_later(
     assert status == 200 and body["success"], body  # not behind: it waits for the decision
 
     produce(kafka.bootstrap, f"{prefix}-pre-orders",
-            [order(f"BACKLOG-{n}", "SHED-1") for n in range(8000)])
+            [order(f"BACKLOG-{n}", "SHED-1") for n in range(12_000)])
 
-    def behind() -> bool:
+    def behind() -> bool:  # the signal is smoothed over ~10 decisions: one late is no queue
         samples = worker.metrics()
-        within = samples.get('stream_app_decision_seconds_bucket{le="0.5"}', 0.0)
-        return samples.get("stream_app_decision_seconds_count", 0.0) > within
+        within = samples.get('stream_app_decision_seconds_bucket{le="1.0"}', 0.0)
+        return samples.get("stream_app_decision_seconds_count", 0.0) - within >= 30
 
-    wait_for(behind, 60, 0.05, "decisions more than 0.5 s behind their pre-orders")
+    wait_for(behind, 60, 0.05, "30 decisions more than 1 s behind their pre-orders")
     started = time.monotonic()
     status, body = worker.post("/pre-orders", order("SHED-1", "SHED-1"))
     took = time.monotonic() - started
