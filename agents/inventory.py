@@ -36,6 +36,7 @@ from stream_app.broker.delivery import Message, deliver, source_of, waiting_on_b
 from stream_app.broker.lifecycle import at_shutdown, not_at_shutdown
 from stream_app.broker.tansu_offsets import bootstrap_list
 from stream_app.domain.inventory import apply_change, empty_state, not_applied_reason
+from stream_app.pacing import Slicer, breathe
 from stream_app.partitioning import partition_for
 from stream_app.records import (
     InventoryRecord,
@@ -94,11 +95,12 @@ async def deliver_until_done(
     await deliver(apply_topic.app, messages, source=source)
 
 
-#: records parsed or applied between two yields to the event loop (a group or message
-#: holds thousands): a request waits for one step of each busy task, so the slice bounds
-#: GET /inventory p99 under a saturating stream (1M keys: 200 → 25 ms, 100 → 13.5 ms
-#: before the group commit; with it 100 → 31.6 ms, 50 → ~21 ms; docs/benchmarks.md)
-APPLY_SLICE = 50
+#: records parsed or applied in one step of the loop are sized to
+#: ``STREAM_APP_LOOP_SLICE_MS`` (stream_app.pacing): a request waits for one step of each
+#: busy task, so the slice bounds GET /inventory p99 under a saturating stream (1M keys:
+#: slices of 200 records → 25 ms, 100 → 13.5 ms before the group commit; with it 100 →
+#: 31.6 ms, 50 → ~21 ms on 12-04, where 50 records took ~1.5 ms; docs/benchmarks.md)
+FIRST_SLICE = 50
 
 
 def apply_records(
@@ -179,6 +181,7 @@ async def fill_group(
     wait_ms: int,
     linger_ms: float = 0.0,
     most_bytes: int | None = None,
+    slices: Slicer | None = None,
 ) -> dict[Any, list[ConsumerRecord[bytes, bytes]]]:
     """Records for one group: wait up to ``wait_ms`` for the first, then take more for up
     to ``linger_ms`` after it, up to ``most`` events and about ``most_bytes`` of values.
@@ -187,10 +190,16 @@ async def fill_group(
     is one apply on the internal topic, and an apply waits for its changelog on the
     broker, so the apply side takes a bounded number of them per second (docs/benchmarks.md,
     the sync bench). The byte bound matters for envelopes: 2,000 of 500 records were a
-    group of a million records (a 2 s step of the loop and ~0.7 GB during a 1M load)."""
+    group of a million records (a 2 s step of the loop and ~0.7 GB during a 1M load).
+
+    With ``slices``, what was prefetched is taken a time-sized slice per step of the loop
+    (aiokafka unpacks the records it hands out in the call: 2,000 were one step of ~10 ms
+    on a slow machine), and only a take that found nothing waits for more."""
     # with a byte bound, a few first (aiokafka hands out what it prefetched, whatever its
     # size), then as many as the mean size so far leaves room for
     first = most if most_bytes is None else min(most, FIRST_ASK)
+    if slices is not None:
+        first = min(first, slices.size)
     batches = await consumer.getmany(timeout_ms=wait_ms, max_records=first)
     count = sum(len(records) for records in batches.values())
     size = _value_bytes(batches) if most_bytes is not None else 0
@@ -201,7 +210,16 @@ async def fill_group(
         ask = most - count
         if most_bytes is not None:
             ask = max(1, min(ask, (most_bytes - size) * count // max(1, size)))
-        more = await consumer.getmany(timeout_ms=left_ms, max_records=ask)
+        if slices is None:
+            more = await consumer.getmany(timeout_ms=left_ms, max_records=ask)
+        else:
+            await breathe()
+            ask = min(ask, slices.size)
+            began = slices.clock()
+            more = await consumer.getmany(timeout_ms=0, max_records=ask)  # never waits
+            slices.took(sum(len(records) for records in more.values()), slices.clock() - began)
+            if not more and left_ms:
+                more = await consumer.getmany(timeout_ms=left_ms, max_records=min(ask, FIRST_ASK))
         if not more:
             if left_ms == 0:
                 break
@@ -254,16 +272,22 @@ async def run_ingest(
     # closed before the worker cancels this task (else "Unclosed AIOKafkaConsumer")
     receiver = at_shutdown(app, lambda: stop_consumer(consumer))
     committing: asyncio.Future[None] | None = None
+    takes = Slicer(settings.loop_slice_ms / 1000, first=FIRST_SLICE)  # records taken
+    wraps = Slicer(settings.loop_slice_ms / 1000, first=FIRST_SLICE)  # records made events
     try:
         await consumer.start()
         while True:
             batches = await fill_group(consumer, settings.ingest_batch_max,
                                        int(settings.ingest_batch_within * 1000),
-                                       settings.ingest_linger_ms, settings.ingest_batch_max_bytes)
+                                       settings.ingest_linger_ms, settings.ingest_batch_max_bytes,
+                                       takes)
             if not batches:
                 continue
             # one group for the whole fetch: one forward per target partition
-            await handle([source_event(r) for records in batches.values() for r in records])
+            events: list[SourceEvent] = []
+            async for part in wraps.paced([r for records in batches.values() for r in records]):
+                events += [source_event(r) for r in part]
+            await handle(events)
             # a group's offsets are committed once it is delivered, in group order, while
             # the next group is read and handled (the commit's round trip overlaps it)
             if committing is not None:
@@ -315,26 +339,27 @@ def register(runtime: Runtime) -> None:
         sent_at = int(stamp * 1_000_000) if stamp and stamp > 0 else None
         return Limits(settings.max_quantity, skew_us, sent_at)
 
+    slice_seconds = settings.loop_slice_ms / 1000
+    parse_slices = Slicer(slice_seconds, first=FIRST_SLICE)
+    apply_slices = Slicer(slice_seconds, first=FIRST_SLICE)
+    wire_slices = Slicer(slice_seconds, first=FIRST_SLICE)  # records read off the wire
+
     async def ingest_group(events: list[faust.EventT]) -> None:
         # records are grouped by partition as they are parsed, slice by slice (a group of
         # 2,000 grouped at its end was one ~10 ms step of the loop at 1M keys)
         grouped: dict[int, list[list[Any]]] = defaultdict(list)
         records = 0
         dead: list[tuple[faust.EventT, Rejected]] = []
-        parsed = 0
-        for event in events:
-            if parsed >= APPLY_SLICE:  # let web requests in between (a group is 2,000)
-                parsed = 0
-                await asyncio.sleep(0)
-            try:
-                good, bad = parse_message(event.value, settings.max_event_bytes, limits_for(event))
-                parsed += len(good) + len(bad)
-            except Exception as exc:  # never let one message stop the stream
-                log.exception("unexpected error parsing a message")
-                good, bad = [], [Rejected(event.value or b"", f"internal error: {exc!r}")]
-            add_to_groups(grouped, good, settings.partitions)
-            records += len(good)
-            dead.extend((event, rejected) for rejected in bad)
+        async for part in parse_slices.paced(events):  # web requests get in between
+            for event in part:
+                try:
+                    good, bad = parse_message(event.value, settings.max_event_bytes, limits_for(event))
+                except Exception as exc:  # never let one message stop the stream
+                    log.exception("unexpected error parsing a message")
+                    good, bad = [], [Rejected(event.value or b"", f"internal error: {exc!r}")]
+                add_to_groups(grouped, good, settings.partitions)
+                records += len(good)
+                dead.extend((event, rejected) for rejected in bad)
         batches = in_messages(grouped, settings.apply_chunk_records)
         for _event, rejected in dead:  # counted once delivered (agents.internal)
             log.warning("dead letter from %s: %s", names.inventory_changes, rejected.reason)
@@ -378,8 +403,10 @@ def register(runtime: Runtime) -> None:
     async def prepare(event: faust.EventT) -> StagedApply | None:
         """Apply one message's records and stage its writes (not flushed); None when it
         was dead-lettered."""
-        try:
-            records = [from_wire(item) for item in orjson.loads(event.value)]
+        try:  # (a bad record dead-letters the message before any of it is applied)
+            records: list[InventoryRecord] = []
+            async for part in wire_slices.paced(orjson.loads(event.value)):
+                records += [from_wire(item) for item in part]
         except Exception as exc:
             log.exception("bad inventory-apply message on %s", names.internal)
             await dead_letter(dlq, event, f"internal record: {exc!r}")
@@ -388,11 +415,9 @@ def register(runtime: Runtime) -> None:
         keys: list[str] = []
         changed: list[str] = []
         together: dict[int, KeyedTable] = {}
-        for start in range(0, len(records), APPLY_SLICE):
-            if start:  # let web requests in between slices (p99 of GET /inventory)
-                await asyncio.sleep(0)
+        async for part in apply_slices.paced(records):  # web requests get in between
             states: dict[str, Any] = {}
-            changed += apply_records(runtime, records[start : start + APPLY_SLICE], states, partition)
+            changed += apply_records(runtime, part, states, partition)
             keys += states
             for stage in stagers:
                 table = stage(list(states), states, partition)
@@ -408,7 +433,9 @@ def register(runtime: Runtime) -> None:
         tables = {id(table): table for staged in run for table in staged.tables}
         await flush_all([runtime.inventory, *tables.values()], source_of(run[0].event))
         runtime.metrics.records_applied.inc(sum(staged.records for staged in run))
-        for staged in run:
+        for index, staged in enumerate(run):
+            if index:  # a message's hooks read and mark its ~1,000 keys: one step each
+                await breathe()
             with writing_as(staged.event):
                 for hook in after_apply:  # also when nothing changed: a replay re-announces
                     await hook(staged.event, staged.keys, staged.changed)

@@ -66,6 +66,7 @@ from stream_app.fluent.client import (
     InventoryRecord,
     backoff_delay,
 )
+from stream_app.pacing import Slicer, breathe
 from stream_app.records import inventory_key, split_key
 from tables.keyed import KeyedTable
 
@@ -75,12 +76,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RUNS_KEPT = 50
-#: candidates a flush reads or triages between two yields to the event loop: a flush
-#: takes up to ``flush_max_records`` (50,000) of them, a full resync every key of the
-#: catalogue, and in one step that stopped the worker for seconds (1.5 s per flush at 1M
-#: keys here; a full resync at 1M would outlast the broker session). As the apply's
-#: slices: a request waits for one step of each busy task (500 made 15 ms steps here)
-CONSIDER_SLICE = 50
+#: candidates a flush reads or triages are cut into slices of ``STREAM_APP_LOOP_SLICE_MS``
+#: (stream_app.pacing), the loop free in between: a flush takes up to
+#: ``flush_max_records`` (50,000) of them, a full resync every key of the catalogue, and
+#: in one step that stopped the worker for seconds (1.5 s per flush at 1M keys here; a
+#: full resync at 1M would outlast the broker session). As the apply's slices: a request
+#: waits for one step of each busy task (slices of 500 made 15 ms steps here)
 MAX_ERRORS_KEPT = 20
 
 #: the marker kind of keys that may need sending (tables.keyed side keys)
@@ -126,6 +127,9 @@ class SyncService:
         self.last_check_us = 0
         self.client: FluentClient | None = None
         self.current: SyncRun | None = None
+        slice_seconds = self.settings.loop_slice_ms / 1000
+        self._walk_slices = Slicer(slice_seconds, first=50)  # candidates read
+        self._triage_slices = Slicer(slice_seconds, first=50)  # candidates triaged
         #: keys with books but no marker found dirty by the last flush (for the gauge)
         self.unmarked_dirty = 0
         self._counts_generation = -1
@@ -197,7 +201,7 @@ class SyncService:
         """The candidates one flush takes, and whether more wait. Bounded work per flush
         (every key is dirty after an initial load): at most ``flush_max_records``, and the
         next flush resumes after the last one taken (a full resync takes every key). Read
-        :data:`CONSIDER_SLICE` at a time, the loop free in between: the markers are read
+        a slice at a time (stream_app.pacing), the loop free in between: the markers are read
         as they were when the walk began (a key marked meanwhile is taken by the next
         flush), each key's quantities when it is read."""
         most = None if full else self.settings.flush_max_records
@@ -207,11 +211,12 @@ class SyncService:
         generation = self.runtime.app.rebalancing_count
         cut_short = False
         while True:
-            taken = len(considered)
-            considered.extend(itertools.islice(found, CONSIDER_SLICE))
-            if len(considered) - taken < CONSIDER_SLICE:
+            size = self._walk_slices.size
+            part = self._walk_slices.take(found)
+            considered.extend(part)
+            if len(part) < size:
                 break
-            await asyncio.sleep(0)
+            await breathe()
             if self.runtime.app.rebalancing_count != generation and considered:
                 # partitions move: no walk held across it; the next flush goes on from here
                 cut_short = True
@@ -327,10 +332,7 @@ class SyncService:
         dirty: list[tuple[str, int]] = []
         clean_marked: list[str] = []
         unmarked_dirty = 0
-        for begin in range(0, len(considered), CONSIDER_SLICE):
-            if begin:
-                await asyncio.sleep(0)
-            part = considered[begin : begin + CONSIDER_SLICE]
+        async for part in self._triage_slices.paced(considered):
             dirty += select_dirty(part, start, full_resync=full)
             marked_keys = self._marked([key for key, _, _ in part])
             for key, sellable, entry in part:

@@ -111,6 +111,21 @@ class Settings(BaseSettings):
         "per record; under load groups fill at once)",
     )
     apply_chunk_records: int = Field(1000, ge=1, le=20000, description="records per internal message")
+    loop_slice_ms: float = Field(
+        1.5,
+        gt=0,
+        le=1000,
+        description="long work (parsing an ingest group, applying an internal message, "
+        "triaging sync candidates) holds the event loop about this long per step: a web "
+        "request waits for one step of each busy task (GET /inventory p99 under load)",
+    )
+    web_first_ms: float = Field(
+        50.0,
+        ge=0,
+        le=1000,
+        description="web requests first: long work waits (up to this long) while a request "
+        "that arrived waits for its handler to start; 0 = off",
+    )
 
     # --- topics (names are a contract; override only to namespace them) -----------------
     topic_inventory_changes: str = "inventory-changes"

@@ -23,9 +23,11 @@ from stream_app.broker.lifecycle import is_ready
 from stream_app.broker.stores import estimated_keys
 from stream_app.delivery_watch import watch_of
 from stream_app.domain.inventory import aggregate, channels_view, expected_arrivals
+from stream_app.pacing import FOREGROUND
 from stream_app.records import inventory_key
 from stream_app.web.errors import ApiView
 from stream_app.web.errors import install as install_json_errors
+from stream_app.web.priority import install as install_foreground
 
 if TYPE_CHECKING:
     from stream_app.app import Runtime
@@ -104,6 +106,9 @@ def inventory_view(runtime: Runtime, sku: str, location: str, state: dict[str, A
 def register(runtime: Runtime) -> None:
     app = runtime.app
     install_json_errors(app.web.web_app, runtime.metrics)  # type: ignore[attr-defined]
+    FOREGROUND.most = runtime.settings.web_first_ms / 1000
+    if FOREGROUND.most > 0:
+        install_foreground(FOREGROUND)  # web requests first (stream_app.pacing)
 
     watch = watch_of(app)
 

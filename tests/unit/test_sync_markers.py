@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.sync import CONSIDER_SLICE, DIRTY, SyncService, record_acknowledgement
+from agents.sync import DIRTY, SyncService, record_acknowledgement
 from stream_app.domain.inventory import BufferPolicy
 from stream_app.settings import Settings
 from tables.keyed import KeyedTable
@@ -27,13 +27,13 @@ def stock(on_hand: int) -> dict[str, Any]:
 
 
 class World:
-    def __init__(self, root: Path, flush_max: int = 50_000) -> None:
+    def __init__(self, root: Path, flush_max: int = 50_000, slice_ms: float = 1.5) -> None:
         self.broker = Broker()
         self.inventory = KeyedTable("inventory", "i", PARTITIONS, Databases(root / "i"), self.broker.deliver)
         self.accepted = KeyedTable("accepted", "a", PARTITIONS, Databases(root / "a"), self.broker.deliver)
         self.held: dict[str, int] = {}
         runtime: Any = SimpleNamespace(
-            settings=Settings(data_dir=root, flush_max_records=flush_max),
+            settings=Settings(data_dir=root, flush_max_records=flush_max, loop_slice_ms=slice_ms),
             inventory=self.inventory,
             buffers=BufferPolicy(),
             preorders=SimpleNamespace(store=SimpleNamespace(
@@ -130,9 +130,9 @@ def test_a_capped_flush_reads_about_its_cap_of_markers_not_all(tmp_path: Path) -
     assert counting.read <= 3 * (10 + 1 + PARTITIONS)  # the cap, the one that says "more", partition ends
 
 
-def marked_world(root: Path, keys: int, flush_max: int) -> World:
+def marked_world(root: Path, keys: int, flush_max: int, slice_ms: float = 1.5) -> World:
     """``keys`` keys K00000|L… with stock, each marked dirty, all durable."""
-    world = World(root, flush_max=flush_max)
+    world = World(root, flush_max=flush_max, slice_ms=slice_ms)
     for n in range(keys):
         world.accepted.mark(DIRTY, f"K{n:05}|L", True)
         world.inventory.put(f"K{n:05}|L", stock(1))
@@ -144,9 +144,11 @@ def marked_world(root: Path, keys: int, flush_max: int) -> World:
 def test_a_long_consider_lets_the_loop_run_between_slices(tmp_path: Path) -> None:
     """A flush considers up to flush_max_records keys, a full resync every key: read in
     one step, that stopped the worker (1.5 s a flush at 1M keys). Another task must get
-    the loop every CONSIDER_SLICE candidates, and the answer is the same as in one go."""
-    keys = 3 * CONSIDER_SLICE
-    world = marked_world(tmp_path, keys, flush_max=2 * CONSIDER_SLICE + 7)
+    the loop between slices (sized by time: a budget of a microsecond leaves one candidate
+    a slice after the first 50), and the answer is the same as in one go."""
+    slice_ = 50
+    keys = 3 * slice_
+    world = marked_world(tmp_path, keys, flush_max=2 * slice_ + 7, slice_ms=0.001)
 
     async def considered_while_ticking(full: bool) -> tuple[int, int, bool]:
         ticks = 0
@@ -166,19 +168,19 @@ def test_a_long_consider_lets_the_loop_run_between_slices(tmp_path: Path) -> Non
         return len(batch), ticks, more
 
     taken, ticks, more = asyncio.run(considered_while_ticking(False))
-    assert (taken, more) == (2 * CONSIDER_SLICE + 7, True)
-    assert ticks >= 2  # the capped flush: three slices, two yields
+    assert (taken, more) == (2 * slice_ + 7, True)
+    assert ticks >= slice_ + 7  # the capped flush (108 read): 50, then one at a time
     taken, ticks, more = asyncio.run(considered_while_ticking(True))
     assert (taken, more) == (keys, False)
-    assert ticks >= 3
+    assert ticks >= keys - slice_
 
 
 def test_a_rebalance_during_a_walk_ends_it_and_the_next_flush_goes_on(tmp_path: Path) -> None:
     """Partitions may move while a flush reads its candidates slice by slice: the walk
     stops there (no iterator held across a rebalance) and says more are waiting; the
     next flush starts after the last key taken: the keys the cut walk did not reach first."""
-    keys = 4 * CONSIDER_SLICE
-    world = marked_world(tmp_path, keys, flush_max=10_000)
+    keys = 200
+    world = marked_world(tmp_path, keys, flush_max=10_000, slice_ms=0.001)  # slices of 1
     app = world.service.runtime.app
 
     async def walk_with_a_rebalance() -> tuple[list[str], bool]:
