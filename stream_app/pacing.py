@@ -93,10 +93,9 @@ class Foreground:
     busy task runs one step first. Long work that yields with :func:`breathe` then waits
     until the requests that had arrived when it came to give way have started (requests
     arriving meanwhile do not prolong it: a flood of requests cannot stop the stream), at
-    most ``most``
-    seconds (a request whose handler never runs is then counted as started). A request so
-    waits for the steps under way when it arrived, not for three rounds of them. Counted
-    by hooks in the web server (stream_app.web.priority)."""
+    most ``most`` seconds (a request whose handler never runs is then counted as started).
+    A request so waits for the steps under way when it arrived, not for three rounds of
+    them. Counted by hooks in the web server (stream_app.web.priority)."""
 
     __slots__ = ("most", "arrivals", "starts", "_waiters")
 

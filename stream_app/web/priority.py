@@ -27,6 +27,8 @@ def problem() -> str | None:
     for name in ("data_received", "_handle_request"):
         if not callable(getattr(handler, name, None)):
             return f"aiohttp's RequestHandler has no {name}: web requests are not served first"
+    if not hasattr(handler, "_request_count"):  # (a slot: a descriptor on the class)
+        return "aiohttp's RequestHandler counts no requests: web requests are not served first"
     return None
 
 

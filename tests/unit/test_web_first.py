@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from stream_app.pacing import FOREGROUND, breathe
 from stream_app.web.priority import install, problem
@@ -72,3 +73,14 @@ def test_a_request_waits_for_the_slices_under_way_not_three_rounds_of_them() -> 
     assert sorted(first)[len(first) // 2] <= 3
     assert sorted(plain)[len(plain) // 2] >= 9
     assert FOREGROUND.waiting == 0
+
+
+def test_an_aiohttp_without_the_hooked_methods_is_left_alone(monkeypatch: Any) -> None:
+    class Other:  # an aiohttp whose request handler changed shape
+        def data_received(self, data: bytes) -> None: ...
+
+    monkeypatch.setattr(web_protocol, "RequestHandler", Other)
+    found = problem()
+    assert found is not None and "_handle_request" in found
+    assert not install(FOREGROUND)
+    assert not hasattr(Other.data_received, "__wrapped__")
