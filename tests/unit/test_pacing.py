@@ -126,18 +126,20 @@ def test_take_reads_a_slice_of_an_iterator_and_times_its_reading() -> None:
     assert slicer.take(iter([])) == []
 
 
+async def long_work(foreground: Foreground, slices: int, order: list[str]) -> None:
+    """Slices of work, each noted in ``order``, with a :func:`breathe` after each."""
+    for n in range(slices):
+        order.append(f"slice {n}")
+        await breathe(foreground)
+
+
 def test_long_work_gives_way_while_a_request_waits_for_its_handler() -> None:
     foreground = Foreground(most=5.0)
     order: list[str] = []
 
     async def run() -> None:
-        async def long_work() -> None:
-            for n in range(3):
-                order.append(f"slice {n}")
-                await breathe(foreground)
-
         foreground.arrived(2)
-        work = asyncio.create_task(long_work())
+        work = asyncio.create_task(long_work(foreground, 3, order))
         for _ in range(5):  # however many turns pass, it waits
             await asyncio.sleep(0)
         order.append("handler 1")
@@ -159,13 +161,8 @@ def test_requests_arriving_while_long_work_waits_do_not_prolong_its_wait() -> No
     order: list[str] = []
 
     async def run() -> None:
-        async def long_work() -> None:
-            for n in range(2):
-                order.append(f"slice {n}")
-                await breathe(foreground)
-
         foreground.arrived(1)
-        work = asyncio.create_task(long_work())
+        work = asyncio.create_task(long_work(foreground, 2, order))
         await asyncio.sleep(0)  # slice 0, then it yields
         await asyncio.sleep(0)  # it gives way to the first request
         foreground.arrived(1)  # a second request, while it waits
