@@ -104,6 +104,8 @@ class KeyedTable:
         self._staged: dict[int, dict[bytes, bytes | None]] = {}
         #: what a flush in progress sends (still read before local state)
         self._in_flight: dict[int, dict[bytes, bytes | None]] = {}
+        #: the part of it being written to local state (its marker counts already kept)
+        self._writing: dict[int, dict[bytes, bytes | None]] = {}
         self._lock = asyncio.Lock()
         #: (partition, marker kind) → markers in local state, kept up to date by flushes
         self._side_counts: dict[tuple[int, bytes], int] = {}
@@ -202,9 +204,11 @@ class KeyedTable:
         anything else wrote the partition's database (a recovery, a standby)."""
         found = self._side_counts.get((partition, kind))
         if found is None:
-            found = self._side_counts[(partition, kind)] = len(
-                self.side_keys(partition, kind, staged=False)
-            )
+            found = len(self.side_keys(partition, kind, staged=False))
+            writing = self._writing.get(partition)
+            if writing:  # counted between two slices of a local write: the rest of it too
+                found += self._marker_delta(self._db_for(partition), writing, kind)
+            self._side_counts[(partition, kind)] = found
         return found
 
     def forget_counts(self) -> None:
@@ -305,6 +309,13 @@ class KeyedTable:
         ends (local state is never left behind what was read from the batch)."""
         for partition, part in batch.items():
             self._count_sides(partition, self._db_for(partition), part)
+        self._writing = batch
+        try:
+            await self._write_slices(batch, last)
+        finally:
+            self._writing = {}
+
+    async def _write_slices(self, batch: dict[int, dict[bytes, bytes | None]], last: dict[int, int]) -> None:
         if self._slices is None:
             for partition, part in batch.items():
                 self._db_for(partition).write(write_batch(part.items(), last.get(partition)))
@@ -349,15 +360,19 @@ class KeyedTable:
         """Adjust the kept marker counts of ``partition`` for a batch about to be written
         (the markers' old values in one multi-get)."""
         for (counted, kind), count in list(self._side_counts.items()):
-            if counted != partition:
-                continue
-            prefix = SIDE + kind + b"\x00"
-            keys = [key for key in part if key.startswith(prefix)]
-            if not keys:
-                continue
-            olds = db.get(keys)
-            count += sum(part[key] is not None for key in keys) - sum(old is not None for old in olds)
-            self._side_counts[(partition, kind)] = count
+            if counted == partition:
+                self._side_counts[(partition, kind)] = count + self._marker_delta(db, part, kind)
+
+    @staticmethod
+    def _marker_delta(db: PartitionDB, part: dict[bytes, bytes | None], kind: bytes) -> int:
+        """How many more ``kind`` markers local state holds once ``part`` is written (the
+        markers' present values in one multi-get)."""
+        prefix = SIDE + kind + b"\x00"
+        keys = [key for key in part if key.startswith(prefix)]
+        if not keys:
+            return 0
+        olds = db.get(keys)
+        return sum(part[key] is not None for key in keys) - sum(old is not None for old in olds)
 
 
 _ABSENT = object()

@@ -356,3 +356,40 @@ def test_a_flush_cancelled_between_slices_leaves_local_state_whole(tmp_path: Pat
         local, offset = dbs.contents(partition)
         assert offset == len(broker.log[partition]) - 1 and local == broker.replay(partition)
     dbs.close()
+
+
+def test_a_marker_count_taken_between_two_slices_of_a_write_stays_true(tmp_path: Path) -> None:
+    """Marker counts are kept by every flush (a /metrics scrape is O(1)); one counted for
+    the first time while a flush writes local state a slice at a time must count the rest
+    of that write too."""
+    broker, dbs = Broker(), Databases(tmp_path)
+    table = layer(dbs, broker, ONE_ENTRY_A_SLICE)
+    keys = [f"K{n}|L" for n in range(30)]
+    for key in keys[:20]:
+        table.mark(b"dirty", key, True)
+    run(table.flush())
+    for key in keys[10:20]:  # ten cleared, ten new
+        table.mark(b"dirty", key, False)
+    for key in keys[20:]:
+        table.mark(b"dirty", key, True)
+
+    async def count_mid_way() -> list[int]:
+        counted: list[int] = []
+        flushing = asyncio.create_task(table.flush())
+        await asyncio.sleep(0)
+        while not flushing.done():
+            table.forget_counts()  # (as after a recovery): counted again, now
+            counted.append(sum(table.side_count(p, b"dirty") for p in range(PARTITIONS)))
+            await asyncio.sleep(0)
+        await flushing
+        return counted
+
+    counted = run(count_mid_way())
+    assert len(counted) > 5  # counted between many slices
+    kept = sum(table.side_count(p, b"dirty") for p in range(PARTITIONS))
+    table.forget_counts()
+    recount = sum(table.side_count(p, b"dirty") for p in range(PARTITIONS))
+    expected = len(keys[:10] + keys[20:])
+    assert kept == recount == expected
+    assert set(counted) == {expected}
+    dbs.close()
