@@ -115,9 +115,10 @@ class Settings(BaseSettings):
         1.5,
         gt=0,
         le=1000,
-        description="long work (parsing an ingest group, applying an internal message, "
-        "triaging sync candidates) holds the event loop about this long per step: a web "
-        "request waits for one step of each busy task (GET /inventory p99 under load)",
+        description="long work (the ingest's takes and parse, applying an internal "
+        "message, a table flush's local write, the sync's walk and triage) holds the event "
+        "loop about this long per step: a web request waits for one step of each busy task "
+        "(GET /inventory p99 under load)",
     )
     web_first_ms: float = Field(
         50.0,
@@ -211,8 +212,8 @@ class Settings(BaseSettings):
     )
     internal_group_records: int = Field(
         2000, ge=1,
-        description="records of consecutive inventory applies flushed together at most (a "
-        "flush runs on the event loop in one step: its size bounds GET latency under load)",
+        description="records of consecutive inventory applies flushed together at most (the "
+        "flush's local write is cut into slices of loop_slice_ms)",
     )
     preorder_batch_within: float = Field(
         0.02,
