@@ -10,7 +10,7 @@ import re
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from prometheus_client import (
@@ -21,6 +21,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from stream_app.pacing import FOREGROUND, Foreground
 
 #: a path segment holding an id (job, batch, order): one label for all of them
 _ID_SEGMENT = re.compile(r"/[0-9][^/]*")
@@ -78,6 +82,24 @@ GC_PAUSES = GcPauses()
 LOOP_LAG_INTERVAL = 0.25
 #: seconds a wake-up of the event loop came late: what any request waits behind
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
+class _WebFirst(Collector):
+    """How long work gave way to web requests (stream_app.pacing.Foreground): read at
+    scrape time, two numbers."""
+
+    def __init__(self, foreground: Foreground) -> None:
+        self.foreground = foreground
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "stream_app_web_first_waits",
+            "Times long work (ingest, apply, flush, sync) waited for web requests to reach "
+            "their handler (STREAM_APP_WEB_FIRST_MS)", value=self.foreground.gave_way)
+        yield CounterMetricFamily(
+            "stream_app_web_first_wait_seconds",
+            "Seconds long work waited for web requests in all: what web first cost the stream",
+            value=self.foreground.seconds_given)
 
 
 class Metrics:
@@ -197,6 +219,7 @@ class Metrics:
             registry=self.registry,
         )
         GC_PAUSES.watch(self.gc_pauses)
+        self.registry.register(_WebFirst(FOREGROUND))
         self.loop_lag = Histogram(
             "stream_app_event_loop_lag_seconds",
             f"How late a wake-up every {LOOP_LAG_INTERVAL} s of the worker's event loop "

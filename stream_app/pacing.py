@@ -97,12 +97,15 @@ class Foreground:
     A request so waits for the steps under way when it arrived, not for three rounds of
     them. Counted by hooks in the web server (stream_app.web.priority)."""
 
-    __slots__ = ("most", "arrivals", "starts", "_waiters")
+    __slots__ = ("most", "arrivals", "starts", "gave_way", "seconds_given", "_waiters")
 
     def __init__(self, most: float = 0.0) -> None:
         self.most = most  # 0: off
         self.arrivals = 0
         self.starts = 0
+        #: how often long work gave way, and for how long in all (stream_app.metrics)
+        self.gave_way = 0
+        self.seconds_given = 0.0
         #: (arrivals to wait for, future) in the order given (targets never decrease)
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
@@ -138,10 +141,13 @@ class Foreground:
         future: asyncio.Future[None] = loop.create_future()
         self._waiters.append((target, future))
         expiry = loop.call_later(self.most, self._expire, target)
+        began = loop.time()
         try:
             await future
         finally:
             expiry.cancel()
+            self.gave_way += 1
+            self.seconds_given += loop.time() - began
 
 
 #: the process's web requests (one web server per worker process)

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web, web_protocol
 
+from stream_app.metrics import Metrics
 from stream_app.pacing import FOREGROUND, breathe
 from stream_app.web.priority import install, problem
 
@@ -66,8 +67,13 @@ async def slices_per_request(most: float, busy_tasks: int = 3, requests: int = 3
 
 def test_a_request_waits_for_the_slices_under_way_not_three_rounds_of_them() -> None:
     assert problem() is None
+    waits, metrics = FOREGROUND.gave_way, Metrics()
     first = asyncio.run(slices_per_request(most=1.0))
+    given = FOREGROUND.gave_way - waits
     plain = asyncio.run(slices_per_request(most=0))
+    assert FOREGROUND.gave_way - waits == given >= 30  # web first off: nothing waits
+    scraped = metrics.render().decode()  # what it cost the stream, on /metrics
+    assert f"stream_app_web_first_waits_total {float(FOREGROUND.gave_way)}" in scraped
     print(f"slices before a handler starts: web first {sorted(first)}, off {sorted(plain)}")
     # three busy tasks: off, a request waits three rounds of 3 slices; first, one round
     assert sorted(first)[len(first) // 2] <= 3
