@@ -95,12 +95,11 @@ async def deliver_until_done(
     await deliver(apply_topic.app, messages, source=source)
 
 
-#: records parsed or applied in one step of the loop are sized to
-#: ``STREAM_APP_LOOP_SLICE_MS`` (stream_app.pacing): a request waits for one step of each
-#: busy task, so the slice bounds GET /inventory p99 under a saturating stream (1M keys:
-#: slices of 200 records → 25 ms, 100 → 13.5 ms before the group commit; with it 100 →
-#: 31.6 ms, 50 → ~21 ms on 12-04, where 50 records took ~1.5 ms; docs/benchmarks.md)
-FIRST_SLICE = 50
+# Records taken, parsed or applied in one step of the loop are sized to
+# ``STREAM_APP_LOOP_SLICE_MS`` (stream_app.pacing.Slicer): a request waits for one step of
+# each busy task, so the slice bounds GET /inventory p99 under a saturating stream (1M
+# keys: slices of 200 records → 25 ms, 100 → 13.5 ms before the group commit; with it 100
+# → 31.6 ms, 50 → ~21 ms on 12-04, where 50 records took ~1.5 ms; docs/benchmarks.md)
 
 
 def apply_records(
@@ -272,8 +271,8 @@ async def run_ingest(
     # closed before the worker cancels this task (else "Unclosed AIOKafkaConsumer")
     receiver = at_shutdown(app, lambda: stop_consumer(consumer))
     committing: asyncio.Future[None] | None = None
-    takes = Slicer(settings.loop_slice_ms / 1000, first=FIRST_SLICE)  # records taken
-    wraps = Slicer(settings.loop_slice_ms / 1000, first=FIRST_SLICE)  # records made events
+    takes = Slicer(settings.loop_slice_seconds)  # records taken
+    wraps = Slicer(settings.loop_slice_seconds)  # records made events
     try:
         await consumer.start()
         while True:
@@ -339,10 +338,9 @@ def register(runtime: Runtime) -> None:
         sent_at = int(stamp * 1_000_000) if stamp and stamp > 0 else None
         return Limits(settings.max_quantity, skew_us, sent_at)
 
-    slice_seconds = settings.loop_slice_ms / 1000
-    parse_slices = Slicer(slice_seconds, first=FIRST_SLICE)
-    apply_slices = Slicer(slice_seconds, first=FIRST_SLICE)
-    wire_slices = Slicer(slice_seconds, first=FIRST_SLICE)  # records read off the wire
+    parse_slices = Slicer(settings.loop_slice_seconds)
+    apply_slices = Slicer(settings.loop_slice_seconds)
+    wire_slices = Slicer(settings.loop_slice_seconds)  # records read off the wire
 
     async def ingest_group(events: list[faust.EventT]) -> None:
         # records are grouped by partition as they are parsed, slice by slice (a group of

@@ -127,9 +127,8 @@ class SyncService:
         self.last_check_us = 0
         self.client: FluentClient | None = None
         self.current: SyncRun | None = None
-        slice_seconds = self.settings.loop_slice_ms / 1000
-        self._walk_slices = Slicer(slice_seconds, first=50)  # candidates read
-        self._triage_slices = Slicer(slice_seconds, first=50)  # candidates triaged
+        self._walk_slices = Slicer(self.settings.loop_slice_seconds)  # candidates read
+        self._triage_slices = Slicer(self.settings.loop_slice_seconds)  # candidates triaged
         #: keys with books but no marker found dirty by the last flush (for the gauge)
         self.unmarked_dirty = 0
         self._counts_generation = -1

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
         "loop about this long per step: a web request waits for one step of each busy task "
         "(GET /inventory p99 under load)",
     )
+    @property
+    def loop_slice_seconds(self) -> float:
+        """``loop_slice_ms`` in seconds (what stream_app.pacing.Slicer takes)."""
+        return self.loop_slice_ms / 1000
+
     web_first_ms: float = Field(
         50.0,
         ge=0,

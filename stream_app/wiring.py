@@ -85,7 +85,7 @@ def create_runtime(settings: Settings) -> Runtime:
         settings.partitions,
         "Latest record per channel and expected arrivals per SKU/location",
         table_deliver(app),
-        settings.loop_slice_ms / 1000,
+        settings.loop_slice_seconds,
     )
     runtime = Runtime(
         settings=settings,
@@ -115,7 +115,7 @@ def build_services(runtime: Runtime) -> None:
         app, "fluent_accepted", settings.partitions,
         "Last quantity Fluent accepted per SKU/location, sync failures, dirty markers",
         table_deliver(app),
-        settings.loop_slice_ms / 1000,
+        settings.loop_slice_seconds,
     )
     runtime.sync = SyncService(runtime, accepted)
     at_shutdown(app, runtime.sync.close)
@@ -137,7 +137,7 @@ def build_services(runtime: Runtime) -> None:
         app, "channel_state", settings.partitions,
         "Channel connectors: file checkpoints, processed files, REST cursors",
         table_deliver(app),
-        settings.loop_slice_ms / 1000,
+        settings.loop_slice_seconds,
     )
     runtime.channels = ChannelsService.from_settings(runtime, channel_state)
     at_shutdown(app, runtime.channels.close)

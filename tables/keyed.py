@@ -316,11 +316,10 @@ class KeyedTable:
             self._writing = {}
 
     async def _write_slices(self, batch: dict[int, dict[bytes, bytes | None]], last: dict[int, int]) -> None:
-        if self._slices is None:
-            for partition, part in batch.items():
-                self._db_for(partition).write(write_batch(part.items(), last.get(partition)))
-            return
         entries = [(partition, item) for partition, part in batch.items() for item in part.items()]
+        if self._slices is None:  # one write per partition
+            self._write_entries(entries, 0, len(entries), last)
+            return
         done = 0
         try:
             while done < len(entries):
