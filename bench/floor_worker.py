@@ -14,15 +14,13 @@ Run by ``bench/preorders.py`` (environment as for the real worker):
 
 from __future__ import annotations
 
-import asyncio
-
 import faust
 import orjson
 
 from stream_app.app import create_faust_app, raw_topic
 from stream_app.broker import patches
 from stream_app.broker.batching import take_ready
-from stream_app.cli import bootstrap_topics, serve
+from stream_app.cli import bootstrap_topics, serve, worker_loop
 from stream_app.settings import Settings
 from stream_app.topics import TopicNames
 
@@ -64,8 +62,7 @@ def build(settings: Settings) -> faust.App:
 
 def main() -> None:
     settings = Settings()
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = worker_loop(settings)  # the product's loop: the floor is what it stands on
     bootstrap_topics(settings, loop)
     raise SystemExit(serve(build(settings), settings, loop))
 

@@ -43,7 +43,7 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
     import faust
     import orjson
 
-    from stream_app.cli import run_worker as _unused  # noqa: F401  (imports the CLI deps)
+    from stream_app.cli import worker_loop
     from stream_app.settings import load_settings
 
     data_dir = tempfile.mkdtemp(prefix="bench-")
@@ -53,8 +53,8 @@ def run_worker(mode: str, bootstrap: str, topic: str, target: int, result: str) 
         Path(result).write_text(json.dumps(figures))
 
     meter = Meter(target, done)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    # every mode on the product's loop (STREAM_APP_EVENT_LOOP): a ratio compares the work
+    loop = worker_loop(load_settings(_env_file=None))
 
     def plain_app(store: str) -> tuple[faust.App, faust.TopicT]:
         """A bare Faust app on the bench topic (the baselines)."""

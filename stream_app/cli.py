@@ -119,19 +119,36 @@ def tune_worker_process(settings: Settings) -> None:
     gc.set_threshold(*settings.gc_thresholds)
 
 
+def worker_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """A new event loop of the kind ``settings.event_loop`` names, set as the current one.
+
+    The policy is set process-wide so that the loops the worker's threads make for
+    themselves (the aiokafka consumer's thread of Faust) are of the same kind."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(None)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
 def run_worker(settings: Settings, fresh_broker: bool = False) -> int:
     """Run one Faust worker until SIGTERM/SIGINT; returns its exit code. ``fresh_broker``:
     the broker was just started and holds nothing (the embedded one keeps no data), so
     local tables of an earlier run would describe changelogs that no longer exist."""
     from stream_app.wiring import create_runtime
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = worker_loop(settings)
     bootstrap_topics(settings, loop)
     runtime = create_runtime(settings)
     for warning in open_doors(settings):
         log.warning("%s", warning)
     _say(f"web view:  http://{runtime.app.conf.web_host}:{settings.web_port}/")
+    if settings.event_loop != "asyncio":
+        _say(f"event loop: {settings.event_loop}")
     return serve(runtime.app, settings, loop, fresh_broker)
 
 

@@ -16,6 +16,8 @@ at one phase. Costs about a microsecond per step and slows a worker by a few per
 import os
 
 if os.environ.get("STEP_CENSUS"):
+    # uvloop runs its callbacks in C, past asyncio.events.Handle: workers on asyncio's loop
+    os.environ["STREAM_APP_EVENT_LOOP"] = "asyncio"
     import asyncio
     import asyncio.events
     import collections

@@ -25,12 +25,16 @@ def run_env(processes: ProcessFactory, kafka_port: int, sim_port: int, **extra: 
     })
 
 
-def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: ProcessFactory) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: ProcessFactory, loop: str) -> None:
     kafka_port, sim_port = free_port(), free_port()
-    env = run_env(processes, kafka_port, sim_port, STREAM_APP_FLUSH_INTERVAL_SECONDS="1")
+    env = run_env(
+        processes, kafka_port, sim_port, STREAM_APP_FLUSH_INTERVAL_SECONDS="1", STREAM_APP_EVENT_LOOP=loop
+    )
     run = processes.start("run", env)
     run.wait_ready(90)
     out = run.log_path.read_text()
+    assert (f"event loop: {loop}" in out) == (loop != "asyncio")  # said when not the default
     assert f"embedded broker: 127.0.0.1:{kafka_port}" in out
     assert f"fluent simulator: http://127.0.0.1:{sim_port}/" in out
     assert f"web view:  http://127.0.0.1:{run.web_port}/" in out
@@ -61,10 +65,11 @@ def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: Pro
     assert "Unclosed" not in out and "Traceback" not in out
 
 
-def test_ctrl_c_right_after_ready_stops_without_an_error(processes: ProcessFactory) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_ctrl_c_right_after_ready_stops_without_an_error(processes: ProcessFactory, loop: str) -> None:
     """Ctrl-C while the ingest consumer is still joining its group: it is closed before the
     worker tears its tasks down (was ``[ERROR] Unclosed AIOKafkaConsumer``)."""
-    env = run_env(processes, free_port(), free_port())
+    env = run_env(processes, free_port(), free_port(), STREAM_APP_EVENT_LOOP=loop)
     run = processes.start("run", env)
     run.wait_ready(90)
     assert run.proc is not None

@@ -46,6 +46,7 @@ def test_env_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPa
         ("STREAM_APP_RELEASE_CRON", "0 2 * * * *"),  # six fields: croniter reads seconds
         ("STREAM_APP_EXPORT_CRON", "0 25 * * *"),
         ("STREAM_APP_TIER_SCORES", "{not json"),  # pydantic-settings' own error, named
+        ("STREAM_APP_EVENT_LOOP", "trio"),
     ],
 )
 def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
@@ -107,6 +108,36 @@ def test_worker_process_gets_the_gc_thresholds(monkeypatch: pytest.MonkeyPatch) 
         assert gc.get_threshold() == (12345, 11, 12)
     finally:
         gc.set_threshold(*before)
+
+
+LOOP_PROBE = """
+import asyncio, sys, threading
+from stream_app.cli import worker_loop
+from stream_app.settings import load_settings
+
+loop = worker_loop(load_settings(_env_file=None))
+made = []  # what a thread of the worker makes for itself (mode's ServiceThread: new_event_loop)
+thread = threading.Thread(target=lambda: made.append(asyncio.new_event_loop()))
+thread.start()
+thread.join()
+assert asyncio.get_event_loop() is loop
+print(type(loop).__module__, type(made[0]).__module__)
+"""
+
+
+@pytest.mark.parametrize(("kind", "module"), [(None, "asyncio"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_worker_and_its_threads_run_the_configured_loop(kind: str | None, module: str) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "STREAM_APP_EVENT_LOOP"}
+    if kind is not None:
+        env["STREAM_APP_EVENT_LOOP"] = kind
+    proc = subprocess.run(
+        [sys.executable, "-c", LOOP_PROBE], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    worker, thread = proc.stdout.split()
+    assert worker.split(".")[0] == module and thread.split(".")[0] == module
 
 
 def test_producer_linger_reaches_faust(monkeypatch: pytest.MonkeyPatch) -> None:
