@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -53,6 +54,19 @@ def test_run_starts_everything_serves_inventory_and_stops_cleanly(processes: Pro
     wait_for(
         lambda: any(r["qty"] == 155 for r in http("GET", f"http://127.0.0.1:{sim_port}/_sim/inventory")[1]),
         30, 0.2, "simulator holds the sellable quantity",
+    )
+    # a pre-order for it is decided and answered (the request path on this loop)
+    ship = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()
+    status, answer = run.post("/pre-orders", {
+        "orderId": f"RUN-{loop}", "customerId": "c-1", "customerEmail": "c1@example.com",
+        "customerTier": "VIP", "shipDate": ship, "source": "web",
+        "items": [{"sku": "SKU-1", "productName": "Console", "quantity": 2, "locationRef": "LOC-1"}],
+    })
+    assert status == 200 and answer["success"] is True, answer
+    assert [r["quantity"] for r in answer["reservations"]] == [2], answer
+    wait_for(  # the units it holds are no longer sellable in Fluent
+        lambda: any(r["qty"] == 153 for r in http("GET", f"http://127.0.0.1:{sim_port}/_sim/inventory")[1]),
+        30, 0.2, "simulator holds the sellable quantity less the reservation",
     )
 
     assert run.proc is not None
