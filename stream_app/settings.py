@@ -239,8 +239,8 @@ class Settings(BaseSettings):
         "asyncio",
         description="the worker's event loop: asyncio (the standard library's) or uvloop "
         "(libuv). Measured here (docs/benchmarks.md): uvloop answers web requests sooner "
-        "under load (POST /pre-orders p99 at 200/s ~30 % lower) but loads and applies the "
-        "inventory stream ~20-30 % slower; a worker that mostly serves requests may prefer it",
+        "under load (POST /pre-orders p99 at 200/s ~30 % lower) but loaded and applied a "
+        "100k-key catalogue 10-30 % slower; a worker that mostly serves requests may prefer it",
     )
     gc_thresholds: tuple[int, int, int] = Field(
         (50_000, 20, 1_000),
