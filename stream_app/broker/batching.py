@@ -30,7 +30,9 @@ async def take_ready(
     seconds apart; an event that arrives when the last group started longer ago than that
     is yielded at once.
 
-    Events are acked after the body of the ``async for`` has processed the group.
+    Events are acked after the body of the ``async for`` has processed the group; not
+    when the body raised or was cancelled (Faust's own streams ack those too, so a stop
+    in the middle of a group would commit offsets whose outputs never went out).
     """
     if max_ < 1:
         raise ValueError("max_ must be at least 1")
@@ -72,8 +74,10 @@ async def take_ready(
             continue
         started = clock()
         group = events[:max_]  # what arrives while it is processed forms the next group
+        processed = False
         try:
             yield group
+            processed = True
         finally:
             del events[: len(group)]
             if not events:
@@ -81,5 +85,8 @@ async def take_ready(
             if len(events) < max_:
                 full.clear()
                 room.set()
-            for event in group:
-                await s.ack(event)
+            # a body that raised or was cancelled (a stop mid-flush) may not have put on
+            # the broker what the group caused: unacked, the group is read again later
+            if processed:
+                for event in group:
+                    await s.ack(event)

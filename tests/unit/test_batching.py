@@ -113,3 +113,30 @@ async def test_max_below_one_is_refused() -> None:
         assert "at least 1" in str(exc)
     else:
         raise AssertionError("max_=0 accepted")
+
+
+async def test_a_group_whose_body_raised_is_not_acked() -> None:
+    app = faust.App(f"batching-{next(_apps)}", store="memory://", value_serializer="raw")
+    app.finalize()
+    app.flow_control.resume()
+    groups: list[list[Any]] = []
+    failed: list[str] = []
+
+    @app.agent(app.topic("in", value_serializer="raw"))
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        try:
+            async for events in take_ready(stream, 10):
+                groups.append(list(events))
+                if events[0].value == b"bad":
+                    raise RuntimeError("the group's flush failed")
+        except RuntimeError as exc:
+            failed.append(str(exc))
+            raise
+
+    async with agent.test_context() as ctx:
+        await ctx.put(b"good", wait=False)
+        await wait_until(lambda: bool(groups) and groups[0][0].message.acked)
+        await ctx.put(b"bad", wait=False)
+        await wait_until(lambda: bool(failed))
+        assert [group[0].value for group in groups] == [b"good", b"bad"]
+        assert not groups[1][0].message.acked, "offsets of a failed group would be committed"
