@@ -76,12 +76,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RUNS_KEPT = 50
-#: candidates a flush reads or triages are cut into slices of ``STREAM_APP_LOOP_SLICE_MS``
-#: (stream_app.pacing), the loop free in between: a flush takes up to
-#: ``flush_max_records`` (50,000) of them, a full resync every key of the catalogue, and
-#: in one step that stopped the worker for seconds (1.5 s per flush at 1M keys here; a
-#: full resync at 1M would outlast the broker session). As the apply's slices: a request
-#: waits for one step of each busy task (slices of 500 made 15 ms steps here)
 MAX_ERRORS_KEPT = 20
 
 #: the marker kind of keys that may need sending (tables.keyed side keys)
@@ -127,6 +121,12 @@ class SyncService:
         self.last_check_us = 0
         self.client: FluentClient | None = None
         self.current: SyncRun | None = None
+        # candidates a flush reads or triages are cut into slices of STREAM_APP_LOOP_SLICE_MS,
+        # the loop free in between: a flush takes up to flush_max_records (50,000) of them,
+        # a full resync every key of the catalogue, and in one step that stopped the worker
+        # for seconds (1.5 s per flush at 1M keys; a full resync at 1M would outlast the
+        # broker session). A request waits for one step of each busy task (slices of 500
+        # made 15 ms steps here)
         self._walk_slices = Slicer(self.settings.loop_slice_seconds)  # candidates read
         self._triage_slices = Slicer(self.settings.loop_slice_seconds)  # candidates triaged
         #: keys with books but no marker found dirty by the last flush (for the gauge)

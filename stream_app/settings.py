@@ -120,6 +120,7 @@ class Settings(BaseSettings):
         "loop about this long per step: a web request waits for one step of each busy task "
         "(GET /inventory p99 under load)",
     )
+
     @property
     def loop_slice_seconds(self) -> float:
         """``loop_slice_ms`` in seconds (what stream_app.pacing.Slicer takes)."""
