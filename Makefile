@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 # development keys for the front door only (a deployment sets its own, see README)
 run: install
-	STREAM_APP_SERVICE_API_KEY="$${STREAM_APP_SERVICE_API_KEY:-dev-service-key}" \
+	@STREAM_APP_SERVICE_API_KEY="$${STREAM_APP_SERVICE_API_KEY:-dev-service-key}" \
 	STREAM_APP_ADMIN_API_KEY="$${STREAM_APP_ADMIN_API_KEY:-dev-admin-key}" \
 	STREAM_APP_RESERVATION_ID_SECRET="$${STREAM_APP_RESERVATION_ID_SECRET:-dev-reservation-id-secret}" \
 	$(BIN)/stream-app run
